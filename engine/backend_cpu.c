@@ -1,0 +1,436 @@
+/* The CPU backend: OpenBLAS GEMMs for convolutions, OpenMP for the rest.
+ * Convolutions use im2col over column chunks so the scratch matrix stays
+ * bounded (VAPO_COL_BUDGET floats) while each GEMM stays large. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vapo/backend.h"
+#include "vapo/error.h"
+
+#define VAPO_COL_BUDGET (4u << 20) /* floats in one im2col chunk (16 MiB) */
+
+typedef struct {
+    vapo_backend base;
+    float *col; /* im2col scratch, VAPO_COL_BUDGET floats */
+    int threads;
+} cpu_backend;
+
+static void *cpu_alloc(vapo_backend *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64))
+        return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+static void cpu_free(vapo_backend *be, void *p) { (void)be, free(p); }
+static void cpu_memcpy(vapo_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes)
+        memcpy(dst, src, bytes);
+}
+static void cpu_zero(vapo_backend *be, void *p, size_t bytes) { (void)be, memset(p, 0, bytes); }
+static void cpu_sync(vapo_backend *be) { (void)be; }
+
+/* ---- convolution ----------------------------------------------------------- */
+
+/* Columns [j0, j0+nc) of the CNHW input, unrolled for a 3x3 kernel:
+ * col[(ci*9 + ky*3 + kx) * nc + j] = x[ci, pixel j shifted by (ky-1, kx-1)].
+ * j0 and nc are whole images, so shifts never cross an image boundary. */
+static void im2col3(const vapo_conv_shape *s, const float *x, size_t j0, size_t nc, float *col)
+{
+    const int h = s->h, w = s->w;
+    const size_t n = (size_t)s->batch * h * w, hw = (size_t)h * w;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int ci = 0; ci < s->cin; ci++)
+        for (int kk = 0; kk < 9; kk++) {
+            const int dy = kk / 3 - 1, dx = kk % 3 - 1;
+            float *dst = col + ((size_t)ci * 9 + kk) * nc;
+            const float *src = x + (size_t)ci * n + j0;
+            for (size_t img = 0; img < nc / hw; img++)
+                for (int yy = 0; yy < h; yy++) {
+                    float *d = dst + img * hw + (size_t)yy * w;
+                    const int sy = yy + dy;
+                    if (sy < 0 || sy >= h) {
+                        memset(d, 0, sizeof(float) * w);
+                        continue;
+                    }
+                    const float *sr = src + img * hw + (size_t)sy * w;
+                    for (int xx = 0; xx < w; xx++) {
+                        const int sx = xx + dx;
+                        d[xx] = (sx >= 0 && sx < w) ? sr[sx] : 0.0f;
+                    }
+                }
+        }
+}
+
+/* The adjoint of im2col3: dx[ci, pixel] += sum of the col entries it fed. */
+static void col2im3(const vapo_conv_shape *s, const float *col, size_t j0, size_t nc, float *dx)
+{
+    const int h = s->h, w = s->w;
+    const size_t n = (size_t)s->batch * h * w, hw = (size_t)h * w;
+    #pragma omp parallel for schedule(static)
+    for (int ci = 0; ci < s->cin; ci++) {
+        float *dst = dx + (size_t)ci * n + j0;
+        for (int kk = 0; kk < 9; kk++) {
+            const int dy = kk / 3 - 1, dxs = kk % 3 - 1;
+            const float *src = col + ((size_t)ci * 9 + kk) * nc;
+            for (size_t img = 0; img < nc / hw; img++)
+                for (int yy = 0; yy < h; yy++) {
+                    const int sy = yy + dy;
+                    if (sy < 0 || sy >= h)
+                        continue;
+                    const float *c = src + img * hw + (size_t)yy * w;
+                    float *d = dst + img * hw + (size_t)sy * w;
+                    const int x0 = dxs < 0 ? 1 : 0, x1 = dxs > 0 ? w - 1 : w;
+                    for (int xx = x0; xx < x1; xx++)
+                        d[xx + dxs] += c[xx];
+                }
+        }
+    }
+}
+
+/* Columns per chunk: whole images, as many as fit the scratch budget. */
+static size_t chunk_cols(const vapo_conv_shape *s)
+{
+    const size_t hw = (size_t)s->h * s->w, rows = (size_t)s->cin * 9;
+    size_t imgs = VAPO_COL_BUDGET / (rows * hw);
+    if (imgs < 1)
+        imgs = 1;
+    if (imgs > (size_t)s->batch)
+        imgs = s->batch;
+    return imgs * hw;
+}
+
+static void bias_fill(const vapo_conv_shape *s, float *y, const float *bias)
+{
+    const size_t n = (size_t)s->batch * s->h * s->w;
+    #pragma omp parallel for schedule(static)
+    for (int co = 0; co < s->cout; co++) {
+        float *r = y + (size_t)co * n;
+        const float b = bias ? bias[co] : 0.0f;
+        for (size_t j = 0; j < n; j++)
+            r[j] = b;
+    }
+}
+
+static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *y, const float *x,
+                             const float *w, const float *bias)
+{
+    cpu_backend *cb = (cpu_backend *)be;
+    const size_t n = (size_t)s->batch * s->h * s->w;
+    bias_fill(s, y, bias);
+    if (s->k == 1) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, n, s->cin, 1.0f, w, s->cin, x, n,
+                    1.0f, y, n);
+        return;
+    }
+    const size_t step = chunk_cols(s), K = (size_t)s->cin * 9;
+    for (size_t j0 = 0; j0 < n; j0 += step) {
+        const size_t nc = j0 + step <= n ? step : n - j0;
+        im2col3(s, x, j0, nc, cb->col);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, nc, K, 1.0f, w, K, cb->col, nc,
+                    1.0f, y + j0, n);
+    }
+}
+
+static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
+                                   const float *w)
+{
+    cpu_backend *cb = (cpu_backend *)be;
+    const size_t n = (size_t)s->batch * s->h * s->w;
+    if (s->k == 1) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->cin, n, s->cout, 1.0f, w, s->cin, dy, n,
+                    1.0f, dx, n);
+        return;
+    }
+    const size_t step = chunk_cols(s), K = (size_t)s->cin * 9;
+    for (size_t j0 = 0; j0 < n; j0 += step) {
+        const size_t nc = j0 + step <= n ? step : n - j0;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, nc, s->cout, 1.0f, w, K, dy + j0, n, 0.0f,
+                    cb->col, nc);
+        col2im3(s, cb->col, j0, nc, dx);
+    }
+}
+
+static void rowsum_add(int rows, size_t n, float *out, const float *m)
+{
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *p = m + (size_t)r * n;
+        double acc = 0.0;
+        for (size_t j = 0; j < n; j++)
+            acc += p[j];
+        out[r] += (float)acc;
+    }
+}
+
+static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s, float *dw, float *db,
+                                     const float *dy, const float *x)
+{
+    cpu_backend *cb = (cpu_backend *)be;
+    const size_t n = (size_t)s->batch * s->h * s->w;
+    if (db)
+        rowsum_add(s->cout, n, db, dy);
+    if (s->k == 1) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, s->cin, n, 1.0f, dy, n, x, n, 1.0f, dw,
+                    s->cin);
+        return;
+    }
+    const size_t step = chunk_cols(s), K = (size_t)s->cin * 9;
+    for (size_t j0 = 0; j0 < n; j0 += step) {
+        const size_t nc = j0 + step <= n ? step : n - j0;
+        im2col3(s, x, j0, nc, cb->col);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, nc, 1.0f, dy + j0, n, cb->col, nc,
+                    1.0f, dw, K);
+    }
+}
+
+/* ---- element-wise ------------------------------------------------------------ */
+
+static void cpu_act_forward(vapo_backend *be, vapo_act a, size_t n, float *y, const float *x)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        y[i] = vapo_act_value(a, x[i]);
+}
+
+static void cpu_act_tangent(vapo_backend *be, vapo_act a, size_t n, float *ydot, const float *x,
+                            const float *xdot)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        ydot[i] = vapo_act_d1(a, x[i]) * xdot[i];
+}
+
+static void cpu_act_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, const float *x,
+                             const float *dy)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        dx[i] = vapo_act_d1(a, x[i]) * dy[i];
+}
+
+static void cpu_act_dual_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, float *dxdot,
+                                  const float *x, const float *xdot, const float *dy, const float *dydot)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        const float d1 = vapo_act_d1(a, x[i]), d2 = vapo_act_d2(a, x[i]);
+        const float dyd = dydot[i];
+        dx[i] = d1 * dy[i] + d2 * xdot[i] * dyd;
+        dxdot[i] = d1 * dyd;
+    }
+}
+
+static void cpu_avgpool2_forward(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x)
+{
+    (void)be;
+    const int ho = h / 2, wo = w / 2;
+    #pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < planes; p++)
+        for (int i = 0; i < ho; i++)
+            for (int j = 0; j < wo; j++) {
+                const float *r0 = x + p * h * w + (size_t)(2 * i) * w + 2 * j, *r1 = r0 + w;
+                y[p * ho * wo + (size_t)i * wo + j] = 0.25f * (r0[0] + r0[1] + r1[0] + r1[1]);
+            }
+}
+
+static void cpu_avgpool2_backward(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy)
+{
+    (void)be;
+    const int ho = h / 2, wo = w / 2;
+    #pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < planes; p++)
+        for (int i = 0; i < h; i++)
+            for (int j = 0; j < w; j++) {
+                const int oi = i / 2, oj = j / 2;
+                dx[p * h * w + (size_t)i * w + j] =
+                    (oi < ho && oj < wo) ? 0.25f * dy[p * ho * wo + (size_t)oi * wo + oj] : 0.0f;
+            }
+}
+
+static void cpu_rowsum_forward(vapo_backend *be, size_t rows, size_t len, float *y, const float *x)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        float acc = 0.0f;
+        for (size_t j = 0; j < len; j++)
+            acc += x[r * len + j];
+        y[r] = acc;
+    }
+}
+
+static void cpu_rowsum_backward(vapo_backend *be, size_t rows, size_t len, float *dx, const float *dy)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++)
+        for (size_t j = 0; j < len; j++)
+            dx[r * len + j] = dy[r];
+}
+
+static void cpu_scale_forward(vapo_backend *be, int c, size_t n, float *y, const float *x, const float *s)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < c; i++)
+        for (size_t j = 0; j < n; j++)
+            y[(size_t)i * n + j] = s[i] * x[(size_t)i * n + j];
+}
+
+static void cpu_scale_backward_param(vapo_backend *be, int c, size_t n, float *ds, const float *dy,
+                                     const float *x)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < c; i++) {
+        double acc = 0.0;
+        for (size_t j = 0; j < n; j++)
+            acc += (double)dy[(size_t)i * n + j] * x[(size_t)i * n + j];
+        ds[i] += (float)acc;
+    }
+}
+
+static void cpu_axpy(vapo_backend *be, size_t n, float a, const float *x, float *y)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void cpu_add(vapo_backend *be, size_t n, float *y, const float *a, const float *b)
+{
+    (void)be;
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
+}
+
+static double cpu_dot(vapo_backend *be, size_t n, const float *x, const float *y)
+{
+    (void)be;
+    double acc = 0.0;
+    #pragma omp parallel for reduction(+ : acc) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        acc += (double)x[i] * y[i];
+    return acc;
+}
+
+static void cpu_weightnorm_forward(vapo_backend *be, int rows, int len, float *w, const float *v,
+                                   const float *g)
+{
+    (void)be;
+    for (int r = 0; r < rows; r++) {
+        const float *vr = v + (size_t)r * len;
+        double ss = 0.0;
+        for (int j = 0; j < len; j++)
+            ss += (double)vr[j] * vr[j];
+        const float k = g[r] / (float)sqrt(ss);
+        for (int j = 0; j < len; j++)
+            w[(size_t)r * len + j] = k * vr[j];
+    }
+}
+
+static void cpu_weightnorm_backward(vapo_backend *be, int rows, int len, float *dv, float *dg,
+                                    const float *dw, const float *v, const float *g)
+{
+    (void)be;
+    for (int r = 0; r < rows; r++) {
+        const float *vr = v + (size_t)r * len, *dwr = dw + (size_t)r * len;
+        double ss = 0.0, proj = 0.0;
+        for (int j = 0; j < len; j++) {
+            ss += (double)vr[j] * vr[j];
+            proj += (double)dwr[j] * vr[j];
+        }
+        const double norm = sqrt(ss);
+        proj /= norm; /* dw . v/|v| */
+        dg[r] += (float)proj;
+        const double k = g[r] / norm;
+        for (int j = 0; j < len; j++)
+            dv[(size_t)r * len + j] += (float)(k * (dwr[j] - proj * vr[j] / norm));
+    }
+}
+
+static void cpu_nchw_to_cnhw(vapo_backend *be, int batch, int c, int hw, float *dst, const float *src)
+{
+    (void)be;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int ci = 0; ci < c; ci++)
+        for (int b = 0; b < batch; b++)
+            memcpy(dst + ((size_t)ci * batch + b) * hw, src + ((size_t)b * c + ci) * hw, sizeof(float) * hw);
+}
+
+static void cpu_cnhw_to_nchw(vapo_backend *be, int batch, int c, int hw, float *dst, const float *src)
+{
+    (void)be;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < batch; b++)
+        for (int ci = 0; ci < c; ci++)
+            memcpy(dst + ((size_t)b * c + ci) * hw, src + ((size_t)ci * batch + b) * hw, sizeof(float) * hw);
+}
+
+static void cpu_destroy(vapo_backend *be)
+{
+    cpu_backend *cb = (cpu_backend *)be;
+    free(cb->col);
+    free(cb);
+}
+
+vapo_backend *vapo_backend_cpu(int threads)
+{
+    cpu_backend *cb = calloc(1, sizeof *cb);
+    if (!cb || posix_memalign((void **)&cb->col, 64, sizeof(float) * VAPO_COL_BUDGET)) {
+        free(cb);
+        vapo_fail("out of memory creating the CPU backend");
+        return NULL;
+    }
+    if (threads > 0) {
+        omp_set_num_threads(threads);
+        openblas_set_num_threads(threads);
+    }
+    cb->threads = threads > 0 ? threads : omp_get_max_threads();
+    cb->base = (vapo_backend){
+        .name = "cpu",
+        .alloc = cpu_alloc,
+        .free = cpu_free,
+        .upload = cpu_memcpy,
+        .download = cpu_memcpy,
+        .copy = cpu_memcpy,
+        .zero = cpu_zero,
+        .sync = cpu_sync,
+        .conv_forward = cpu_conv_forward,
+        .conv_backward_data = cpu_conv_backward_data,
+        .conv_backward_filter = cpu_conv_backward_filter,
+        .act_forward = cpu_act_forward,
+        .act_tangent = cpu_act_tangent,
+        .act_backward = cpu_act_backward,
+        .act_dual_backward = cpu_act_dual_backward,
+        .avgpool2_forward = cpu_avgpool2_forward,
+        .avgpool2_backward = cpu_avgpool2_backward,
+        .rowsum_forward = cpu_rowsum_forward,
+        .rowsum_backward = cpu_rowsum_backward,
+        .scale_forward = cpu_scale_forward,
+        .scale_backward_param = cpu_scale_backward_param,
+        .axpy = cpu_axpy,
+        .add = cpu_add,
+        .dot = cpu_dot,
+        .weightnorm_forward = cpu_weightnorm_forward,
+        .weightnorm_backward = cpu_weightnorm_backward,
+        .nchw_to_cnhw = cpu_nchw_to_cnhw,
+        .cnhw_to_nchw = cpu_cnhw_to_nchw,
+        .destroy = cpu_destroy,
+    };
+    return &cb->base;
+}

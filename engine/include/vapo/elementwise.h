@@ -1,0 +1,126 @@
+/* Per-element arithmetic shared by the CPU loops and the CUDA kernels.
+ * Every formula here is compiled unchanged by gcc and nvcc, so the numbers
+ * the GPU computes are the numbers the CPU tests check. */
+#ifndef VAPO_ELEMENTWISE_H
+#define VAPO_ELEMENTWISE_H
+
+#include <math.h>
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#define VAPO_HD __host__ __device__ __forceinline__
+#else
+#define VAPO_HD static inline
+#endif
+
+/* ---- activations: value, first and second derivative ------------------- */
+
+typedef enum { VAPO_ACT_GELU = 0, VAPO_ACT_SILU = 1, VAPO_ACT_RELU = 2 } vapo_act;
+
+#define VAPO_INV_SQRT2 0.70710678118654752440f
+#define VAPO_INV_SQRT2PI 0.39894228040143267794f
+
+/* GELU, exact (erf) form as in torch.nn.GELU(): x * Phi(x). */
+VAPO_HD float vapo_gelu(float x) { return 0.5f * x * (1.0f + erff(x * VAPO_INV_SQRT2)); }
+VAPO_HD float vapo_gelu_d1(float x)
+{
+    float cdf = 0.5f * (1.0f + erff(x * VAPO_INV_SQRT2));
+    float pdf = VAPO_INV_SQRT2PI * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+VAPO_HD float vapo_gelu_d2(float x)
+{
+    float pdf = VAPO_INV_SQRT2PI * expf(-0.5f * x * x);
+    return pdf * (2.0f - x * x);
+}
+
+VAPO_HD float vapo_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+VAPO_HD float vapo_silu(float x) { return x * vapo_sigmoid(x); }
+VAPO_HD float vapo_silu_d1(float x)
+{
+    float s = vapo_sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+VAPO_HD float vapo_silu_d2(float x)
+{
+    float s = vapo_sigmoid(x);
+    return s * (1.0f - s) * (2.0f + x * (1.0f - 2.0f * s));
+}
+
+/* ReLU: the second derivative is zero almost everywhere. */
+VAPO_HD float vapo_relu(float x) { return x > 0.0f ? x : 0.0f; }
+VAPO_HD float vapo_relu_d1(float x) { return x > 0.0f ? 1.0f : 0.0f; }
+
+VAPO_HD float vapo_act_value(vapo_act a, float x)
+{
+    return a == VAPO_ACT_GELU ? vapo_gelu(x) : a == VAPO_ACT_SILU ? vapo_silu(x) : vapo_relu(x);
+}
+VAPO_HD float vapo_act_d1(vapo_act a, float x)
+{
+    return a == VAPO_ACT_GELU ? vapo_gelu_d1(x) : a == VAPO_ACT_SILU ? vapo_silu_d1(x) : vapo_relu_d1(x);
+}
+VAPO_HD float vapo_act_d2(vapo_act a, float x)
+{
+    return a == VAPO_ACT_GELU ? vapo_gelu_d2(x) : a == VAPO_ACT_SILU ? vapo_silu_d2(x) : 0.0f;
+}
+
+/* ---- counter-based RNG: Philox4x32-10 (Salmon et al., SC'11) ------------ */
+
+typedef struct { uint32_t v[4]; } vapo_u32x4;
+
+VAPO_HD uint32_t vapo_mulhilo32(uint32_t a, uint32_t b, uint32_t *hi)
+{
+    uint64_t p = (uint64_t)a * (uint64_t)b;
+    *hi = (uint32_t)(p >> 32);
+    return (uint32_t)p;
+}
+
+VAPO_HD vapo_u32x4 vapo_philox4x32_10(vapo_u32x4 ctr, uint32_t k0, uint32_t k1)
+{
+    for (int r = 0; r < 10; r++) {
+        uint32_t hi0, hi1;
+        uint32_t lo0 = vapo_mulhilo32(0xD2511F53u, ctr.v[0], &hi0);
+        uint32_t lo1 = vapo_mulhilo32(0xCD9E8D57u, ctr.v[2], &hi1);
+        vapo_u32x4 next = {{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
+        ctr = next;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return ctr;
+}
+
+/* Uniform in the open interval (0, 1) with 24 random bits (exact in float). */
+VAPO_HD float vapo_u32_to_unit(uint32_t u) { return ((float)(u >> 8) + 0.5f) * (1.0f / 16777216.0f); }
+
+/* The four standard normals of Philox block `block` of stream `stream` under
+ * `seed` (Box-Muller on two pairs of uniforms). Element i of a stream lives in
+ * block i/4, lane i%4, so any element can be produced on its own. */
+VAPO_HD void vapo_normal4(uint64_t seed, uint64_t stream, uint64_t block, float out[4])
+{
+    vapo_u32x4 ctr = {{(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)}};
+    vapo_u32x4 r = vapo_philox4x32_10(ctr, (uint32_t)seed, (uint32_t)(seed >> 32));
+    for (int p = 0; p < 2; p++) {
+        float u1 = vapo_u32_to_unit(r.v[2 * p]);
+        float u2 = vapo_u32_to_unit(r.v[2 * p + 1]);
+        float rad = sqrtf(-2.0f * logf(u1));
+        float ang = 6.28318530717958647692f * u2;
+        out[2 * p] = rad * cosf(ang);
+        out[2 * p + 1] = rad * sinf(ang);
+    }
+}
+
+/* ---- optimiser updates (one parameter element) --------------------------- */
+
+/* Adam with bias correction; returns the step to subtract (before lr). */
+VAPO_HD float vapo_adam_direction(float g, float *m, float *v, float beta1, float beta2, float eps,
+                                  float bc1, float bc2)
+{
+    *m = beta1 * *m + (1.0f - beta1) * g;
+    *v = beta2 * *v + (1.0f - beta2) * g * g;
+    return (*m / bc1) / (sqrtf(*v / bc2) + eps);
+}
+
+/* Exponential moving average of a weight. */
+VAPO_HD float vapo_ema(float avg, float w, float decay) { return decay * avg + (1.0f - decay) * w; }
+
+#endif

@@ -1,0 +1,68 @@
+/* The energy network Phi_theta: a Wide-ResNet (VAPO-MATH.md section 7) with
+ * weight-normalised 3x3 convolutions, GELU, ReZero-scaled residual blocks,
+ * 2x2 average pooling between levels, and a ReLU -> spatial sum -> linear head.
+ *
+ * Passes (x and u are NCHW batches in backend memory, outputs too):
+ *   vapo_net_forward        Phi(x) per sample; keeps what later passes need
+ *   vapo_net_backward       grad_x Phi for the last forward batch
+ *   vapo_net_tangent        Phidot = grad_x Phi . u (forward mode along u)
+ *   vapo_net_dual_backward  d/dtheta of sum_b [phi_bar_b Phi_b + phidot_bar_b Phidot_b]
+ * With u = dL/d(grad_x Phi), phi_bar = dL/dPhi and phidot_bar = 1 the dual
+ * backward gives the exact parameter gradient of any loss L(Phi, grad_x Phi). */
+#ifndef VAPO_NET_H
+#define VAPO_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vapo/backend.h"
+
+#define VAPO_MAX_LEVELS 6
+
+typedef struct {
+    char preset[32];
+    int in_c, in_h, in_w;              /* image shape, e.g. 1 x 28 x 28 */
+    int levels;                        /* resolutions; 2x2 avg-pool between them */
+    int widths[VAPO_MAX_LEVELS];       /* channels per level */
+    int blocks;                        /* residual blocks per level */
+    int kernel;                        /* 3, or 1 for 1x1 "images" such as 2-D points */
+    vapo_act act;                      /* GELU by default */
+    vapo_act head_act;                 /* before the spatial sum: ReLU as in DRL */
+} vapo_arch;
+
+/* Fills *arch from a preset name (tiny, tiny2d, fmnist-small, fmnist, cifar10,
+ * celeba64, lsun64); -1 with a message listing the presets otherwise. */
+int vapo_arch_preset(const char *name, vapo_arch *arch);
+int vapo_arch_validate(const vapo_arch *arch);
+const char *vapo_arch_preset_list(void);
+
+/* One named parameter tensor inside the network's single parameter buffer. */
+typedef struct {
+    char name[64];
+    int ndim;
+    int shape[4];
+    size_t offset, count; /* in floats */
+} vapo_param;
+
+typedef struct vapo_net vapo_net;
+
+vapo_net *vapo_net_create(vapo_backend *be, const vapo_arch *arch);
+void vapo_net_free(vapo_net *net);
+
+const vapo_arch *vapo_net_arch(const vapo_net *net);
+vapo_backend *vapo_net_backend(const vapo_net *net);
+size_t vapo_net_param_count(const vapo_net *net);
+int vapo_net_params_list(const vapo_net *net, const vapo_param **list); /* returns the count */
+const vapo_param *vapo_net_param_find(const vapo_net *net, const char *name);
+float *vapo_net_params(vapo_net *net); /* backend memory, vapo_net_param_count floats */
+size_t vapo_net_input_size(const vapo_net *net); /* floats per image: in_c*in_h*in_w */
+
+/* Initialisation: v ~ N(0, 1/fan_in), gains 1, biases 0, ReZero scales 0. */
+int vapo_net_init(vapo_net *net, uint64_t seed);
+
+int vapo_net_forward(vapo_net *net, int batch, const float *x, float *phi);
+int vapo_net_backward(vapo_net *net, float *grad_x);
+int vapo_net_tangent(vapo_net *net, const float *u, float *phi_dot);
+int vapo_net_dual_backward(vapo_net *net, const float *phi_bar, const float *phidot_bar, float *param_grad);
+
+#endif

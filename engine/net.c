@@ -1,0 +1,611 @@
+/* The energy network: composition of the layers in layers.c, walked forward
+ * for Phi, forward-mode for the tangent, and in reverse for grad_x Phi and the
+ * dual (second-order) parameter gradient. See net.h for the contract. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vapo/error.h"
+#include "vapo/layers.h"
+#include "vapo/net.h"
+#include "vapo/rng.h"
+
+typedef struct {
+    int cin, cout, k;
+    size_t v, g, b; /* parameter offsets */
+    size_t w;       /* offset of the normalised weight in net->weights */
+} conv_mod;
+
+typedef struct {
+    int level, cin, cout;
+    conv_mod c1, c2, sc; /* sc.cout == 0: identity shortcut */
+    size_t scale;        /* parameter offset of the ReZero gain */
+} block_mod;
+
+/* Saved activations of one pass (primal, or tangent with the same layout). */
+typedef struct {
+    float *x;                                 /* input, CNHW */
+    float *c0;                                /* conv_in output */
+    float **in, **h1, **c1, **h2, **c2, **y;  /* per block */
+    float *relu, *sum, *phi;                  /* head */
+} act_set;
+
+struct vapo_net {
+    vapo_backend *be;
+    vapo_arch arch;
+    vapo_param *params;
+    int nparam_tensors;
+    size_t nparams, nweights;
+    float *theta;   /* parameters (backend) */
+    float *weights; /* weight-normalised conv weights (backend) */
+    float *wgrad;   /* their gradients during the dual pass (backend) */
+    conv_mod conv_in, head;
+    block_mod *blocks;
+    int nblocks;
+
+    int batch, capacity; /* current batch; batch the buffers are sized for */
+    float *arena[3];     /* primal, tangent, scratch */
+    act_set fwd, tan;
+    float *scratch[8];   /* reverse-pass adjoint buffers */
+    float *ones;         /* `capacity` ones: the seed of grad_x Phi */
+    int have_forward, have_tangent;
+};
+
+/* ---- structure ------------------------------------------------------------- */
+
+static int level_h(const vapo_net *n, int l) { return n->arch.in_h >> l; }
+static int level_w(const vapo_net *n, int l) { return n->arch.in_w >> l; }
+static size_t level_cols(const vapo_net *n, int l, int batch)
+{
+    return (size_t)batch * level_h(n, l) * level_w(n, l);
+}
+
+static int add_param(vapo_net *n, const char *name, int ndim, const int *shape, size_t *offset)
+{
+    vapo_param *grown = realloc(n->params, sizeof *grown * (n->nparam_tensors + 1));
+    if (!grown)
+        return vapo_fail("out of memory");
+    n->params = grown;
+    vapo_param *p = &n->params[n->nparam_tensors++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->count = 1;
+    for (int i = 0; i < ndim; i++)
+        p->shape[i] = shape[i], p->count *= (size_t)shape[i];
+    p->offset = n->nparams;
+    n->nparams += p->count;
+    *offset = p->offset;
+    return 0;
+}
+
+static int add_conv(vapo_net *n, const char *prefix, int cin, int cout, int k, conv_mod *c)
+{
+    char name[64];
+    c->cin = cin, c->cout = cout, c->k = k;
+    int vshape[4] = {cout, cin, k, k}, cshape[1] = {cout};
+    snprintf(name, sizeof name, "%s.v", prefix);
+    if (add_param(n, name, 4, vshape, &c->v))
+        return -1;
+    snprintf(name, sizeof name, "%s.g", prefix);
+    if (add_param(n, name, 1, cshape, &c->g))
+        return -1;
+    snprintf(name, sizeof name, "%s.b", prefix);
+    if (add_param(n, name, 1, cshape, &c->b))
+        return -1;
+    c->w = n->nweights;
+    n->nweights += (size_t)cout * cin * k * k;
+    return 0;
+}
+
+static int build_structure(vapo_net *n)
+{
+    const vapo_arch *a = &n->arch;
+    n->nblocks = a->levels * a->blocks;
+    n->blocks = calloc(n->nblocks, sizeof *n->blocks);
+    if (!n->blocks)
+        return vapo_fail("out of memory");
+    if (add_conv(n, "conv_in", a->in_c, a->widths[0], a->kernel, &n->conv_in))
+        return -1;
+    int cin = a->widths[0];
+    for (int l = 0, i = 0; l < a->levels; l++)
+        for (int j = 0; j < a->blocks; j++, i++) {
+            block_mod *b = &n->blocks[i];
+            char prefix[64];
+            int cout = a->widths[l], cshape[1] = {cout};
+            b->level = l, b->cin = cin, b->cout = cout;
+            snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.conv1", l, j);
+            if (add_conv(n, prefix, cin, cout, a->kernel, &b->c1))
+                return -1;
+            snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.conv2", l, j);
+            if (add_conv(n, prefix, cout, cout, a->kernel, &b->c2))
+                return -1;
+            snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.scale", l, j);
+            if (add_param(n, prefix, 1, cshape, &b->scale))
+                return -1;
+            if (cin != cout) {
+                snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.shortcut", l, j);
+                if (add_conv(n, prefix, cin, cout, a->kernel, &b->sc))
+                    return -1;
+            }
+            cin = cout;
+        }
+    return add_conv(n, "head", cin, 1, 1, &n->head);
+}
+
+vapo_net *vapo_net_create(vapo_backend *be, const vapo_arch *arch)
+{
+    if (vapo_arch_validate(arch))
+        return NULL;
+    vapo_net *n = calloc(1, sizeof *n);
+    if (!n) {
+        vapo_fail("out of memory");
+        return NULL;
+    }
+    n->be = be;
+    n->arch = *arch;
+    if (build_structure(n))
+        goto fail;
+    n->theta = be->alloc(be, sizeof(float) * n->nparams);
+    n->weights = be->alloc(be, sizeof(float) * n->nweights);
+    n->wgrad = be->alloc(be, sizeof(float) * n->nweights);
+    if (!n->theta || !n->weights || !n->wgrad) {
+        vapo_fail("out of memory for %zu parameters", n->nparams);
+        goto fail;
+    }
+    return n;
+fail:
+    vapo_net_free(n);
+    return NULL;
+}
+
+static void free_acts(vapo_net *n)
+{
+    for (int i = 0; i < 3; i++) {
+        if (n->arena[i])
+            n->be->free(n->be, n->arena[i]);
+        n->arena[i] = NULL;
+    }
+    if (n->ones)
+        n->be->free(n->be, n->ones);
+    n->ones = NULL;
+    act_set *sets[2] = {&n->fwd, &n->tan};
+    for (int s = 0; s < 2; s++) {
+        free(sets[s]->in);
+        memset(sets[s], 0, sizeof *sets[s]);
+    }
+    n->capacity = 0;
+}
+
+void vapo_net_free(vapo_net *n)
+{
+    if (!n)
+        return;
+    free_acts(n);
+    if (n->theta)
+        n->be->free(n->be, n->theta);
+    if (n->weights)
+        n->be->free(n->be, n->weights);
+    if (n->wgrad)
+        n->be->free(n->be, n->wgrad);
+    free(n->params);
+    free(n->blocks);
+    free(n);
+}
+
+const vapo_arch *vapo_net_arch(const vapo_net *n) { return &n->arch; }
+vapo_backend *vapo_net_backend(const vapo_net *n) { return n->be; }
+size_t vapo_net_param_count(const vapo_net *n) { return n->nparams; }
+float *vapo_net_params(vapo_net *n) { return n->theta; }
+size_t vapo_net_input_size(const vapo_net *n) { return (size_t)n->arch.in_c * n->arch.in_h * n->arch.in_w; }
+
+int vapo_net_params_list(const vapo_net *n, const vapo_param **list)
+{
+    *list = n->params;
+    return n->nparam_tensors;
+}
+
+const vapo_param *vapo_net_param_find(const vapo_net *n, const char *name)
+{
+    for (int i = 0; i < n->nparam_tensors; i++)
+        if (!strcmp(n->params[i].name, name))
+            return &n->params[i];
+    return NULL;
+}
+
+/* ---- activation memory: one arena per role, carved by a bump pointer ------- */
+
+typedef struct {
+    float *base;
+    size_t used;
+} bump;
+
+static float *take(bump *b, size_t count)
+{
+    float *p = b->base ? b->base + b->used : NULL;
+    b->used += (count + 15) & ~(size_t)15; /* keep 64-byte alignment */
+    return p;
+}
+
+/* Lays out one act_set for `batch` (pointers only when the arena exists). */
+static size_t layout_set(vapo_net *n, act_set *s, float *base, int batch)
+{
+    bump b = {base, 0};
+    const vapo_arch *a = &n->arch;
+    s->x = take(&b, (size_t)a->in_c * level_cols(n, 0, batch));
+    s->c0 = take(&b, (size_t)a->widths[0] * level_cols(n, 0, batch));
+    float *prev = s->c0;
+    for (int i = 0; i < n->nblocks; i++) {
+        const block_mod *m = &n->blocks[i];
+        const size_t cols = level_cols(n, m->level, batch);
+        if (i > 0 && m->level != n->blocks[i - 1].level)
+            prev = take(&b, (size_t)m->cin * cols); /* pooled input */
+        s->in[i] = prev;
+        s->h1[i] = take(&b, (size_t)m->cin * cols);
+        s->c1[i] = take(&b, (size_t)m->cout * cols);
+        s->h2[i] = take(&b, (size_t)m->cout * cols);
+        s->c2[i] = take(&b, (size_t)m->cout * cols);
+        s->y[i] = prev = take(&b, (size_t)m->cout * cols);
+    }
+    const int last = n->arch.levels - 1;
+    s->relu = take(&b, (size_t)a->widths[last] * level_cols(n, last, batch));
+    s->sum = take(&b, (size_t)a->widths[last] * batch);
+    s->phi = take(&b, (size_t)batch);
+    return b.used;
+}
+
+static size_t max_block_tensor(const vapo_net *n, int batch)
+{
+    size_t m = (size_t)n->arch.in_c * level_cols(n, 0, batch);
+    for (int i = 0; i < n->nblocks; i++) {
+        const block_mod *b = &n->blocks[i];
+        size_t c = (size_t)(b->cin > b->cout ? b->cin : b->cout) * level_cols(n, b->level, batch);
+        if (c > m)
+            m = c;
+    }
+    return m;
+}
+
+static int alloc_set(vapo_net *n, act_set *s, int batch, int arena)
+{
+    float **ptrs = calloc(6 * (size_t)n->nblocks, sizeof *ptrs);
+    if (!ptrs)
+        return vapo_fail("out of memory");
+    s->in = ptrs, s->h1 = ptrs + n->nblocks, s->c1 = ptrs + 2 * n->nblocks;
+    s->h2 = ptrs + 3 * n->nblocks, s->c2 = ptrs + 4 * n->nblocks, s->y = ptrs + 5 * n->nblocks;
+    size_t floats = layout_set(n, s, NULL, batch);
+    n->arena[arena] = n->be->alloc(n->be, sizeof(float) * floats);
+    if (!n->arena[arena])
+        return vapo_fail("out of memory for activations of a batch of %d (%zu MiB)", batch,
+                         (sizeof(float) * floats) >> 20);
+    layout_set(n, s, n->arena[arena], batch);
+    return 0;
+}
+
+/* Sizes every buffer for `batch`; grows (never shrinks) the capacity. The
+ * layout depends on the batch, so a change of batch lays the arenas out anew. */
+static int reserve(vapo_net *n, int batch)
+{
+    if (batch == n->batch && n->capacity >= batch)
+        return 0;
+    free_acts(n);
+    n->batch = 0;
+    if (alloc_set(n, &n->fwd, batch, 0) || alloc_set(n, &n->tan, batch, 1))
+        return -1;
+    const size_t each = (max_block_tensor(n, batch) + 15) & ~(size_t)15;
+    n->arena[2] = n->be->alloc(n->be, sizeof(float) * each * 8);
+    n->ones = n->be->alloc(n->be, sizeof(float) * batch);
+    float *host = malloc(sizeof(float) * batch);
+    if (!n->arena[2] || !n->ones || !host) {
+        free(host);
+        return vapo_fail("out of memory for the reverse pass of a batch of %d", batch);
+    }
+    for (int i = 0; i < 8; i++)
+        n->scratch[i] = n->arena[2] + i * each;
+    for (int i = 0; i < batch; i++)
+        host[i] = 1.0f;
+    n->be->upload(n->be, n->ones, host, sizeof(float) * batch);
+    free(host);
+    n->batch = n->capacity = batch;
+    return 0;
+}
+
+/* ---- initialisation ---------------------------------------------------------- */
+
+static void fill_normal(vapo_net *n, uint64_t seed, uint64_t stream, size_t off, size_t count, float std,
+                        float *host)
+{
+    vapo_rng_normal(seed, stream, 0, count, host + off);
+    for (size_t i = 0; i < count; i++)
+        host[off + i] *= std;
+    (void)n;
+}
+
+static void init_conv(vapo_net *n, const conv_mod *c, uint64_t seed, uint64_t stream, float *host)
+{
+    const size_t fan_in = (size_t)c->cin * c->k * c->k;
+    fill_normal(n, seed, stream, c->v, c->cout * fan_in, 1.0f / sqrtf((float)fan_in), host);
+    for (int o = 0; o < c->cout; o++)
+        host[c->g + o] = 1.0f;
+}
+
+int vapo_net_init(vapo_net *n, uint64_t seed)
+{
+    float *host = calloc(n->nparams, sizeof *host);
+    if (!host)
+        return vapo_fail("out of memory");
+    uint64_t stream = VAPO_STREAM_INIT;
+    init_conv(n, &n->conv_in, seed, stream++, host);
+    for (int i = 0; i < n->nblocks; i++) {
+        init_conv(n, &n->blocks[i].c1, seed, stream++, host);
+        init_conv(n, &n->blocks[i].c2, seed, stream++, host);
+        if (n->blocks[i].sc.cout)
+            init_conv(n, &n->blocks[i].sc, seed, stream++, host);
+    }
+    init_conv(n, &n->head, seed, stream++, host);
+    n->be->upload(n->be, n->theta, host, sizeof(float) * n->nparams);
+    free(host);
+    return 0;
+}
+
+/* ---- forward and tangent --------------------------------------------------------- */
+
+static vapo_conv_shape conv_shape(const vapo_net *n, const conv_mod *c, int level)
+{
+    return (vapo_conv_shape){c->cin, c->cout, c->k, n->batch, level_h(n, level), level_w(n, level)};
+}
+
+static void normalise_weights(vapo_net *n, const conv_mod *c)
+{
+    n->be->weightnorm_forward(n->be, c->cout, c->cin * c->k * c->k, n->weights + c->w, n->theta + c->v,
+                              n->theta + c->g);
+}
+
+static void refresh_weights(vapo_net *n)
+{
+    normalise_weights(n, &n->conv_in);
+    for (int i = 0; i < n->nblocks; i++) {
+        normalise_weights(n, &n->blocks[i].c1);
+        normalise_weights(n, &n->blocks[i].c2);
+        if (n->blocks[i].sc.cout)
+            normalise_weights(n, &n->blocks[i].sc);
+    }
+    normalise_weights(n, &n->head);
+}
+
+/* A conv of the primal pass adds its bias; the tangent pass has none. */
+static void run_conv(vapo_net *n, const conv_mod *c, int level, float *y, const float *x, int tangent)
+{
+    vapo_conv_shape s = conv_shape(n, c, level);
+    if (tangent)
+        vapo_conv_tangent(n->be, &s, y, x, n->weights + c->w);
+    else
+        vapo_conv_fwd(n->be, &s, y, x, n->weights + c->w, n->theta + c->b);
+}
+
+/* y = f(x) on the primal pass; ydot = f'(x) xdot on the tangent pass. */
+static void run_act(vapo_net *n, vapo_act a, size_t count, float *out, const float *primal_in,
+                    const float *tangent_in, int tangent)
+{
+    if (tangent)
+        n->be->act_tangent(n->be, a, count, out, primal_in, tangent_in);
+    else
+        n->be->act_forward(n->be, a, count, out, primal_in);
+}
+
+/* One walk for both passes: the tangent pass is the forward pass with each
+ * non-linearity replaced by its derivative at the saved primal point. */
+static void walk_forward(vapo_net *n, act_set *s, int tangent)
+{
+    vapo_backend *be = n->be;
+    const act_set *p = &n->fwd;
+    float *tmp = n->scratch[0];
+    run_conv(n, &n->conv_in, 0, s->c0, s->x, tangent);
+    for (int i = 0; i < n->nblocks; i++) {
+        const block_mod *m = &n->blocks[i];
+        const size_t cols = level_cols(n, m->level, n->batch);
+        if (i > 0 && m->level != n->blocks[i - 1].level)
+            vapo_pool_fwd(be, (size_t)m->cin * n->batch, level_h(n, m->level - 1), level_w(n, m->level - 1),
+                          s->in[i], s->y[i - 1]);
+        run_act(n, n->arch.act, m->cin * cols, s->h1[i], p->in[i], s->in[i], tangent);
+        run_conv(n, &m->c1, m->level, s->c1[i], s->h1[i], tangent);
+        run_act(n, n->arch.act, m->cout * cols, s->h2[i], p->c1[i], s->c1[i], tangent);
+        run_conv(n, &m->c2, m->level, s->c2[i], s->h2[i], tangent);
+        vapo_scale_fwd(be, m->cout, cols, tmp, s->c2[i], n->theta + m->scale);
+        if (m->sc.cout) {
+            run_conv(n, &m->sc, m->level, s->y[i], s->in[i], tangent);
+            be->axpy(be, m->cout * cols, 1.0f, tmp, s->y[i]);
+        } else {
+            be->add(be, m->cout * cols, s->y[i], s->in[i], tmp);
+        }
+    }
+    const int last = n->arch.levels - 1, c = n->arch.widths[last];
+    const size_t hw = (size_t)level_h(n, last) * level_w(n, last);
+    run_act(n, n->arch.head_act, c * hw * n->batch, s->relu, p->y[n->nblocks - 1], s->y[n->nblocks - 1],
+            tangent);
+    vapo_sum_fwd(be, (size_t)c * n->batch, hw, s->sum, s->relu);
+    vapo_conv_shape hs = {c, 1, 1, n->batch, 1, 1};
+    if (tangent)
+        vapo_conv_tangent(be, &hs, s->phi, s->sum, n->weights + n->head.w);
+    else
+        vapo_conv_fwd(be, &hs, s->phi, s->sum, n->weights + n->head.w, n->theta + n->head.b);
+}
+
+static int check_batch(int batch)
+{
+    if (batch < 1 || batch > (1 << 20))
+        return vapo_fail("batch size must be 1..%d, got %d", 1 << 20, batch);
+    return 0;
+}
+
+int vapo_net_forward(vapo_net *n, int batch, const float *x, float *phi)
+{
+    if (check_batch(batch) || reserve(n, batch))
+        return -1;
+    refresh_weights(n);
+    const vapo_arch *a = &n->arch;
+    n->be->nchw_to_cnhw(n->be, batch, a->in_c, a->in_h * a->in_w, n->fwd.x, x);
+    walk_forward(n, &n->fwd, 0);
+    n->be->copy(n->be, phi, n->fwd.phi, sizeof(float) * batch);
+    n->have_forward = 1;
+    n->have_tangent = 0;
+    return 0;
+}
+
+int vapo_net_tangent(vapo_net *n, const float *u, float *phi_dot)
+{
+    if (!n->have_forward)
+        return vapo_fail("vapo_net_tangent needs a forward pass first");
+    const vapo_arch *a = &n->arch;
+    n->be->nchw_to_cnhw(n->be, n->batch, a->in_c, a->in_h * a->in_w, n->tan.x, u);
+    walk_forward(n, &n->tan, 1);
+    if (phi_dot)
+        n->be->copy(n->be, phi_dot, n->tan.phi, sizeof(float) * n->batch);
+    n->have_tangent = 1;
+    return 0;
+}
+
+/* ---- reverse passes ------------------------------------------------------------ */
+
+/* Adjoint state of the reverse walk. `dual` carries tangent adjoints (gd) and
+ * parameter gradients; the plain backward pass carries only g. */
+typedef struct {
+    float *g, *gd;  /* adjoint of the current tensor and of its tangent */
+    float *x, *xd;  /* adjoint being produced for the layer input */
+    float *t, *td, *u, *ud;
+    float *grad;    /* parameter gradients (NULL: plain backward) */
+} rev;
+
+static void swap_io(rev *r)
+{
+    float *t = r->g, *td = r->gd;
+    r->g = r->x, r->gd = r->xd;
+    r->x = t, r->xd = td;
+}
+
+static void conv_reverse(vapo_net *n, rev *r, const conv_mod *c, int level, float *dx, float *dxdot,
+                         const float *x, const float *xdot, const float *dy, const float *dydot)
+{
+    vapo_conv_shape s = conv_shape(n, c, level);
+    const float *w = n->weights + c->w;
+    if (r->grad)
+        vapo_conv_dual(n->be, &s, dx, dxdot, n->wgrad + c->w, r->grad + c->b, x, xdot, dy, dydot, w);
+    else
+        vapo_conv_bwd(n->be, &s, dx, dy, w);
+}
+
+static void act_reverse(vapo_net *n, rev *r, vapo_act a, size_t count, float *dx, float *dxdot,
+                        const float *x, const float *xdot, const float *dy, const float *dydot)
+{
+    if (r->grad)
+        n->be->act_dual_backward(n->be, a, count, dx, dxdot, x, xdot, dy, dydot);
+    else
+        n->be->act_backward(n->be, a, count, dx, x, dy);
+}
+
+static void block_reverse(vapo_net *n, rev *r, int i)
+{
+    const block_mod *m = &n->blocks[i];
+    const act_set *p = &n->fwd, *t = &n->tan;
+    const size_t cols = level_cols(n, m->level, n->batch);
+    const int dual = r->grad != NULL;
+    vapo_scale_dual(n->be, m->cout, cols, r->t, dual ? r->td : NULL, dual ? r->grad + m->scale : NULL, p->c2[i],
+                    t->c2[i], r->g, r->gd, n->theta + m->scale);
+    conv_reverse(n, r, &m->c2, m->level, r->u, r->ud, p->h2[i], t->h2[i], r->t, r->td);
+    act_reverse(n, r, n->arch.act, m->cout * cols, r->t, r->td, p->c1[i], t->c1[i], r->u, r->ud);
+    conv_reverse(n, r, &m->c1, m->level, r->u, r->ud, p->h1[i], t->h1[i], r->t, r->td);
+    act_reverse(n, r, n->arch.act, m->cin * cols, r->x, r->xd, p->in[i], t->in[i], r->u, r->ud);
+    const size_t in_count = (size_t)m->cin * cols;
+    if (m->sc.cout) {
+        conv_reverse(n, r, &m->sc, m->level, r->t, r->td, p->in[i], t->in[i], r->g, r->gd);
+        n->be->axpy(n->be, in_count, 1.0f, r->t, r->x);
+        if (dual)
+            n->be->axpy(n->be, in_count, 1.0f, r->td, r->xd);
+    } else {
+        n->be->axpy(n->be, in_count, 1.0f, r->g, r->x);
+        if (dual)
+            n->be->axpy(n->be, in_count, 1.0f, r->gd, r->xd);
+    }
+    swap_io(r);
+}
+
+/* Reverse walk from the head down to the adjoint of conv_in's output. */
+static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
+{
+    vapo_backend *be = n->be;
+    const act_set *p = &n->fwd, *t = &n->tan;
+    const int last = n->arch.levels - 1, c = n->arch.widths[last], dual = r->grad != NULL;
+    const size_t hw = (size_t)level_h(n, last) * level_w(n, last);
+    vapo_conv_shape hs = {c, 1, 1, n->batch, 1, 1};
+    if (dual)
+        vapo_conv_dual(be, &hs, r->t, r->td, n->wgrad + n->head.w, r->grad + n->head.b, p->sum, t->sum, phi_bar,
+                       phidot_bar, n->weights + n->head.w);
+    else
+        vapo_conv_bwd(be, &hs, r->t, phi_bar, n->weights + n->head.w);
+    vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->u, r->t);
+    if (dual)
+        vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->ud, r->td);
+    act_reverse(n, r, n->arch.head_act, c * hw * n->batch, r->g, r->gd, p->y[n->nblocks - 1],
+                t->y[n->nblocks - 1], r->u, r->ud);
+    for (int i = n->nblocks - 1; i >= 0; i--) {
+        block_reverse(n, r, i);
+        const block_mod *m = &n->blocks[i];
+        if (i > 0 && m->level != n->blocks[i - 1].level) {
+            const size_t planes = (size_t)m->cin * n->batch;
+            const int h = level_h(n, m->level - 1), w = level_w(n, m->level - 1);
+            vapo_pool_bwd(be, planes, h, w, r->x, r->g);
+            if (dual)
+                vapo_pool_bwd(be, planes, h, w, r->xd, r->gd);
+            swap_io(r);
+        }
+    }
+}
+
+static rev rev_buffers(vapo_net *n, float *grad)
+{
+    float **s = n->scratch;
+    return (rev){s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], grad};
+}
+
+int vapo_net_backward(vapo_net *n, float *grad_x)
+{
+    if (!n->have_forward)
+        return vapo_fail("vapo_net_backward needs a forward pass first");
+    rev r = rev_buffers(n, NULL);
+    r.gd = r.xd = r.td = r.ud = NULL;
+    walk_reverse(n, &r, n->ones, NULL);
+    vapo_conv_shape s = conv_shape(n, &n->conv_in, 0);
+    vapo_conv_bwd(n->be, &s, r.x, r.g, n->weights + n->conv_in.w);
+    const vapo_arch *a = &n->arch;
+    n->be->cnhw_to_nchw(n->be, n->batch, a->in_c, a->in_h * a->in_w, grad_x, r.x);
+    return 0;
+}
+
+static void weightnorm_grad(vapo_net *n, const conv_mod *c, float *grad)
+{
+    n->be->weightnorm_backward(n->be, c->cout, c->cin * c->k * c->k, grad + c->v, grad + c->g, n->wgrad + c->w,
+                               n->theta + c->v, n->theta + c->g);
+}
+
+int vapo_net_dual_backward(vapo_net *n, const float *phi_bar, const float *phidot_bar, float *param_grad)
+{
+    if (!n->have_tangent)
+        return vapo_fail("vapo_net_dual_backward needs forward and tangent passes first");
+    n->be->zero(n->be, n->wgrad, sizeof(float) * n->nweights);
+    rev r = rev_buffers(n, param_grad);
+    walk_reverse(n, &r, phi_bar, phidot_bar ? phidot_bar : n->ones);
+    /* conv_in: only its parameters; the input adjoints are not needed */
+    vapo_conv_shape s = conv_shape(n, &n->conv_in, 0);
+    vapo_conv_dual(n->be, &s, NULL, NULL, n->wgrad + n->conv_in.w, param_grad + n->conv_in.b, n->fwd.x, n->tan.x,
+                   r.g, r.gd, n->weights + n->conv_in.w);
+    weightnorm_grad(n, &n->conv_in, param_grad);
+    for (int i = 0; i < n->nblocks; i++) {
+        weightnorm_grad(n, &n->blocks[i].c1, param_grad);
+        weightnorm_grad(n, &n->blocks[i].c2, param_grad);
+        if (n->blocks[i].sc.cout)
+            weightnorm_grad(n, &n->blocks[i].sc, param_grad);
+    }
+    weightnorm_grad(n, &n->head, param_grad);
+    return 0;
+}

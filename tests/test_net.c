@@ -1,0 +1,150 @@
+/* Whole-network checks on the CPU: parameter counts of the presets, the four
+ * passes of Phi against finite differences (tiny and tiny2d), and the
+ * consistency of backward and tangent. Tolerances as in test_layers.c. */
+#include <string.h>
+
+#include "testutil.h"
+#include "vapo/error.h"
+#include "vapo/net.h"
+
+#define H 3e-3
+#define TOL 3e-3
+
+static void check_counts(void)
+{
+    /* VAPO-MATH.md section 7 quotes ~30.7 M (cifar10) and ~51.4 M (celeba64). */
+    struct { const char *preset; size_t want; } cases[] = {
+        {"fmnist-small", 167234}, {"cifar10", 30711170}, {"celeba64", 51362690}};
+    vapo_backend *be = vapo_backend_cpu(0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        vapo_arch a;
+        CHECK(!vapo_arch_preset(cases[i].preset, &a), "preset %s: %s", cases[i].preset, vapo_last_error());
+        vapo_net *n = vapo_net_create(be, &a);
+        CHECK(n && vapo_net_param_count(n) == cases[i].want, "%s: %zu parameters, expected %zu", cases[i].preset,
+              n ? vapo_net_param_count(n) : 0, cases[i].want);
+        printf("  %-14s %zu parameters\n", cases[i].preset, n ? vapo_net_param_count(n) : 0);
+        vapo_net_free(n);
+    }
+    vapo_arch a;
+    CHECK(vapo_arch_preset("nope", &a) && strstr(vapo_last_error(), "fmnist-small"), "unknown preset message: %s",
+          vapo_last_error());
+    be->destroy(be);
+}
+
+/* A random direction with the norm of a 100-dimensional normal vector, so the
+ * finite-difference step stays small however many parameters there are. */
+static void random_direction(float *dir, size_t n, uint64_t seed)
+{
+    fill_normal(dir, n, seed, 1.0f);
+    double norm = sqrt(dotd(dir, dir, n)), want = sqrt(n < 100 ? (double)n : 100.0);
+    for (size_t i = 0; i < n; i++)
+        dir[i] = (float)(dir[i] * want / norm);
+}
+
+static double sum_phi(vapo_net *n, int batch, const float *x, float *phi)
+{
+    vapo_net_forward(n, batch, x, phi);
+    double s = 0;
+    for (int b = 0; b < batch; b++)
+        s += phi[b];
+    return s;
+}
+
+/* S(theta) = sum_b phibar_b Phi_b + phidotbar_b (grad Phi_b . u_b) */
+static double dual_objective(vapo_net *n, int batch, const float *x, const float *u, const float *pb,
+                             const float *pdb, float *phi, float *phid)
+{
+    vapo_net_forward(n, batch, x, phi);
+    vapo_net_tangent(n, u, phid);
+    double s = 0;
+    for (int b = 0; b < batch; b++)
+        s += (double)pb[b] * phi[b] + (double)pdb[b] * phid[b];
+    return s;
+}
+
+static void check_passes(const char *preset, int batch)
+{
+    vapo_backend *be = vapo_backend_cpu(0);
+    vapo_arch a;
+    vapo_arch_preset(preset, &a);
+    /* The head's ReLU makes S piecewise smooth: a finite difference that
+     * crosses a kink is meaningless, so the whole-network check uses a smooth
+     * head activation (ReLU's passes are checked in test_layers.c, and the
+     * real ReLU head against PyTorch in test_oracle). */
+    a.head_act = VAPO_ACT_GELU;
+    vapo_net *n = vapo_net_create(be, &a);
+    const size_t d = vapo_net_input_size(n), np = vapo_net_param_count(n), nx = d * batch;
+    float *theta = vapo_net_params(n);
+    fill_normal(theta, np, 5, 0.4f); /* random gains, biases and non-zero ReZero scales */
+    float *x = malloc(sizeof(float) * nx), *u = malloc(sizeof(float) * nx), *g = malloc(sizeof(float) * nx);
+    float *dir = malloc(sizeof(float) * (nx > np ? nx : np)), *xs = malloc(sizeof(float) * nx);
+    float *grad = calloc(np, sizeof(float)), *save = malloc(sizeof(float) * np);
+    float phi[16], phid[16], pb[16], pdb[16];
+    fill_normal(x, nx, 6, 1.0f);
+    fill_normal(u, nx, 7, 1.0f);
+    fill_normal(pb, batch, 8, 1.0f);
+    fill_normal(pdb, batch, 9, 1.0f);
+
+    /* backward: grad_x sum Phi against a central difference */
+    vapo_net_forward(n, batch, x, phi);
+    vapo_net_backward(n, g);
+    random_direction(dir, nx, 10);
+    for (size_t i = 0; i < nx; i++)
+        xs[i] = x[i] + (float)H * dir[i];
+    double sp = sum_phi(n, batch, xs, phi);
+    for (size_t i = 0; i < nx; i++)
+        xs[i] = x[i] - (float)H * dir[i];
+    double fd = (sp - sum_phi(n, batch, xs, phi)) / (2 * H), an = dotd(g, dir, nx);
+    CHECK(fabs(fd - an) <= TOL * (fabs(fd) + 1), "%s backward: analytic %.7g, finite difference %.7g", preset, an, fd);
+
+    /* tangent equals grad . u per sample */
+    vapo_net_forward(n, batch, x, phi);
+    vapo_net_tangent(n, u, phid);
+    for (int b = 0; b < batch; b++) {
+        double want = dotd(g + b * d, u + b * d, d);
+        CHECK(fabs(phid[b] - want) <= 1e-4 * (fabs(want) + 1), "%s tangent sample %d: %.7g vs grad.u %.7g", preset, b,
+              phid[b], want);
+    }
+
+    /* dual backward: d S / d theta along a random direction and along single
+     * coordinates of every parameter tensor */
+    vapo_net_dual_backward(n, pb, pdb, grad);
+    memcpy(save, theta, sizeof(float) * np);
+    random_direction(dir, np, 11);
+    for (size_t i = 0; i < np; i++)
+        theta[i] = save[i] + (float)H * dir[i];
+    sp = dual_objective(n, batch, x, u, pb, pdb, phi, phid);
+    for (size_t i = 0; i < np; i++)
+        theta[i] = save[i] - (float)H * dir[i];
+    fd = (sp - dual_objective(n, batch, x, u, pb, pdb, phi, phid)) / (2 * H);
+    memcpy(theta, save, sizeof(float) * np);
+    an = dotd(grad, dir, np);
+    CHECK(fabs(fd - an) <= TOL * (fabs(fd) + 1), "%s dual, random direction: analytic %.7g, finite difference %.7g",
+          preset, an, fd);
+
+    const vapo_param *list;
+    int count = vapo_net_params_list(n, &list);
+    for (int t = 0; t < count; t++) {
+        size_t i = list[t].offset + list[t].count / 2;
+        theta[i] = save[i] + (float)H;
+        sp = dual_objective(n, batch, x, u, pb, pdb, phi, phid);
+        theta[i] = save[i] - (float)H;
+        fd = (sp - dual_objective(n, batch, x, u, pb, pdb, phi, phid)) / (2 * H);
+        theta[i] = save[i];
+        CHECK(fabs(fd - grad[i]) <= 5 * TOL * (fabs(fd) + 1), "%s dual d/d %s[%zu]: analytic %.7g, finite difference %.7g",
+              preset, list[t].name, list[t].count / 2, grad[i], fd);
+    }
+    printf("  %-8s batch %d: backward, tangent and dual agree with finite differences (%d tensors)\n", preset, batch,
+           count);
+    free(x), free(u), free(g), free(dir), free(xs), free(grad), free(save);
+    vapo_net_free(n);
+    be->destroy(be);
+}
+
+int main(void)
+{
+    check_counts();
+    check_passes("tiny", 3);
+    check_passes("tiny2d", 5);
+    return test_finish("test_net");
+}

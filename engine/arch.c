@@ -1,6 +1,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "vapo/error.h"
 #include "vapo/net.h"
 
@@ -64,4 +66,55 @@ int vapo_arch_validate(const vapo_arch *a)
                              a->in_w);
     }
     return 0;
+}
+
+/* ---- JSON form ------------------------------------------------------------------ */
+
+static const char *act_names[] = {"gelu", "silu", "relu"};
+
+const char *vapo_act_name(vapo_act a) { return (unsigned)a < 3 ? act_names[a] : "?"; }
+
+int vapo_act_parse(const char *name, vapo_act *out)
+{
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, act_names[i])) {
+            *out = (vapo_act)i;
+            return 0;
+        }
+    return vapo_fail("unknown activation '%s' (expected gelu, silu or relu)", name);
+}
+
+json_t *vapo_arch_to_json(const vapo_arch *a)
+{
+    json_t *widths = json_array();
+    for (int l = 0; l < a->levels; l++)
+        json_array_append_new(widths, json_integer(a->widths[l]));
+    return json_pack("{s:s, s:[i,i,i], s:o, s:i, s:i, s:s, s:s}", "preset", a->preset, "input", a->in_c, a->in_h,
+                     a->in_w, "widths", widths, "blocks", a->blocks, "kernel", a->kernel, "act", vapo_act_name(a->act),
+                     "head_act", vapo_act_name(a->head_act));
+}
+
+int vapo_arch_from_json(const json_t *obj, vapo_arch *a)
+{
+    json_t *widths = NULL;
+    const char *preset = "", *act = "gelu", *head_act = "relu";
+    json_error_t err;
+    memset(a, 0, sizeof *a);
+    if (json_unpack_ex((json_t *)obj, &err, JSON_STRICT, "{s?s, s:[iii], s:o, s:i, s:i, s?s, s?s}", "preset", &preset,
+                       "input", &a->in_c, &a->in_h, &a->in_w, "widths", &widths, "blocks", &a->blocks, "kernel",
+                       &a->kernel, "act", &act, "head_act", &head_act))
+        return vapo_fail("architecture metadata: %s", err.text);
+    if (!json_is_array(widths) || json_array_size(widths) < 1 || json_array_size(widths) > VAPO_MAX_LEVELS)
+        return vapo_fail("architecture metadata: widths must be an array of 1..%d integers", VAPO_MAX_LEVELS);
+    a->levels = (int)json_array_size(widths);
+    for (int l = 0; l < a->levels; l++) {
+        json_t *w = json_array_get(widths, l);
+        if (!json_is_integer(w) || json_integer_value(w) < 1 || json_integer_value(w) > 4096)
+            return vapo_fail("architecture metadata: widths[%d] must be an integer in 1..4096", l);
+        a->widths[l] = (int)json_integer_value(w);
+    }
+    snprintf(a->preset, sizeof a->preset, "%s", preset);
+    if (vapo_act_parse(act, &a->act) || vapo_act_parse(head_act, &a->head_act))
+        return -1;
+    return vapo_arch_validate(a);
 }

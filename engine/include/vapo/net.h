@@ -36,6 +36,14 @@ int vapo_arch_preset(const char *name, vapo_arch *arch);
 int vapo_arch_validate(const vapo_arch *arch);
 const char *vapo_arch_preset_list(void);
 
+/* The architecture as a JSON object (for checkpoint metadata) and back; the
+ * parser validates and names the offending field. */
+struct json_t;
+struct json_t *vapo_arch_to_json(const vapo_arch *arch);
+int vapo_arch_from_json(const struct json_t *obj, vapo_arch *arch);
+const char *vapo_act_name(vapo_act a);
+int vapo_act_parse(const char *name, vapo_act *out);
+
 /* One named parameter tensor inside the network's single parameter buffer. */
 typedef struct {
     char name[64];

@@ -1,0 +1,76 @@
+/* A trained model ready for use: the network with its (EMA) weights on a
+ * backend, plus what its checkpoint says about data, sampling and OOD
+ * calibration. This is what vapo-sample, vapo-score and vapo-serve load.
+ *
+ * Checkpoint layout (safetensors, see ckpt.h):
+ *   tensors  one per network parameter, named as vapo_net_params_list says,
+ *            holding the weights to sample with (the EMA weights);
+ *            trainer state under "train/..." (ignored here);
+ *   metadata "vapo": {"format": 1, "arch": {...}, "data": {...},
+ *            "loss": {...}, "train": {...}, "sampling": {...}, "ood": {...}}
+ * Sample k of a request is x0 = omega * N(0, I) from the counter-based RNG at
+ * (seed, stream VAPO_STREAM_SAMPLE_NOISE, elements k*d .. k*d+d-1), pushed
+ * through dx/dt = grad Phi(x): it depends on (seed, k) only. */
+#ifndef VAPO_MODEL_H
+#define VAPO_MODEL_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "vapo/ckpt.h"
+#include "vapo/loss.h"
+#include "vapo/net.h"
+#include "vapo/ode.h"
+
+#define VAPO_OOD_QUANTILES 1001
+
+typedef struct {
+    vapo_net *net;
+    vapo_arch arch;
+    vapo_loss_config loss;    /* omega is the prior std of the initial noise */
+    vapo_ode_config sampling; /* defaults for generation */
+    long long step;           /* training step of the weights */
+    char dataset[128];
+    /* OOD calibration: energy quantiles of held-out in-distribution data,
+     * q[i] = quantile i/(VAPO_OOD_QUANTILES-1); absent when n_calib == 0. */
+    int n_calib;
+    float quantiles[VAPO_OOD_QUANTILES];
+    double ood_keep; /* fraction of in-distribution data kept by the threshold (0.95) */
+    json_t *meta;    /* the full "vapo" metadata object */
+
+    /* scratch for batched evaluation on the backend */
+    int cap;
+    float *dev_x, *dev_g, *dev_phi;
+} vapo_model;
+
+/* A fresh model around a network (for training); takes ownership of net. */
+vapo_model *vapo_model_wrap(vapo_net *net, const vapo_loss_config *loss);
+vapo_model *vapo_model_load(const char *path, vapo_backend *be);
+void vapo_model_free(vapo_model *m);
+
+/* Saves the network's current weights, the metadata and `n_extra` further
+ * host tensors (trainer state, named "train/...") atomically. */
+int vapo_model_save(const char *path, const vapo_model *m, const vapo_tensor_ref *extra, int n_extra);
+
+/* The metadata object to store with the weights (new reference). */
+json_t *vapo_model_metadata(const vapo_model *m);
+
+/* Field and energy on host arrays of `count` NCHW images. vapo_model_field has
+ * the signature of vapo_field_fn (ctx = the model), for the ODE solvers. */
+int vapo_model_field(void *model, int count, const float *points, float *out);
+int vapo_model_energy(vapo_model *m, int count, const float *x, float *phi);
+
+/* Initial noise of samples first..first+n-1 for `seed` (host, n*d floats). */
+void vapo_model_noise(const vapo_model *m, uint64_t seed, int first, int n, float *x);
+
+/* OOD score of an energy: the fraction of in-distribution calibration
+ * energies above it (0 typical or better, 1 below everything seen). The
+ * threshold rule: in distribution iff score <= ood_keep, i.e. the energy is
+ * at least the (1 - ood_keep) quantile of in-distribution energies. */
+double vapo_model_ood_score(const vapo_model *m, double energy);
+int vapo_model_in_distribution(const vapo_model *m, double energy);
+
+/* Fills the calibration from energies of held-out in-distribution data. */
+int vapo_model_calibrate(vapo_model *m, const float *energies, int n);
+
+#endif

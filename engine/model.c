@@ -208,30 +208,35 @@ static int reserve(vapo_model *m, int count)
     return m->cap ? 0 : vapo_fail("out of memory for a batch of %d", count);
 }
 
-int vapo_model_field(void *model, int count, const float *points, float *out)
+int vapo_model_energy_grad(vapo_model *m, int count, const float *x, float *phi, float *grad)
 {
-    vapo_model *m = model;
     vapo_backend *be = vapo_net_backend(m->net);
     const size_t n = (size_t)count * vapo_net_input_size(m->net);
+    if (count < 1)
+        return vapo_fail("empty batch");
     if (reserve(m, count))
         return -1;
-    be->upload(be, m->dev_x, points, sizeof(float) * n);
-    if (vapo_net_forward(m->net, count, m->dev_x, m->dev_phi) || vapo_net_backward(m->net, m->dev_g))
+    be->upload(be, m->dev_x, x, sizeof(float) * n);
+    if (vapo_net_forward(m->net, count, m->dev_x, m->dev_phi))
         return -1;
-    be->download(be, out, m->dev_g, sizeof(float) * n);
+    if (grad) {
+        if (vapo_net_backward(m->net, m->dev_g))
+            return -1;
+        be->download(be, grad, m->dev_g, sizeof(float) * n);
+    }
+    if (phi)
+        be->download(be, phi, m->dev_phi, sizeof(float) * count);
     return 0;
+}
+
+int vapo_model_field(void *model, int count, const float *points, float *out)
+{
+    return vapo_model_energy_grad(model, count, points, NULL, out);
 }
 
 int vapo_model_energy(vapo_model *m, int count, const float *x, float *phi)
 {
-    vapo_backend *be = vapo_net_backend(m->net);
-    if (reserve(m, count))
-        return -1;
-    be->upload(be, m->dev_x, x, sizeof(float) * count * vapo_net_input_size(m->net));
-    if (vapo_net_forward(m->net, count, m->dev_x, m->dev_phi))
-        return -1;
-    be->download(be, phi, m->dev_phi, sizeof(float) * count);
-    return 0;
+    return vapo_model_energy_grad(m, count, x, phi, NULL);
 }
 
 void vapo_model_noise(const vapo_model *m, uint64_t seed, int first, int n, float *x)

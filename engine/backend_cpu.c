@@ -1,6 +1,7 @@
-/* The CPU backend: OpenBLAS GEMMs for convolutions, OpenMP for the rest.
+/* The CPU backend: BLIS GEMMs (through its CBLAS interface) for convolutions, OpenMP for the rest.
  * Convolutions use im2col over column chunks so the scratch matrix stays
  * bounded (VAPO_COL_BUDGET floats) while each GEMM stays large. */
+#include <blis.h>
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -396,11 +397,10 @@ vapo_backend *vapo_backend_cpu(int threads)
         vapo_fail("out of memory creating the CPU backend");
         return NULL;
     }
-    if (threads > 0) {
+    if (threads > 0)
         omp_set_num_threads(threads);
-        openblas_set_num_threads(threads);
-    }
     cb->threads = threads > 0 ? threads : omp_get_max_threads();
+    bli_thread_set_num_threads(cb->threads); /* BLIS runs single-threaded unless told */
     cb->base = (vapo_backend){
         .name = "cpu",
         .alloc = cpu_alloc,

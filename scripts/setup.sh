@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libopenblas-dev libmicrohttpd-dev libjansson-dev libpng-dev zlib1g-dev
+  libblis-openmp-dev libmicrohttpd-dev libjansson-dev libpng-dev zlib1g-dev
   python3 python3-numpy python3-scipy python3-torch
   dataset-fashion-mnist
   curl

@@ -1,0 +1,43 @@
+/* Optimisers for the trainer: Lamb (cybertronai-style, as the paper uses) and
+ * Adam, with linear warm-up, global-norm gradient clipping and an EMA of the
+ * weights. They work on host copies of the flat parameter buffer; per-tensor
+ * quantities (Lamb's trust ratio) use the network's parameter table. */
+#ifndef VAPO_TRAIN_OPTIM_H
+#define VAPO_TRAIN_OPTIM_H
+
+#include <stddef.h>
+
+#include "vapo/net.h"
+
+typedef enum { OPTIM_LAMB = 0, OPTIM_ADAM = 1 } optim_kind;
+
+typedef struct {
+    optim_kind kind;
+    double lr, beta1, beta2, eps;
+    long warmup;      /* steps of linear learning-rate warm-up */
+    double clip;      /* global gradient-norm clip; 0 = off */
+    double ema_decay; /* EMA decay (with the usual (1+t)/(10+t) warm-up) */
+} optim_config;
+
+typedef struct {
+    optim_config cfg;
+    const vapo_param *tensors;
+    int ntensors;
+    size_t n;
+    float *m, *v, *ema; /* host, n floats each */
+} optim_state;
+
+int optim_kind_parse(const char *name, optim_kind *out);
+const char *optim_kind_name(optim_kind k);
+
+int optim_init(optim_state *s, const optim_config *cfg, const vapo_net *net, const float *params);
+void optim_free(optim_state *s);
+
+/* One update of params (host) from grad (host, modified by clipping) at step
+ * `step` (0-based); returns the gradient norm before clipping. */
+double optim_step(optim_state *s, float *params, float *grad, long step);
+
+/* The learning rate used at `step`. */
+double optim_lr(const optim_config *cfg, long step);
+
+#endif

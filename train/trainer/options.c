@@ -1,0 +1,237 @@
+#include "options.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vapo/error.h"
+
+typedef enum { T_STR, T_INT, T_LONG, T_DBL } opt_type;
+
+typedef struct {
+    const char *name;
+    opt_type type;
+    size_t offset;
+    const char *help;
+} opt_def;
+
+#define O(field) offsetof(train_options, field)
+static const opt_def defs[] = {
+    {"data", T_STR, O(data), "dataset: fashion-mnist, mnist[:DIR], cifar10:DIR, folder:DIR, celeba:DIR"},
+    {"preset", T_STR, O(preset), "network preset: tiny, tiny2d, fmnist-small, fmnist, cifar10, celeba64, lsun64"},
+    {"out", T_STR, O(out), "output folder for checkpoints, grids and logs"},
+    {"resume", T_STR, O(resume), "continue exactly from this checkpoint"},
+    {"device", T_STR, O(device), "cpu, cuda or auto"},
+    {"threads", T_INT, O(threads), "CPU threads (0: all cores)"},
+    {"steps", T_LONG, O(steps), "total training steps"},
+    {"batch", T_INT, O(batch), "batch size"},
+    {"seed", T_LONG, O(seed), "seed of initialisation, data order, times and noises"},
+    {"optimizer", T_STR, O(optimizer), "lamb or adam"},
+    {"lr", T_DBL, O(opt.lr), "learning rate"},
+    {"beta1", T_DBL, O(opt.beta1), "first-moment decay"},
+    {"beta2", T_DBL, O(opt.beta2), "second-moment decay"},
+    {"adam-eps", T_DBL, O(opt.eps), "optimizer epsilon"},
+    {"warmup", T_LONG, O(opt.warmup), "linear learning-rate warm-up steps"},
+    {"clip", T_DBL, O(opt.clip), "global gradient-norm clip (0: off)"},
+    {"ema", T_DBL, O(opt.ema_decay), "EMA decay of the weights"},
+    {"omega", T_DBL, O(loss.omega), "prior std"},
+    {"nu", T_DBL, O(loss.nu), "likelihood std"},
+    {"sharpness", T_DBL, O(loss.eps), "epsilon of the log-uniform time law (nu^2/omega^2 is geometric)"},
+    {"lambda", T_DBL, O(loss.lambda), "spectral-gap (L2) weight"},
+    {"innovation-weight", T_STR, O(weighting), "jacobian (tau'/2, default) or constant (1/2)"},
+    {"save-every", T_LONG, O(save_every), "checkpoint every N steps"},
+    {"keep", T_INT, O(keep), "keep the last N step checkpoints"},
+    {"sample-every", T_LONG, O(sample_every), "sample grid (EMA weights) every N steps (0: only at the end)"},
+    {"log-every", T_LONG, O(log_every), "metrics line every N steps"},
+    {"grid", T_INT, O(grid), "images in the sample grid"},
+    {"sample-tol", T_DBL, O(sample_tol), "RK45 rtol = atol for grids during training"},
+    {"t-end", T_DBL, O(t_end), "ODE end time stored as the sampling default"},
+    {"calib", T_INT, O(calib), "held-out images for the OOD energy calibration"},
+};
+#define NDEFS ((int)(sizeof defs / sizeof defs[0]))
+
+void train_options_default(train_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->data = "fashion-mnist", o->preset = "fmnist-small", o->out = "runs/fmnist-small", o->device = "cpu";
+    o->steps = 5000, o->batch = 64, o->seed = 0;
+    o->save_every = 500, o->keep = 3, o->sample_every = 1000, o->log_every = 50, o->grid = 64, o->calib = 2000;
+    o->optimizer = "lamb", o->weighting = "jacobian";
+    o->opt = (optim_config){OPTIM_LAMB, 1e-3, 0.9, 0.999, 1e-8, 500, 1.0, 0.999};
+    o->loss = vapo_loss_config_default();
+    o->sample_tol = 1e-3, o->t_end = 1.5;
+}
+
+static const opt_def *find(const char *name)
+{
+    for (int i = 0; i < NDEFS; i++)
+        if (!strcmp(defs[i].name, name))
+            return &defs[i];
+    return NULL;
+}
+
+static int set_value(train_options *o, const opt_def *d, const char *text, const char *origin)
+{
+    char *end;
+    void *p = (char *)o + d->offset;
+    errno = 0;
+    if (d->type == T_STR) {
+        *(const char **)p = text;
+        return 0;
+    }
+    if (d->type == T_DBL) {
+        double v = strtod(text, &end);
+        if (*text == 0 || *end || errno || !isfinite(v))
+            return vapo_fail("%s: --%s needs a number, got '%s'", origin, d->name, text);
+        *(double *)p = v;
+        return 0;
+    }
+    long long v = strtoll(text, &end, 10);
+    if (*text == 0 || *end || errno || v < 0 || (d->type == T_INT && v > 1 << 30))
+        return vapo_fail("%s: --%s needs a non-negative integer, got '%s'", origin, d->name, text);
+    if (d->type == T_INT)
+        *(int *)p = (int)v;
+    else
+        *(long *)p = (long)v;
+    return 0;
+}
+
+static void print_help(void)
+{
+    train_options o;
+    train_options_default(&o);
+    printf("usage: vapo-train [--config FILE.json] [options]\n\n"
+           "Trains a VAPO energy model (VAPO-MATH.md) and writes checkpoints, sample grids and a\n"
+           "JSONL metrics log to --out. SIGINT/SIGTERM save a checkpoint, then exit.\n\noptions:\n");
+    for (int i = 0; i < NDEFS; i++) {
+        const void *p = (const char *)&o + defs[i].offset;
+        char def[64] = "";
+        if (defs[i].type == T_STR)
+            snprintf(def, sizeof def, "%s", *(const char *const *)p ? *(const char *const *)p : "");
+        else if (defs[i].type == T_INT)
+            snprintf(def, sizeof def, "%d", *(const int *)p);
+        else if (defs[i].type == T_LONG)
+            snprintf(def, sizeof def, "%ld", *(const long *)p);
+        else
+            snprintf(def, sizeof def, "%g", *(const double *)p);
+        printf("  --%-18s %s%s%s%s\n", defs[i].name, defs[i].help, *def ? " [" : "", def, *def ? "]" : "");
+    }
+    printf("  --%-18s %s\n  --%-18s %s\n", "config FILE", "JSON object of the options above (names without --)",
+           "help", "this text");
+}
+
+int train_options_apply_json(train_options *o, const json_t *obj, const char *origin)
+{
+    const char *key;
+    json_t *val;
+    if (!json_is_object(obj))
+        return vapo_fail("%s: expected a JSON object of options", origin);
+    json_object_foreach((json_t *)obj, key, val) {
+        const opt_def *d = find(key);
+        if (!d)
+            return vapo_fail("%s: unknown option '%s' (see --help)", origin, key);
+        char buf[64];
+        const char *text = buf;
+        if (json_is_string(val)) {
+            text = strdup(json_string_value(val)); /* lives as long as the options (process) */
+        } else if (json_is_integer(val)) {
+            snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
+        } else if (json_is_real(val)) {
+            snprintf(buf, sizeof buf, "%.17g", json_real_value(val));
+        } else {
+            return vapo_fail("%s: option '%s' must be a string or a number", origin, key);
+        }
+        if (!text || set_value(o, d, text, origin))
+            return -1;
+    }
+    return 0;
+}
+
+static int load_config(train_options *o, const char *path)
+{
+    json_error_t err;
+    json_t *obj = json_load_file(path, 0, &err);
+    if (!obj)
+        return vapo_fail("%s:%d: %s", path, err.line, err.text);
+    int rc = train_options_apply_json(o, obj, path);
+    json_decref(obj);
+    return rc;
+}
+
+static int finish(train_options *o)
+{
+    if (optim_kind_parse(o->optimizer, &o->opt.kind) || vapo_innovation_weight_parse(o->weighting, &o->loss.weighting))
+        return -1;
+    if (o->steps < 1 || o->batch < 1 || o->batch > 65536)
+        return vapo_fail("--steps must be >= 1 and --batch in 1..65536");
+    if (!(o->opt.lr > 0) || !(o->opt.beta1 >= 0 && o->opt.beta1 < 1) || !(o->opt.beta2 >= 0 && o->opt.beta2 < 1) ||
+        !(o->opt.eps > 0) || !(o->opt.ema_decay >= 0 && o->opt.ema_decay < 1) || !(o->opt.clip >= 0))
+        return vapo_fail("optimizer: need lr > 0, 0 <= beta1, beta2, ema < 1, adam-eps > 0, clip >= 0");
+    if (o->grid < 1 || o->grid > 1024 || o->save_every < 1 || o->log_every < 1 || o->keep < 1)
+        return vapo_fail("--grid must be 1..1024; --save-every, --log-every and --keep at least 1");
+    if (!(o->sample_tol > 0) || !(o->t_end > 0))
+        return vapo_fail("--sample-tol and --t-end must be positive");
+    return vapo_loss_config_validate(&o->loss);
+}
+
+int train_options_parse(train_options *o, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            print_help();
+            return 1;
+        }
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc)
+                return vapo_fail("--config needs a file");
+            if (load_config(o, argv[i + 1]))
+                return -1;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2))
+            return vapo_fail("unexpected argument '%s' (options start with --; see --help)", arg);
+        if (!strcmp(arg, "--config")) {
+            i++;
+            continue;
+        }
+        const char *eq = strchr(arg, '=');
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)(eq ? (size_t)(eq - arg - 2) : strlen(arg + 2)), arg + 2);
+        const opt_def *d = find(name);
+        if (!d)
+            return vapo_fail("unknown option '%s' (see --help)", arg);
+        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!val)
+            return vapo_fail("--%s needs a value", name);
+        if (set_value(o, d, val, "command line"))
+            return -1;
+    }
+    return finish(o);
+}
+
+json_t *train_options_to_json(const train_options *o)
+{
+    json_t *obj = json_object();
+    for (int i = 0; i < NDEFS; i++) {
+        const void *p = (const char *)o + defs[i].offset;
+        json_t *v = NULL;
+        if (!strcmp(defs[i].name, "resume") || !strcmp(defs[i].name, "out") || !strcmp(defs[i].name, "device") ||
+            !strcmp(defs[i].name, "threads"))
+            continue; /* where and how it ran, not what it trains */
+        if (defs[i].type == T_STR)
+            v = *(const char *const *)p ? json_string(*(const char *const *)p) : NULL;
+        else if (defs[i].type == T_INT)
+            v = json_integer(*(const int *)p);
+        else if (defs[i].type == T_LONG)
+            v = json_integer(*(const long *)p);
+        else
+            v = json_real(*(const double *)p);
+        if (v)
+            json_object_set_new(obj, defs[i].name, v);
+    }
+    return obj;
+}

@@ -1,0 +1,34 @@
+/* The trainer's options: one table drives the command line, the JSON config
+ * file (--config, same names without the dashes) and --help, so every knob
+ * is documented once. */
+#ifndef VAPO_TRAIN_OPTIONS_H
+#define VAPO_TRAIN_OPTIONS_H
+
+#include <jansson.h>
+
+#include "optim.h"
+#include "vapo/loss.h"
+
+typedef struct {
+    const char *data, *preset, *out, *resume, *device;
+    long steps, seed, save_every, sample_every, log_every;
+    int batch, keep, threads, grid, calib;
+    optim_config opt;
+    vapo_loss_config loss;
+    const char *optimizer, *weighting; /* parsed into opt.kind, loss.weighting */
+    double sample_tol, t_end;
+} train_options;
+
+void train_options_default(train_options *o);
+
+/* Parses argv (after --config FILE, whose values the command line overrides).
+ * Returns 0 to go on, 1 when --help was printed, -1 on error (message set). */
+int train_options_parse(train_options *o, int argc, char **argv);
+
+/* Applies a JSON object of option values (config files, resumed checkpoints). */
+int train_options_apply_json(train_options *o, const json_t *obj, const char *origin);
+
+/* The options as JSON, stored in checkpoints. */
+json_t *train_options_to_json(const train_options *o);
+
+#endif

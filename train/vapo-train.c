@@ -1,0 +1,380 @@
+/* vapo-train: trains a VAPO energy model (VAPO-MATH.md section 4).
+ * Each step draws a batch, computes the exact second-order gradient of the
+ * VAPO loss (engine: vapo_loss_step), clips, applies Lamb or Adam and updates
+ * the EMA. Checkpoints hold the EMA weights (what is sampled and served) and
+ * the full trainer state under "train/...", so --resume continues bit for bit. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "trainer/optim.h"
+#include "trainer/options.h"
+#include "vapo/ckpt.h"
+#include "vapo/dataset.h"
+#include "vapo/error.h"
+#include "vapo/image.h"
+#include "vapo/model.h"
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) { stop_requested = sig; }
+
+typedef struct {
+    train_options o;
+    vapo_backend *be;
+    vapo_dataset *data;
+    vapo_loader *loader;
+    vapo_net *net;      /* trained weights */
+    vapo_model *ema;    /* EMA weights, for grids, calibration and checkpoints */
+    optim_state opt;
+    vapo_loss_work *work;
+    float *params, *grad, *batch; /* host */
+    float *dev_grad;
+    long step; /* steps done */
+    FILE *log;
+} run;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static void out_path(const run *r, char *buf, size_t size, const char *name)
+{
+    snprintf(buf, size, "%s/%s", r->o.out, name);
+}
+
+/* ---- checkpoints ---------------------------------------------------------------- */
+
+static void sync_ema(run *r)
+{
+    r->be->upload(r->be, vapo_net_params(r->ema->net), r->opt.ema, sizeof(float) * r->opt.n);
+}
+
+static int save_checkpoint(run *r, const char *path)
+{
+    sync_ema(r);
+    json_t *train = json_pack("{s:I, s:o}", "step", (json_int_t)r->step, "options", train_options_to_json(&r->o));
+    json_object_set_new(r->ema->meta, "train", train);
+    const int64_t n = (int64_t)r->opt.n;
+    vapo_tensor_ref extra[3] = {
+        {.name = "train/params", .dtype = VAPO_DT_F32, .ndim = 1, .shape = {n}, .data = r->params},
+        {.name = "train/m", .dtype = VAPO_DT_F32, .ndim = 1, .shape = {n}, .data = r->opt.m},
+        {.name = "train/v", .dtype = VAPO_DT_F32, .ndim = 1, .shape = {n}, .data = r->opt.v},
+    };
+    return vapo_model_save(path, r->ema, extra, 3);
+}
+
+/* Checkpoints ckpt-<step>.safetensors; only the last `keep` stay. */
+static int save_step_checkpoint(run *r)
+{
+    char path[1024], old[1024];
+    snprintf(path, sizeof path, "%s/ckpt-%08ld.safetensors", r->o.out, r->step);
+    if (save_checkpoint(r, path))
+        return -1;
+    long gone = r->step - (long)r->o.keep * r->o.save_every;
+    if (gone > 0) {
+        snprintf(old, sizeof old, "%s/ckpt-%08ld.safetensors", r->o.out, gone);
+        unlink(old);
+    }
+    return 0;
+}
+
+static int read_state(const vapo_ckpt *ck, const char *name, size_t n, float *dst)
+{
+    int64_t shape[1] = {(int64_t)n};
+    return vapo_ckpt_read_f32(ck, name, 1, shape, dst);
+}
+
+/* Restores options, step, weights, EMA and moments from a checkpoint. The
+ * saved options are applied first; the command line's then override them. */
+static int load_resume(run *r, const char *path, int argc, char **argv)
+{
+    vapo_ckpt *ck = vapo_ckpt_load(path);
+    if (!ck)
+        return -1;
+    const json_t *train = json_object_get(json_object_get(vapo_ckpt_metadata(ck), "vapo"), "train");
+    const json_t *step = json_object_get(train, "step");
+    if (!json_is_integer(step) || json_integer_value(step) < 0) {
+        vapo_ckpt_free(ck);
+        return vapo_fail("%s: no trainer state (metadata vapo.train.step) to resume from", path);
+    }
+    const char *out = r->o.out;
+    int rc = train_options_apply_json(&r->o, json_object_get(train, "options"), path);
+    r->o.out = out;
+    if (!rc)
+        rc = train_options_parse(&r->o, argc, argv); /* command line wins */
+    r->step = (long)json_integer_value(step);
+    vapo_ckpt_free(ck);
+    return rc < 0 ? -1 : 0;
+}
+
+static int load_resume_tensors(run *r, const char *path)
+{
+    vapo_ckpt *ck = vapo_ckpt_load(path);
+    if (!ck)
+        return -1;
+    int rc = read_state(ck, "train/params", r->opt.n, r->params) || read_state(ck, "train/m", r->opt.n, r->opt.m) ||
+             read_state(ck, "train/v", r->opt.n, r->opt.v);
+    const vapo_param *list;
+    int count = vapo_net_params_list(r->net, &list);
+    for (int i = 0; !rc && i < count; i++) {
+        int64_t shape[4];
+        for (int k = 0; k < list[i].ndim; k++)
+            shape[k] = list[i].shape[k];
+        rc = vapo_ckpt_read_f32(ck, list[i].name, list[i].ndim, shape, r->opt.ema + list[i].offset);
+    }
+    vapo_ckpt_free(ck);
+    if (rc)
+        return vapo_fail("%s: %s", path, vapo_last_error());
+    r->be->upload(r->be, vapo_net_params(r->net), r->params, sizeof(float) * r->opt.n);
+    return 0;
+}
+
+/* ---- sample grids and calibration --------------------------------------------------- */
+
+static int progress_dot(void *ctx, const vapo_ode_progress *p)
+{
+    (void)ctx, (void)p;
+    return stop_requested != 0;
+}
+
+static int write_grid(run *r, const char *name)
+{
+    sync_ema(r);
+    const int n = r->o.grid, d = (int)vapo_net_input_size(r->net);
+    const vapo_arch *a = &r->ema->arch;
+    float *x = malloc(sizeof(float) * n * d);
+    int *nfe = malloc(sizeof(int) * n);
+    if (!x || !nfe) {
+        free(x), free(nfe);
+        return vapo_fail("out of memory");
+    }
+    vapo_ode_config cfg = r->ema->sampling;
+    cfg.rtol = cfg.atol = r->o.sample_tol;
+    vapo_model_noise(r->ema, 0, 0, n, x); /* fixed seeds: the same images over training */
+    double t0 = now();
+    int rc = vapo_ode_solve(&cfg, n, d, x, vapo_model_field, r->ema, nfe, progress_dot, NULL);
+    if (!rc) {
+        char path[1024];
+        vapo_image img;
+        out_path(r, path, sizeof path, name);
+        rc = vapo_image_grid_u8(x, n, a->in_c, a->in_h, a->in_w, 0, 2, 1.0f, &img);
+        if (!rc) {
+            unsigned char *png;
+            size_t len;
+            rc = vapo_png_encode_u8(&img, &png, &len);
+            FILE *f = rc ? NULL : fopen(path, "wb");
+            if (!rc && (!f || fwrite(png, 1, len, f) != len))
+                rc = vapo_fail("cannot write %s: %s", path, strerror(errno));
+            if (f)
+                fclose(f);
+            if (!rc)
+                free(png);
+            vapo_image_free(&img);
+        }
+        long total = 0;
+        for (int i = 0; i < n; i++)
+            total += nfe[i];
+        fprintf(stderr, "\nvapo-train: wrote %s (%d samples, mean NFE %.1f, %.1f s)\n", path, n, (double)total / n,
+                now() - t0);
+    }
+    free(x), free(nfe);
+    return rc;
+}
+
+static int calibrate(run *r)
+{
+    vapo_dataset *test = NULL;
+    const vapo_arch *a = &r->ema->arch;
+    if (vapo_dataset_open(r->o.data, "test", a->in_c, a->in_h, a->in_w, &test)) {
+        fprintf(stderr, "vapo-train: no test split for the OOD calibration (%s); using held-out training images\n",
+                vapo_last_error());
+        test = r->data;
+    }
+    sync_ema(r);
+    const int n = r->o.calib < test->n ? r->o.calib : test->n, chunk = 64, d = (int)vapo_net_input_size(r->net);
+    float *x = malloc(sizeof(float) * chunk * d), *e = malloc(sizeof(float) * (n > 0 ? n : 1));
+    int rc = x && e ? 0 : vapo_fail("out of memory");
+    for (int i = 0; !rc && i < n; i += chunk) {
+        int c = n - i < chunk ? n - i : chunk;
+        rc = vapo_dataset_get(test, test == r->data ? test->n - n + i : i, c, x, NULL) ||
+             vapo_model_energy(r->ema, c, x, e + i);
+    }
+    if (!rc)
+        rc = vapo_model_calibrate(r->ema, e, n);
+    if (!rc)
+        fprintf(stderr, "vapo-train: OOD calibration on %d held-out images: energy 5%% %.4g, median %.4g, 95%% %.4g\n",
+                n, r->ema->quantiles[50], r->ema->quantiles[500], r->ema->quantiles[950]);
+    free(x), free(e);
+    if (test != r->data)
+        vapo_dataset_free(test);
+    return rc;
+}
+
+/* ---- the loop ------------------------------------------------------------------ */
+
+static void report(run *r, const vapo_loss_terms *t, double gnorm, double rate, int final_line)
+{
+    const double eta = rate > 0 ? (r->o.steps - r->step) / rate : 0;
+    fprintf(stderr, "\rstep %ld/%ld  loss %+.5f (dir %.4f cov %+.4f l2 %.2e)  |grad| %.3g  %.2f steps/s  ETA %02d:%02d:%02d%s",
+            r->step, r->o.steps, t->total, t->dirichlet, t->covariance, t->spectral, gnorm, rate, (int)(eta / 3600),
+            (int)fmod(eta / 60, 60), (int)fmod(eta, 60), final_line ? "\n" : "   ");
+    if (r->log) {
+        fprintf(r->log,
+                "{\"step\": %ld, \"loss\": %.8g, \"dirichlet\": %.8g, \"covariance\": %.8g, \"spectral\": %.8g, "
+                "\"phi_mean\": %.6g, \"grad_x_norm\": %.6g, \"grad_norm\": %.6g, \"lr\": %.6g, \"steps_per_s\": %.4g}\n",
+                r->step, t->total, t->dirichlet, t->covariance, t->spectral, t->phi_mean, t->grad_norm, gnorm,
+                optim_lr(&r->o.opt, r->step), rate);
+        fflush(r->log);
+    }
+}
+
+static int train_step(run *r, vapo_loss_terms *terms, double *gnorm)
+{
+    if (vapo_loader_batch(r->loader, (uint64_t)r->step, r->batch, NULL))
+        return -1;
+    r->be->zero(r->be, r->dev_grad, sizeof(float) * r->opt.n);
+    if (vapo_loss_step(r->net, r->work, &r->o.loss, r->batch, (uint64_t)r->o.seed, (uint64_t)r->step, r->dev_grad,
+                       terms))
+        return -1;
+    r->be->download(r->be, r->grad, r->dev_grad, sizeof(float) * r->opt.n);
+    *gnorm = optim_step(&r->opt, r->params, r->grad, r->step);
+    r->be->upload(r->be, vapo_net_params(r->net), r->params, sizeof(float) * r->opt.n);
+    r->step++;
+    return 0;
+}
+
+static int train_loop(run *r)
+{
+    vapo_loss_terms terms = {0};
+    double gnorm = 0, t0 = now(), rate = 0;
+    long s0 = r->step;
+    while (r->step < r->o.steps && !stop_requested) {
+        if (train_step(r, &terms, &gnorm))
+            return -1;
+        rate = (r->step - s0) / (now() - t0);
+        if (r->step % r->o.log_every == 0 || r->step == s0 + 1)
+            report(r, &terms, gnorm, rate, 0);
+        if (r->step % r->o.save_every == 0 && save_step_checkpoint(r))
+            return -1;
+        if (r->o.sample_every && r->step % r->o.sample_every == 0 && r->step < r->o.steps) {
+            char name[64];
+            snprintf(name, sizeof name, "samples-%08ld.png", r->step);
+            if (write_grid(r, name))
+                return -1;
+        }
+    }
+    report(r, &terms, gnorm, rate, 1);
+    return 0;
+}
+
+static int setup(run *r, int argc, char **argv)
+{
+    train_options_default(&r->o);
+    int rc = train_options_parse(&r->o, argc, argv);
+    if (rc)
+        return rc;
+    const char *resume = r->o.resume;
+    if (resume && load_resume(r, resume, argc, argv))
+        return -1;
+    if (mkdir(r->o.out, 0755) && errno != EEXIST)
+        return vapo_fail("cannot create %s: %s", r->o.out, strerror(errno));
+    vapo_arch arch;
+    if (vapo_arch_preset(r->o.preset, &arch))
+        return -1;
+    r->be = vapo_backend_open(r->o.device, r->o.threads);
+    if (!r->be)
+        return -1;
+    if (vapo_dataset_open(r->o.data, "train", arch.in_c, arch.in_h, arch.in_w, &r->data) ||
+        vapo_loader_create(r->data, (uint64_t)r->o.seed, r->o.batch, 1, &r->loader))
+        return -1;
+    r->net = vapo_net_create(r->be, &arch);
+    vapo_net *ema_net = vapo_net_create(r->be, &arch);
+    if (!r->net || !ema_net || vapo_net_init(r->net, (uint64_t)r->o.seed))
+        return -1;
+    r->ema = vapo_model_wrap(ema_net, &r->o.loss);
+    if (!r->ema)
+        return -1;
+    r->ema->sampling.t_end = r->o.t_end;
+    r->ema->meta = json_object();
+    snprintf(r->ema->dataset, sizeof r->ema->dataset, "%s", r->o.data);
+    const size_t np = vapo_net_param_count(r->net);
+    r->params = malloc(sizeof(float) * np);
+    r->grad = malloc(sizeof(float) * np);
+    r->batch = malloc(sizeof(float) * r->o.batch * vapo_net_input_size(r->net));
+    r->dev_grad = r->be->alloc(r->be, sizeof(float) * np);
+    r->work = vapo_loss_work_create(r->net, r->o.batch);
+    if (!r->params || !r->grad || !r->batch || !r->dev_grad || !r->work)
+        return vapo_fail("out of memory");
+    r->be->download(r->be, r->params, vapo_net_params(r->net), sizeof(float) * np);
+    if (optim_init(&r->opt, &r->o.opt, r->net, r->params))
+        return -1;
+    if (resume && load_resume_tensors(r, resume))
+        return -1;
+    char path[1024];
+    out_path(r, path, sizeof path, "metrics.jsonl");
+    r->log = fopen(path, r->step > 0 ? "a" : "w");
+    fprintf(stderr, "vapo-train: %s (%zu parameters) on %s [%d images] with %s, batch %d, %ld steps%s%s, backend %s\n",
+            arch.preset, np, r->o.data, r->data->n, optim_kind_name(r->o.opt.kind), r->o.batch, r->o.steps,
+            resume ? ", resuming at step " : "", resume ? "" : "", r->be->name);
+    if (resume)
+        fprintf(stderr, "vapo-train: resumed from %s at step %ld\n", resume, r->step);
+    return 0;
+}
+
+static void teardown(run *r)
+{
+    if (r->log)
+        fclose(r->log);
+    optim_free(&r->opt);
+    vapo_loss_work_free(r->work);
+    if (r->dev_grad)
+        r->be->free(r->be, r->dev_grad);
+    free(r->params), free(r->grad), free(r->batch);
+    vapo_model_free(r->ema);
+    vapo_net_free(r->net);
+    vapo_loader_free(r->loader);
+    vapo_dataset_free(r->data);
+    if (r->be)
+        r->be->destroy(r->be);
+}
+
+int main(int argc, char **argv)
+{
+    run r = {0};
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    int rc = setup(&r, argc, argv);
+    if (rc == 1) {
+        teardown(&r);
+        return 0;
+    }
+    if (!rc)
+        rc = train_loop(&r);
+    if (!rc && stop_requested) {
+        char path[1024];
+        out_path(&r, path, sizeof path, "interrupted.safetensors");
+        rc = save_checkpoint(&r, path);
+        fprintf(stderr, "vapo-train: interrupted at step %ld; saved %s (resume with --resume %s)\n", r.step, path, path);
+    } else if (!rc) {
+        char path[1024];
+        rc = write_grid(&r, "samples.png") || calibrate(&r);
+        out_path(&r, path, sizeof path, "model.safetensors");
+        if (!rc)
+            rc = save_checkpoint(&r, path);
+        if (!rc)
+            fprintf(stderr, "vapo-train: done; model at %s\n", path);
+    }
+    if (rc)
+        fprintf(stderr, "vapo-train: error: %s\n", vapo_last_error());
+    teardown(&r);
+    return rc ? 1 : 0;
+}

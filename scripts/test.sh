@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test (the README's test command).
+#   scripts/test.sh            Release build in build/, all tests
+#   VAPO_SANITIZE=1 scripts/test.sh   ASan + UBSan build in build-asan/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ "${VAPO_SANITIZE:-0}" = 1 ]; then
+  dir=build-asan; flags=(-DCMAKE_BUILD_TYPE=Debug -DVAPO_SANITIZE=ON)
+else
+  dir=build; flags=(-DCMAKE_BUILD_TYPE=Release)
+fi
+cmake -S . -B "$dir" "${flags[@]}" >/dev/null
+cmake --build "$dir" -j"$(nproc)"
+cd "$dir" && ctest --output-on-failure -j"$(nproc)"

@@ -1,0 +1,1141 @@
+/* Every op of the backend table (engine/include/vapo/backend.h), after
+ * ggml's test-backend-ops, checked on fixed random inputs two ways:
+ *
+ *   cpu~naive       the CPU backend against naive loops written here in
+ *                   double (direct convolution with padding, pooling, ...).
+ *                   Always runs: it is what checks the CPU reference.
+ *   cuda~cpu        the CUDA backend against the CPU backend, same inputs.
+ *   cuda-nchw~cpu   the convolutions again with cuDNN forced onto NCHW
+ *                   copies (VAPO_CUDA_CONV_LAYOUT=nchw), so both of the
+ *                   CUDA backend's convolution paths are proven.
+ *
+ * Without a usable CUDA device the CUDA lines are replaced by "skipped: no
+ * CUDA device (<reason>)" and the test passes on the CPU part alone, unless
+ * VAPO_TEST_REQUIRE_CUDA=1 (bench/gpu_check.sh sets it on the GPU machine).
+ *
+ * The error of each output tensor is normalised, nmse = sum (ref - got)^2 /
+ * sum ref^2, so one threshold per kind of op works at any magnitude. Outputs
+ * of assigning ops start as NaN (an element left unwritten, or an output
+ * read before it is written, fails); outputs of accumulating ops start
+ * random (so "+=" versus "=" is checked). */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vapo/backend.h"
+#include "vapo/error.h"
+#include "vapo/rng.h"
+#ifdef VAPO_HAVE_CUDA
+#include "rng_cuda.h"
+#endif
+
+/* Tolerances on nmse, by what an op computes (float32 unit roundoff
+ * u = 2^-24 = 6e-8; the smallest plausible bug, one wrong element among
+ * 1e4, gives nmse >= ~1e-5):
+ *  EXACT  data movement: the bits must match.
+ *  ELEM   one float formula per element, the same source on both sides
+ *         (elementwise.h); glibc and CUDA's erff/expf/logf/sinf differ by an
+ *         ulp or two and FMA contraction may differ: expect ~1e-14.
+ *  SUM    float sums of up to 2e4 terms against double: ~len*u^2/6 = 1e-11.
+ *  GEMM   convolutions: float32 sums of cin*k*k (backward-filter: batch*h*w)
+ *         products in different orders: expect ~1e-13..1e-11. TF32 tensor
+ *         cores (10-bit mantissa) would give ~1e-7, so 1e-8 also catches
+ *         TF32 slipping into the "float32" path. */
+#define TOL_EXACT 0.0
+#define TOL_ELEM 1e-10
+#define TOL_SUM 1e-9
+#define TOL_GEMM 1e-8
+
+#define MAX_IN 6
+#define MAX_OUT 2
+
+typedef struct op_case op_case;
+/* runs the op on backend memory; returns the scalar result of dot, else 0 */
+typedef double (*op_run)(vapo_backend *be, const op_case *c, float *const *in, float *const *out);
+/* the naive reference: ref[] arrive holding the outputs' initial contents */
+typedef double (*op_naive)(const op_case *c, float *const *ref);
+
+struct op_case {
+    const char *op;
+    char shape[96];
+    double tol;
+    int conv; /* also run on the forced-NCHW CUDA backend */
+    /* parameters, as the op needs them */
+    vapo_conv_shape cs;
+    vapo_act act;
+    size_t n, rows, len;
+    int h, w, c, batch, hw;
+    float alpha;
+    /* host tensors: inputs (NULL with size 0 for an absent optional one),
+     * outputs with their initial contents */
+    int nin, nout, has_scalar;
+    float *in[MAX_IN];
+    size_t in_n[MAX_IN];
+    float *out0[MAX_OUT];
+    size_t out_n[MAX_OUT];
+    const char *out_name[MAX_OUT];
+    op_run run;
+    op_naive naive;
+};
+
+static vapo_backend *cpu, *cuda, *cuda_nchw;
+static int failures, checks;
+static uint64_t next_stream = 1;
+
+/* ---- host tensors --------------------------------------------------------- */
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "test_backend_ops: out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* n standard normals times scale, from a stream no other tensor uses */
+static float *randn(size_t n, float scale)
+{
+    float *p = xmalloc(sizeof(float) * n);
+    vapo_rng_normal(20240611, next_stream++, 0, n, p);
+    for (size_t i = 0; i < n; i++)
+        p[i] *= scale;
+    return p;
+}
+
+static float *filled(size_t n, float v)
+{
+    float *p = xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = v;
+    return p;
+}
+
+static float *copy_of(const float *src, size_t n)
+{
+    float *p = xmalloc(sizeof(float) * n);
+    if (n)
+        memcpy(p, src, sizeof(float) * n);
+    return p;
+}
+
+static void add_in(op_case *c, float *p, size_t n)
+{
+    c->in[c->nin] = p;
+    c->in_n[c->nin++] = n;
+}
+
+/* init: the output's starting contents (taken over), or NULL for NaN */
+static void add_out(op_case *c, const char *name, float *init, size_t n)
+{
+    c->out_name[c->nout] = name;
+    c->out0[c->nout] = init ? init : filled(n, NAN);
+    c->out_n[c->nout++] = n;
+}
+
+static void case_free(op_case *c)
+{
+    for (int i = 0; i < c->nin; i++)
+        free(c->in[i]);
+    for (int o = 0; o < c->nout; o++)
+        free(c->out0[o]);
+}
+
+/* ---- running and comparing ----------------------------------------------- */
+
+/* Runs c on be: uploads inputs and the outputs' initial contents, runs the
+ * op, downloads the outputs into got[] (allocated here). */
+static int exec(vapo_backend *be, const op_case *c, float **got, double *scalar)
+{
+    float *din[MAX_IN] = {0}, *dout[MAX_OUT] = {0};
+    int ok = 1;
+    for (int i = 0; i < c->nin && ok; i++)
+        if (c->in_n[i]) {
+            ok = (din[i] = be->alloc(be, sizeof(float) * c->in_n[i])) != NULL;
+            if (ok)
+                be->upload(be, din[i], c->in[i], sizeof(float) * c->in_n[i]);
+        }
+    for (int o = 0; o < c->nout; o++) {
+        got[o] = xmalloc(sizeof(float) * (c->out_n[o] ? c->out_n[o] : 1));
+        if (ok && c->out_n[o]) {
+            ok = (dout[o] = be->alloc(be, sizeof(float) * c->out_n[o])) != NULL;
+            if (ok)
+                be->upload(be, dout[o], c->out0[o], sizeof(float) * c->out_n[o]);
+        }
+    }
+    if (ok) {
+        *scalar = c->run(be, c, din, dout);
+        be->sync(be);
+        for (int o = 0; o < c->nout; o++)
+            if (c->out_n[o])
+                be->download(be, got[o], dout[o], sizeof(float) * c->out_n[o]);
+    } else {
+        printf("%-13s %-26s %s: allocation failed: %s\n", be->name, c->op, c->shape, vapo_last_error());
+        failures++;
+    }
+    for (int i = 0; i < c->nin; i++)
+        be->free(be, din[i]);
+    for (int o = 0; o < c->nout; o++)
+        be->free(be, dout[o]);
+    return ok;
+}
+
+static double nmse(const float *ref, const float *got, size_t n, size_t *worst)
+{
+    double num = 0.0, den = 0.0, big = -1.0;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double)ref[i] - (double)got[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+        if (!(fabs(d) <= big)) { /* NaN counts as worst */
+            big = isnan(d) ? INFINITY : fabs(d);
+            *worst = i;
+        }
+    }
+    return den > 0.0 ? num / den : num;
+}
+
+static void report(const char *pair, const char *name, const char *shape, double e, double tol)
+{
+    const int ok = e <= tol; /* false for NaN */
+    printf("%-13s %-26s %-44s nmse=%9.2e tol=%.0e  %s\n", pair, name, shape, e, tol, ok ? "OK" : "FAIL");
+    checks++;
+    failures += !ok;
+}
+
+static void compare(const char *pair, const op_case *c, float *const *ref, double ref_scalar, float *const *got,
+                    double got_scalar)
+{
+    char name[64];
+    for (int o = 0; o < c->nout; o++) {
+        if (!c->out_n[o])
+            continue; /* an absent optional output */
+        size_t worst;
+        const double e = nmse(ref[o], got[o], c->out_n[o], &worst);
+        snprintf(name, sizeof name, "%s%s%s", c->op, c->nout > 1 ? "." : "", c->nout > 1 ? c->out_name[o] : "");
+        report(pair, name, c->shape, e, c->tol);
+        if (!(e <= c->tol))
+            printf("    worst element %zu of %zu: want %.9g, got %.9g\n", worst, c->out_n[o], ref[o][worst],
+                   got[o][worst]);
+    }
+    if (c->has_scalar) {
+        const double d = ref_scalar - got_scalar;
+        const double e = ref_scalar != 0.0 ? d * d / (ref_scalar * ref_scalar) : d * d;
+        report(pair, c->op, c->shape, e, c->tol);
+        if (!(e <= c->tol))
+            printf("    want %.17g, got %.17g\n", ref_scalar, got_scalar);
+    }
+}
+
+static void free_outs(const op_case *c, float **outs)
+{
+    for (int o = 0; o < c->nout; o++)
+        free(outs[o]);
+}
+
+/* cpu~naive, then cuda~cpu (and cuda-nchw~cpu for convolutions) */
+static void run_case(op_case *c)
+{
+    float *ref[MAX_OUT], *want[MAX_OUT], *got[MAX_OUT];
+    double ref_scalar, want_scalar = 0.0, got_scalar = 0.0;
+    for (int o = 0; o < c->nout; o++)
+        ref[o] = copy_of(c->out0[o], c->out_n[o]);
+    ref_scalar = c->naive(c, ref);
+    if (exec(cpu, c, want, &want_scalar)) {
+        compare("cpu~naive", c, ref, ref_scalar, want, want_scalar);
+        if (cuda && exec(cuda, c, got, &got_scalar)) {
+            compare("cuda~cpu", c, want, want_scalar, got, got_scalar);
+            free_outs(c, got);
+        }
+        if (cuda_nchw && c->conv && exec(cuda_nchw, c, got, &got_scalar)) {
+            compare("cuda-nchw~cpu", c, want, want_scalar, got, got_scalar);
+            free_outs(c, got);
+        }
+    }
+    free_outs(c, want);
+    free_outs(c, ref);
+    case_free(c);
+}
+
+static op_case new_case(const char *op, double tol, op_run run, op_naive naive)
+{
+    op_case c;
+    memset(&c, 0, sizeof c);
+    c.op = op;
+    c.tol = tol;
+    c.run = run;
+    c.naive = naive;
+    return c;
+}
+
+/* ---- memory: copy, zero, alloc returns zeroes -------------------------------- */
+
+static double run_copy(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->copy(be, out[0], in[0], sizeof(float) * c->n);
+    return 0.0;
+}
+
+static double run_zero(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    (void)in;
+    be->zero(be, out[0], sizeof(float) * c->n);
+    return 0.0;
+}
+
+/* A fresh allocation, made where a dirty one was just freed, must read 0. */
+static double run_alloc_zeroed(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    const size_t bytes = sizeof(float) * c->n;
+    float *dirty = be->alloc(be, bytes);
+    if (dirty) {
+        be->upload(be, dirty, c->in[0], bytes);
+        be->free(be, dirty);
+    }
+    (void)in;
+    float *fresh = be->alloc(be, bytes);
+    if (fresh) {
+        be->copy(be, out[0], fresh, bytes);
+        be->sync(be);
+        be->free(be, fresh);
+    }
+    return 0.0;
+}
+
+static double naive_copy(const op_case *c, float *const *ref)
+{
+    memcpy(ref[0], c->in[0], sizeof(float) * c->n);
+    return 0.0;
+}
+
+static double naive_zero(const op_case *c, float *const *ref)
+{
+    memset(ref[0], 0, sizeof(float) * c->n);
+    return 0.0;
+}
+
+static void memory_cases(void)
+{
+    const size_t n = 1001;
+    op_case c = new_case("copy", TOL_EXACT, run_copy, naive_copy);
+    c.n = n;
+    snprintf(c.shape, sizeof c.shape, "n=%zu", n);
+    add_in(&c, randn(n, 1.0f), n);
+    add_out(&c, "y", NULL, n);
+    run_case(&c);
+
+    c = new_case("zero", TOL_EXACT, run_zero, naive_zero);
+    c.n = n;
+    snprintf(c.shape, sizeof c.shape, "n=%zu", n);
+    add_out(&c, "y", randn(n, 1.0f), n);
+    run_case(&c);
+
+    c = new_case("alloc(zeroed)", TOL_EXACT, run_alloc_zeroed, naive_zero);
+    c.n = 4099;
+    snprintf(c.shape, sizeof c.shape, "n=%zu", c.n);
+    add_in(&c, randn(c.n, 1.0f), c.n); /* the dirty contents */
+    add_out(&c, "y", NULL, c.n);
+    run_case(&c);
+}
+
+/* ---- convolutions ------------------------------------------------------------ */
+
+/* naive index helpers: CNHW activations, [cout][cin][k][k] weights */
+static size_t act_at(const vapo_conv_shape *s, int ch, int b, int i, int j)
+{
+    return ((size_t)ch * s->batch + b) * s->h * s->w + (size_t)i * s->w + j;
+}
+
+static size_t weight_at(const vapo_conv_shape *s, int co, int ci, int ky, int kx)
+{
+    return (((size_t)co * s->cin + ci) * s->k + ky) * s->k + kx;
+}
+
+static double naive_conv_forward(const op_case *c, float *const *ref)
+{
+    const vapo_conv_shape *s = &c->cs;
+    const float *x = c->in[0], *w = c->in[1], *bias = c->in[2];
+    const int p = s->k / 2;
+    for (int co = 0; co < s->cout; co++)
+        for (int b = 0; b < s->batch; b++)
+            for (int i = 0; i < s->h; i++)
+                for (int j = 0; j < s->w; j++) {
+                    double acc = bias ? bias[co] : 0.0;
+                    for (int ci = 0; ci < s->cin; ci++)
+                        for (int ky = 0; ky < s->k; ky++)
+                            for (int kx = 0; kx < s->k; kx++) {
+                                const int yy = i + ky - p, xx = j + kx - p;
+                                if (yy >= 0 && yy < s->h && xx >= 0 && xx < s->w)
+                                    acc += (double)w[weight_at(s, co, ci, ky, kx)] * x[act_at(s, ci, b, yy, xx)];
+                            }
+                    ref[0][act_at(s, co, b, i, j)] = (float)acc;
+                }
+    return 0.0;
+}
+
+/* dx[ci, b, yy, xx] += sum over (co, ky, kx) of w[co, ci, ky, kx] * dy at the
+ * output pixel that read x[ci, b, yy, xx] through tap (ky, kx) */
+static double naive_conv_backward_data(const op_case *c, float *const *ref)
+{
+    const vapo_conv_shape *s = &c->cs;
+    const float *dy = c->in[0], *w = c->in[1];
+    const int p = s->k / 2;
+    for (int ci = 0; ci < s->cin; ci++)
+        for (int b = 0; b < s->batch; b++)
+            for (int yy = 0; yy < s->h; yy++)
+                for (int xx = 0; xx < s->w; xx++) {
+                    double acc = 0.0;
+                    for (int co = 0; co < s->cout; co++)
+                        for (int ky = 0; ky < s->k; ky++)
+                            for (int kx = 0; kx < s->k; kx++) {
+                                const int i = yy - ky + p, j = xx - kx + p;
+                                if (i >= 0 && i < s->h && j >= 0 && j < s->w)
+                                    acc += (double)w[weight_at(s, co, ci, ky, kx)] * dy[act_at(s, co, b, i, j)];
+                            }
+                    float *r = &ref[0][act_at(s, ci, b, yy, xx)];
+                    *r = (float)((double)*r + acc);
+                }
+    return 0.0;
+}
+
+static double naive_conv_backward_filter(const op_case *c, float *const *ref)
+{
+    const vapo_conv_shape *s = &c->cs;
+    const float *dy = c->in[0], *x = c->in[1];
+    const int p = s->k / 2;
+    for (int co = 0; co < s->cout; co++) {
+        for (int ci = 0; ci < s->cin; ci++)
+            for (int ky = 0; ky < s->k; ky++)
+                for (int kx = 0; kx < s->k; kx++) {
+                    double acc = 0.0;
+                    for (int b = 0; b < s->batch; b++)
+                        for (int i = 0; i < s->h; i++)
+                            for (int j = 0; j < s->w; j++) {
+                                const int yy = i + ky - p, xx = j + kx - p;
+                                if (yy >= 0 && yy < s->h && xx >= 0 && xx < s->w)
+                                    acc += (double)dy[act_at(s, co, b, i, j)] * x[act_at(s, ci, b, yy, xx)];
+                            }
+                    float *r = &ref[0][weight_at(s, co, ci, ky, kx)];
+                    *r = (float)((double)*r + acc);
+                }
+        if (c->out_n[1]) {
+            double acc = 0.0;
+            for (int b = 0; b < s->batch; b++)
+                for (int i = 0; i < s->h; i++)
+                    for (int j = 0; j < s->w; j++)
+                        acc += dy[act_at(s, co, b, i, j)];
+            ref[1][co] = (float)((double)ref[1][co] + acc);
+        }
+    }
+    return 0.0;
+}
+
+static double run_conv_forward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->conv_forward(be, &c->cs, out[0], in[0], in[1], in[2]);
+    return 0.0;
+}
+
+static double run_conv_backward_data(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->conv_backward_data(be, &c->cs, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static double run_conv_backward_filter(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->conv_backward_filter(be, &c->cs, out[0], out[1], in[0], in[1]);
+    return 0.0;
+}
+
+static void conv_cases(void)
+{
+    /* odd sizes, one image and several, k = 1 and 3, cin != cout, 1x1 and
+     * 2x3 images (every tap hits padding), and a shape big enough that the
+     * CPU's im2col works in two chunks (18 images, then 1) */
+    static const vapo_conv_shape shapes[] = {
+        {3, 8, 3, 1, 5, 7}, {4, 6, 3, 3, 9, 6},   {8, 5, 1, 2, 7, 5},   {5, 7, 3, 2, 1, 1},
+        {2, 3, 3, 2, 2, 3}, {16, 32, 3, 4, 8, 8}, {32, 16, 1, 3, 8, 8}, {24, 20, 3, 19, 32, 32},
+    };
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const vapo_conv_shape s = shapes[t];
+        const size_t n = (size_t)s.batch * s.h * s.w, nx = (size_t)s.cin * n, ny = (size_t)s.cout * n;
+        const size_t nw = (size_t)s.cout * s.cin * s.k * s.k;
+        const int with_bias = t % 2 == 0;
+        char shape[64];
+        snprintf(shape, sizeof shape, "cin=%d cout=%d k=%d batch=%d %dx%d", s.cin, s.cout, s.k, s.batch, s.h, s.w);
+
+        op_case c = new_case("conv_forward", TOL_GEMM, run_conv_forward, naive_conv_forward);
+        c.cs = s;
+        c.conv = 1;
+        snprintf(c.shape, sizeof c.shape, "%s%s", shape, with_bias ? " +bias" : "");
+        add_in(&c, randn(nx, 1.0f), nx);
+        add_in(&c, randn(nw, 0.5f), nw);
+        add_in(&c, with_bias ? randn(s.cout, 1.0f) : NULL, with_bias ? (size_t)s.cout : 0);
+        add_out(&c, "y", NULL, ny);
+        run_case(&c);
+
+        c = new_case("conv_backward_data", TOL_GEMM, run_conv_backward_data, naive_conv_backward_data);
+        c.cs = s;
+        c.conv = 1;
+        snprintf(c.shape, sizeof c.shape, "%s", shape);
+        add_in(&c, randn(ny, 1.0f), ny);
+        add_in(&c, randn(nw, 0.5f), nw);
+        add_out(&c, "dx", randn(nx, 1.0f), nx);
+        run_case(&c);
+
+        c = new_case("conv_backward_filter", TOL_GEMM, run_conv_backward_filter, naive_conv_backward_filter);
+        c.cs = s;
+        c.conv = 1;
+        snprintf(c.shape, sizeof c.shape, "%s%s", shape, with_bias ? "" : " +db");
+        add_in(&c, randn(ny, 1.0f), ny);
+        add_in(&c, randn(nx, 1.0f), nx);
+        add_out(&c, "dw", randn(nw, 1.0f), nw);
+        add_out(&c, "db", with_bias ? NULL : randn(s.cout, 1.0f), with_bias ? 0 : (size_t)s.cout);
+        run_case(&c);
+    }
+}
+
+/* ---- activations ------------------------------------------------------------- */
+
+static const char *act_name(vapo_act a) { return a == VAPO_ACT_GELU ? "gelu" : a == VAPO_ACT_SILU ? "silu" : "relu"; }
+
+/* The activations from their definitions, in double. */
+static double ref_act(vapo_act a, double x)
+{
+    if (a == VAPO_ACT_GELU)
+        return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+    if (a == VAPO_ACT_SILU)
+        return x / (1.0 + exp(-x));
+    return x > 0.0 ? x : 0.0;
+}
+
+/* Derivatives by fourth-order central differences of ref_act, so the
+ * closed forms in elementwise.h are checked against the function itself
+ * (error ~1e-12 for f', ~1e-9 for f''). ReLU's are exact. */
+static double ref_d1(vapo_act a, double x)
+{
+    if (a == VAPO_ACT_RELU)
+        return x > 0.0 ? 1.0 : 0.0;
+    const double h = 1e-3;
+    return (-ref_act(a, x + 2 * h) + 8 * ref_act(a, x + h) - 8 * ref_act(a, x - h) + ref_act(a, x - 2 * h)) / (12 * h);
+}
+
+static double ref_d2(vapo_act a, double x)
+{
+    if (a == VAPO_ACT_RELU)
+        return 0.0;
+    const double h = 1e-2;
+    return (-ref_act(a, x + 2 * h) + 16 * ref_act(a, x + h) - 30 * ref_act(a, x) + 16 * ref_act(a, x - h) -
+            ref_act(a, x - 2 * h)) /
+           (12 * h * h);
+}
+
+static double naive_act_forward(const op_case *c, float *const *ref)
+{
+    for (size_t i = 0; i < c->n; i++)
+        ref[0][i] = (float)ref_act(c->act, c->in[0][i]);
+    return 0.0;
+}
+
+static double naive_act_tangent(const op_case *c, float *const *ref) /* also backward: f'(x) * v */
+{
+    for (size_t i = 0; i < c->n; i++)
+        ref[0][i] = (float)(ref_d1(c->act, c->in[0][i]) * c->in[1][i]);
+    return 0.0;
+}
+
+static double naive_act_dual_backward(const op_case *c, float *const *ref)
+{
+    const float *x = c->in[0], *xdot = c->in[1], *dy = c->in[2], *dydot = c->in[3];
+    for (size_t i = 0; i < c->n; i++) {
+        const double d1 = ref_d1(c->act, x[i]), d2 = ref_d2(c->act, x[i]);
+        ref[0][i] = (float)(d1 * dy[i] + d2 * xdot[i] * dydot[i]);
+        ref[1][i] = (float)(d1 * dydot[i]);
+    }
+    return 0.0;
+}
+
+static double run_act_forward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->act_forward(be, c->act, c->n, out[0], in[0]);
+    return 0.0;
+}
+
+static double run_act_tangent(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->act_tangent(be, c->act, c->n, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static double run_act_backward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->act_backward(be, c->act, c->n, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static double run_act_dual_backward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->act_dual_backward(be, c->act, c->n, out[0], out[1], in[0], in[1], in[2], in[3]);
+    return 0.0;
+}
+
+static void act_cases(void)
+{
+    static const size_t sizes[] = {0, 1000, 65537};
+    for (int a = VAPO_ACT_GELU; a <= VAPO_ACT_RELU; a++)
+        for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+            const size_t n = sizes[t];
+            char shape[96];
+            snprintf(shape, sizeof shape, "%s n=%zu", act_name((vapo_act)a), n);
+
+            op_case c = new_case("act_forward", TOL_ELEM, run_act_forward, naive_act_forward);
+            c.act = (vapo_act)a;
+            c.n = n;
+            snprintf(c.shape, sizeof c.shape, "%s", shape);
+            add_in(&c, randn(n, 3.0f), n);
+            add_out(&c, "y", NULL, n);
+            run_case(&c);
+
+            c = new_case("act_tangent", TOL_ELEM, run_act_tangent, naive_act_tangent);
+            c.act = (vapo_act)a;
+            c.n = n;
+            snprintf(c.shape, sizeof c.shape, "%s", shape);
+            add_in(&c, randn(n, 3.0f), n);
+            add_in(&c, randn(n, 1.0f), n);
+            add_out(&c, "ydot", NULL, n);
+            run_case(&c);
+
+            c = new_case("act_backward", TOL_ELEM, run_act_backward, naive_act_tangent);
+            c.act = (vapo_act)a;
+            c.n = n;
+            snprintf(c.shape, sizeof c.shape, "%s", shape);
+            add_in(&c, randn(n, 3.0f), n);
+            add_in(&c, randn(n, 1.0f), n);
+            add_out(&c, "dx", NULL, n);
+            run_case(&c);
+
+            c = new_case("act_dual_backward", TOL_ELEM, run_act_dual_backward, naive_act_dual_backward);
+            c.act = (vapo_act)a;
+            c.n = n;
+            snprintf(c.shape, sizeof c.shape, "%s", shape);
+            add_in(&c, randn(n, 3.0f), n);
+            add_in(&c, randn(n, 1.0f), n);
+            add_in(&c, randn(n, 1.0f), n);
+            add_in(&c, randn(n, 1.0f), n);
+            add_out(&c, "dx", NULL, n);
+            add_out(&c, "dxdot", NULL, n);
+            run_case(&c);
+        }
+}
+
+/* ---- pooling ---------------------------------------------------------------------- */
+
+static double naive_avgpool2_forward(const op_case *c, float *const *ref)
+{
+    const int h = c->h, w = c->w, ho = h / 2, wo = w / 2;
+    for (size_t p = 0; p < c->rows; p++)
+        for (int i = 0; i < ho; i++)
+            for (int j = 0; j < wo; j++) {
+                double acc = 0.0;
+                for (int di = 0; di < 2; di++)
+                    for (int dj = 0; dj < 2; dj++)
+                        acc += c->in[0][(p * h + 2 * i + di) * w + 2 * j + dj];
+                ref[0][(p * ho + i) * wo + j] = (float)(acc / 4.0);
+            }
+    return 0.0;
+}
+
+static double naive_avgpool2_backward(const op_case *c, float *const *ref)
+{
+    const int h = c->h, w = c->w, ho = h / 2, wo = w / 2;
+    memset(ref[0], 0, sizeof(float) * c->rows * h * w);
+    for (size_t p = 0; p < c->rows; p++)
+        for (int i = 0; i < ho; i++)
+            for (int j = 0; j < wo; j++)
+                for (int di = 0; di < 2; di++)
+                    for (int dj = 0; dj < 2; dj++)
+                        ref[0][(p * h + 2 * i + di) * w + 2 * j + dj] = (float)(c->in[0][(p * ho + i) * wo + j] / 4.0);
+    return 0.0;
+}
+
+static double run_avgpool2_forward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->avgpool2_forward(be, c->rows, c->h, c->w, out[0], in[0]);
+    return 0.0;
+}
+
+static double run_avgpool2_backward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->avgpool2_backward(be, c->rows, c->h, c->w, out[0], in[0]);
+    return 0.0;
+}
+
+static void pool_cases(void)
+{
+    static const struct {
+        size_t planes;
+        int h, w;
+    } shapes[] = {{6, 5, 7}, {40, 8, 8}, {3, 1, 1}, {70000, 2, 3}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const size_t planes = shapes[t].planes;
+        const int h = shapes[t].h, w = shapes[t].w;
+        const size_t nx = planes * h * w, ny = planes * (h / 2) * (w / 2);
+
+        op_case c = new_case("avgpool2_forward", TOL_ELEM, run_avgpool2_forward, naive_avgpool2_forward);
+        c.rows = planes;
+        c.h = h;
+        c.w = w;
+        snprintf(c.shape, sizeof c.shape, "planes=%zu %dx%d", planes, h, w);
+        add_in(&c, randn(nx, 1.0f), nx);
+        add_out(&c, "y", NULL, ny);
+        run_case(&c);
+
+        c = new_case("avgpool2_backward", TOL_ELEM, run_avgpool2_backward, naive_avgpool2_backward);
+        c.rows = planes;
+        c.h = h;
+        c.w = w;
+        snprintf(c.shape, sizeof c.shape, "planes=%zu %dx%d", planes, h, w);
+        add_in(&c, randn(ny, 1.0f), ny);
+        add_out(&c, "dx", NULL, nx);
+        run_case(&c);
+    }
+}
+
+/* ---- rowsum, scale ------------------------------------------------------------ */
+
+static double naive_rowsum_forward(const op_case *c, float *const *ref)
+{
+    for (size_t r = 0; r < c->rows; r++) {
+        double acc = 0.0;
+        for (size_t j = 0; j < c->len; j++)
+            acc += c->in[0][r * c->len + j];
+        ref[0][r] = (float)acc;
+    }
+    return 0.0;
+}
+
+static double naive_rowsum_backward(const op_case *c, float *const *ref)
+{
+    for (size_t r = 0; r < c->rows; r++)
+        for (size_t j = 0; j < c->len; j++)
+            ref[0][r * c->len + j] = c->in[0][r];
+    return 0.0;
+}
+
+static double naive_scale_forward(const op_case *c, float *const *ref)
+{
+    for (size_t r = 0; r < c->rows; r++)
+        for (size_t j = 0; j < c->len; j++)
+            ref[0][r * c->len + j] = (float)((double)c->in[1][r] * c->in[0][r * c->len + j]);
+    return 0.0;
+}
+
+static double naive_scale_backward_param(const op_case *c, float *const *ref)
+{
+    for (size_t r = 0; r < c->rows; r++) {
+        double acc = 0.0;
+        for (size_t j = 0; j < c->len; j++)
+            acc += (double)c->in[0][r * c->len + j] * c->in[1][r * c->len + j];
+        ref[0][r] = (float)((double)ref[0][r] + acc);
+    }
+    return 0.0;
+}
+
+static double run_rowsum_forward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->rowsum_forward(be, c->rows, c->len, out[0], in[0]);
+    return 0.0;
+}
+
+static double run_rowsum_backward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->rowsum_backward(be, c->rows, c->len, out[0], in[0]);
+    return 0.0;
+}
+
+static double run_scale_forward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->scale_forward(be, (int)c->rows, c->len, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static double run_scale_backward_param(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->scale_backward_param(be, (int)c->rows, c->len, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static void row_cases(void)
+{
+    /* short rows (spatial sum pooling of small maps), one-element rows, and
+     * few long rows (the CUDA reduction splits those across blocks) */
+    static const struct {
+        size_t rows, len;
+    } shapes[] = {{12, 49}, {3, 1}, {2048, 64}, {5, 20000}, {1, 4097}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const size_t rows = shapes[t].rows, len = shapes[t].len, n = rows * len;
+        char shape[96];
+        snprintf(shape, sizeof shape, "rows=%zu len=%zu", rows, len);
+
+        op_case c = new_case("rowsum_forward", TOL_SUM, run_rowsum_forward, naive_rowsum_forward);
+        c.rows = rows;
+        c.len = len;
+        snprintf(c.shape, sizeof c.shape, "%s", shape);
+        add_in(&c, randn(n, 1.0f), n);
+        add_out(&c, "y", NULL, rows);
+        run_case(&c);
+
+        c = new_case("rowsum_backward", TOL_EXACT, run_rowsum_backward, naive_rowsum_backward);
+        c.rows = rows;
+        c.len = len;
+        snprintf(c.shape, sizeof c.shape, "%s", shape);
+        add_in(&c, randn(rows, 1.0f), rows);
+        add_out(&c, "dx", NULL, n);
+        run_case(&c);
+
+        c = new_case("scale_forward", TOL_ELEM, run_scale_forward, naive_scale_forward);
+        c.rows = rows;
+        c.len = len;
+        snprintf(c.shape, sizeof c.shape, "c=%zu n=%zu", rows, len);
+        add_in(&c, randn(n, 1.0f), n);
+        add_in(&c, randn(rows, 1.0f), rows);
+        add_out(&c, "y", NULL, n);
+        run_case(&c);
+
+        c = new_case("scale_backward_param", TOL_SUM, run_scale_backward_param, naive_scale_backward_param);
+        c.rows = rows;
+        c.len = len;
+        snprintf(c.shape, sizeof c.shape, "c=%zu n=%zu", rows, len);
+        add_in(&c, randn(n, 1.0f), n);
+        add_in(&c, randn(n, 1.0f), n);
+        add_out(&c, "ds", randn(rows, 1.0f), rows);
+        run_case(&c);
+    }
+}
+
+/* ---- axpy, add, dot --------------------------------------------------------------- */
+
+static double naive_axpy(const op_case *c, float *const *ref)
+{
+    for (size_t i = 0; i < c->n; i++)
+        ref[0][i] = (float)((double)ref[0][i] + (double)c->alpha * c->in[0][i]);
+    return 0.0;
+}
+
+static double naive_add(const op_case *c, float *const *ref)
+{
+    for (size_t i = 0; i < c->n; i++)
+        ref[0][i] = (float)((double)c->in[0][i] + c->in[1][i]);
+    return 0.0;
+}
+
+static double naive_dot(const op_case *c, float *const *ref)
+{
+    (void)ref;
+    double acc = 0.0;
+    for (size_t i = 0; i < c->n; i++)
+        acc += (double)c->in[0][i] * c->in[1][i];
+    return acc;
+}
+
+static double run_axpy(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->axpy(be, c->n, c->alpha, in[0], out[0]);
+    return 0.0;
+}
+
+static double run_add(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->add(be, c->n, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static double run_dot(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    (void)out;
+    return be->dot(be, c->n, in[0], in[1]);
+}
+
+static void vector_cases(void)
+{
+    static const size_t sizes[] = {1, 1001, 65537, (1u << 20) + 3};
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        const size_t n = sizes[t];
+
+        op_case c = new_case("axpy", TOL_ELEM, run_axpy, naive_axpy);
+        c.n = n;
+        c.alpha = -0.37f;
+        snprintf(c.shape, sizeof c.shape, "n=%zu a=%.2f", n, c.alpha);
+        add_in(&c, randn(n, 1.0f), n);
+        add_out(&c, "y", randn(n, 1.0f), n);
+        run_case(&c);
+
+        c = new_case("add", TOL_ELEM, run_add, naive_add);
+        c.n = n;
+        snprintf(c.shape, sizeof c.shape, "n=%zu", n);
+        add_in(&c, randn(n, 1.0f), n);
+        add_in(&c, randn(n, 1.0f), n);
+        add_out(&c, "y", NULL, n);
+        run_case(&c);
+
+        c = new_case("dot", TOL_SUM, run_dot, naive_dot);
+        c.n = n;
+        c.has_scalar = 1;
+        snprintf(c.shape, sizeof c.shape, "n=%zu", n);
+        add_in(&c, randn(n, 1.0f), n);
+        add_in(&c, randn(n, 1.0f), n);
+        run_case(&c);
+    }
+}
+
+/* ---- weight normalisation ------------------------------------------------------- */
+
+static double naive_weightnorm_forward(const op_case *c, float *const *ref)
+{
+    const float *v = c->in[0], *g = c->in[1];
+    for (size_t r = 0; r < c->rows; r++) {
+        double ss = 0.0;
+        for (size_t j = 0; j < c->len; j++)
+            ss += (double)v[r * c->len + j] * v[r * c->len + j];
+        for (size_t j = 0; j < c->len; j++)
+            ref[0][r * c->len + j] = (float)(g[r] * v[r * c->len + j] / sqrt(ss));
+    }
+    return 0.0;
+}
+
+static double naive_weightnorm_backward(const op_case *c, float *const *ref)
+{
+    const float *dw = c->in[0], *v = c->in[1], *g = c->in[2];
+    for (size_t r = 0; r < c->rows; r++) {
+        const float *vr = v + r * c->len, *dwr = dw + r * c->len;
+        double ss = 0.0, dot = 0.0;
+        for (size_t j = 0; j < c->len; j++) {
+            ss += (double)vr[j] * vr[j];
+            dot += (double)dwr[j] * vr[j];
+        }
+        const double norm = sqrt(ss), proj = dot / norm;
+        ref[1][r] = (float)((double)ref[1][r] + proj);
+        for (size_t j = 0; j < c->len; j++) {
+            float *d = &ref[0][r * c->len + j];
+            *d = (float)((double)*d + g[r] / norm * (dwr[j] - proj * vr[j] / norm));
+        }
+    }
+    return 0.0;
+}
+
+static double run_weightnorm_forward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->weightnorm_forward(be, (int)c->rows, (int)c->len, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static double run_weightnorm_backward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->weightnorm_backward(be, (int)c->rows, (int)c->len, out[0], out[1], in[0], in[1], in[2]);
+    return 0.0;
+}
+
+static void weightnorm_cases(void)
+{
+    static const struct {
+        size_t rows, len;
+    } shapes[] = {{8, 27}, {64, 576}, {3, 1}, {10, 1153}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const size_t rows = shapes[t].rows, len = shapes[t].len, n = rows * len;
+        char shape[96];
+        snprintf(shape, sizeof shape, "rows=%zu len=%zu", rows, len);
+
+        op_case c = new_case("weightnorm_forward", TOL_ELEM, run_weightnorm_forward, naive_weightnorm_forward);
+        c.rows = rows;
+        c.len = len;
+        snprintf(c.shape, sizeof c.shape, "%s", shape);
+        add_in(&c, randn(n, 1.0f), n);
+        add_in(&c, randn(rows, 1.0f), rows);
+        add_out(&c, "w", NULL, n);
+        run_case(&c);
+
+        c = new_case("weightnorm_backward", TOL_ELEM, run_weightnorm_backward, naive_weightnorm_backward);
+        c.rows = rows;
+        c.len = len;
+        snprintf(c.shape, sizeof c.shape, "%s", shape);
+        add_in(&c, randn(n, 1.0f), n);
+        add_in(&c, randn(n, 1.0f), n);
+        add_in(&c, randn(rows, 1.0f), rows);
+        add_out(&c, "dv", randn(n, 1.0f), n);
+        add_out(&c, "dg", randn(rows, 1.0f), rows);
+        run_case(&c);
+    }
+}
+
+/* ---- layout ------------------------------------------------------------------------ */
+
+static double naive_nchw_to_cnhw(const op_case *c, float *const *ref)
+{
+    for (int b = 0; b < c->batch; b++)
+        for (int ch = 0; ch < c->c; ch++)
+            for (int p = 0; p < c->hw; p++)
+                ref[0][((size_t)ch * c->batch + b) * c->hw + p] = c->in[0][((size_t)b * c->c + ch) * c->hw + p];
+    return 0.0;
+}
+
+static double naive_cnhw_to_nchw(const op_case *c, float *const *ref)
+{
+    for (int b = 0; b < c->batch; b++)
+        for (int ch = 0; ch < c->c; ch++)
+            for (int p = 0; p < c->hw; p++)
+                ref[0][((size_t)b * c->c + ch) * c->hw + p] = c->in[0][((size_t)ch * c->batch + b) * c->hw + p];
+    return 0.0;
+}
+
+static double run_nchw_to_cnhw(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->nchw_to_cnhw(be, c->batch, c->c, c->hw, out[0], in[0]);
+    return 0.0;
+}
+
+static double run_cnhw_to_nchw(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->cnhw_to_nchw(be, c->batch, c->c, c->hw, out[0], in[0]);
+    return 0.0;
+}
+
+static void layout_cases(void)
+{
+    static const struct {
+        int batch, c, hw;
+    } shapes[] = {{3, 5, 35}, {1, 4, 16}, {2, 3, 1}, {7, 64, 1024}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const int batch = shapes[t].batch, ch = shapes[t].c, hw = shapes[t].hw;
+        const size_t n = (size_t)batch * ch * hw;
+
+        op_case c = new_case("nchw_to_cnhw", TOL_EXACT, run_nchw_to_cnhw, naive_nchw_to_cnhw);
+        c.batch = batch;
+        c.c = ch;
+        c.hw = hw;
+        snprintf(c.shape, sizeof c.shape, "batch=%d c=%d hw=%d", batch, ch, hw);
+        add_in(&c, randn(n, 1.0f), n);
+        add_out(&c, "dst", NULL, n);
+        run_case(&c);
+
+        c = new_case("cnhw_to_nchw", TOL_EXACT, run_cnhw_to_nchw, naive_cnhw_to_nchw);
+        c.batch = batch;
+        c.c = ch;
+        c.hw = hw;
+        snprintf(c.shape, sizeof c.shape, "batch=%d c=%d hw=%d", batch, ch, hw);
+        add_in(&c, randn(n, 1.0f), n);
+        add_out(&c, "dst", NULL, n);
+        run_case(&c);
+    }
+}
+
+/* ---- GPU noise: vapo_cuda_rng_normal against engine/rng.c ------------------------- */
+
+#ifdef VAPO_HAVE_CUDA
+static void rng_case(uint64_t seed, uint64_t stream, uint64_t first, size_t n)
+{
+    float *want = xmalloc(sizeof(float) * n), *got = xmalloc(sizeof(float) * n);
+    char shape[96];
+    snprintf(shape, sizeof shape, "seed=%llu stream=%llu first=%llu n=%zu", (unsigned long long)seed,
+             (unsigned long long)stream, (unsigned long long)first, n);
+    vapo_rng_normal(seed, stream, first, n, want);
+    float *d = cuda->alloc(cuda, sizeof(float) * n);
+    if (!d) {
+        printf("%-13s %-26s %s: allocation failed: %s\n", "cuda~cpu", "rng_normal", shape, vapo_last_error());
+        failures++;
+    } else {
+        vapo_cuda_rng_normal(seed, stream, first, n, d);
+        cuda->download(cuda, got, d, sizeof(float) * n); /* ordered after the default-stream kernel */
+        cuda->free(cuda, d);
+        size_t worst;
+        const double e = nmse(want, got, n, &worst);
+        report("cuda~cpu", "rng_normal", shape, e, TOL_ELEM);
+        if (!(e <= TOL_ELEM))
+            printf("    worst element %zu: want %.9g, got %.9g\n", worst, want[worst], got[worst]);
+    }
+    free(want);
+    free(got);
+}
+#endif
+
+static void rng_cases(void)
+{
+#ifdef VAPO_HAVE_CUDA
+    if (!cuda)
+        return;
+    rng_case(42, VAPO_STREAM_SAMPLE_NOISE, 0, 3072);
+    rng_case(0xDEADBEEFCAFEF00Dull, VAPO_STREAM_TRAIN + 5, 3, 1001);      /* unaligned start and end */
+    rng_case(7, ((uint64_t)1 << 40) + 3, ((uint64_t)1 << 33) + 1, 65537); /* high counter bits */
+#endif
+}
+
+/* ---- main ------------------------------------------------------------------------- */
+
+static void open_cuda(void)
+{
+    const char *require = getenv("VAPO_TEST_REQUIRE_CUDA");
+    const int required = require && *require && strcmp(require, "0");
+    cuda = vapo_backend_cuda(0);
+    if (!cuda) {
+        printf("cuda: skipped: no CUDA device (%s)\n", vapo_last_error());
+        if (required) {
+            printf("FAIL: VAPO_TEST_REQUIRE_CUDA is set\n");
+            failures++;
+        }
+        return;
+    }
+    /* a second CUDA backend whose convolutions run on NCHW copies */
+    const char *saved = getenv("VAPO_CUDA_CONV_LAYOUT");
+    char *keep = saved ? strdup(saved) : NULL;
+    setenv("VAPO_CUDA_CONV_LAYOUT", "nchw", 1);
+    cuda_nchw = vapo_backend_cuda(0);
+    if (keep) {
+        setenv("VAPO_CUDA_CONV_LAYOUT", keep, 1);
+        free(keep);
+    } else {
+        unsetenv("VAPO_CUDA_CONV_LAYOUT");
+    }
+    if (!cuda_nchw) {
+        printf("FAIL: a second CUDA backend (VAPO_CUDA_CONV_LAYOUT=nchw) did not open: %s\n", vapo_last_error());
+        failures++;
+    }
+    /* a device that does not exist is refused with a message, not a crash */
+    vapo_backend *bogus = vapo_backend_cuda(1 << 20);
+    report("cuda", "open(no such device)", vapo_last_error(), bogus ? 1.0 : 0.0, 0.0);
+    if (bogus)
+        bogus->destroy(bogus);
+}
+
+int main(void)
+{
+    cpu = vapo_backend_cpu(0);
+    if (!cpu) {
+        printf("FAIL: CPU backend: %s\n", vapo_last_error());
+        return 1;
+    }
+    open_cuda();
+    printf("%-13s %-26s %-44s %-15s %-9s\n", "pair", "op", "shape", "error", "tolerance");
+
+    memory_cases();
+    conv_cases();
+    act_cases();
+    pool_cases();
+    row_cases();
+    vector_cases();
+    weightnorm_cases();
+    layout_cases();
+    rng_cases();
+
+    printf("%d checks, %d failed%s\n", checks, failures, cuda ? "" : " (CPU only: no CUDA device)");
+    if (cuda_nchw)
+        cuda_nchw->destroy(cuda_nchw);
+    if (cuda)
+        cuda->destroy(cuda);
+    cpu->destroy(cpu);
+    return failures ? 1 : 0;
+}

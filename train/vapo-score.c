@@ -1,0 +1,599 @@
+/* vapo-score: energies Phi(x) and OOD scores of images (VAPO-MATH.md section 6).
+ *
+ * Inputs are PNG files, folders of PNG files (names ending in .png, sorted
+ * bytewise, hidden files skipped) and idx3-ubyte image files (gzip'd or not,
+ * e.g. Fashion-MNIST's t10k-images-idx3-ubyte.gz). Each image must have the
+ * model's height and width (or --resize: centre crop to a square, then an
+ * antialiased resize); gray and RGB are converted to the model's channels.
+ *
+ * --auroc-vs states the separation: AUROC = P(Phi(ID) > Phi(OOD)), the inputs
+ * being in distribution (positive, higher energy) and the other set out of it
+ * (ties count one half: the Mann-Whitney statistic, = sklearn's roc_auc_score). */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include <jansson.h>
+
+#include "common/cli.h"
+#include "vapo/dataset.h"
+#include "vapo/error.h"
+#include "vapo/image.h"
+#include "vapo/model.h"
+#include "vapo/rng.h"
+
+/* Noise images for --auroc-vs: a stream of the RNG outside the ranges that
+ * vapo/rng.h reserves for sampling, initialisation and training. */
+#define SCORE_STREAM_NOISE ((uint64_t)1 << 22)
+
+static const char usage[] =
+    "Usage: vapo-score MODEL INPUT... [options]\n"
+    "Energies Phi(x) and out-of-distribution scores of images. INPUT is a PNG file, a\n"
+    "folder of PNG files or an idx3-ubyte image file (optionally .gz).\n"
+    "\n"
+    "Options:\n"
+    "  --format F         csv (default) or json, on stdout\n"
+    "  --summary          print only the summary (no row per image)\n"
+    "  --limit N          score at most the first N input images\n"
+    "  --resize           centre-crop and resize images whose size differs from the\n"
+    "                     model's (default: such an image is an error)\n"
+    "  --auroc-vs SET     also score an out-of-distribution set and print the AUROC\n"
+    "                     (inputs positive: P(energy of input > energy of SET)).\n"
+    "                     SET is 'uniform' (uniform 8-bit pixels), 'gaussian' (pixels\n"
+    "                     N(0, 0.5^2) around mid-gray, clipped), or a PNG/folder/idx path\n"
+    "  --auroc-n N        noise images for uniform/gaussian (default 1000); for a\n"
+    "                     path, score at most its first N images (default all)\n"
+    "  --auroc-seed S     seed of the noise images (default 0)\n"
+    "  --batch B          images per network pass (default 256)\n"
+    "  -q, --quiet        no progress line or settings on stderr\n"
+    "  -h, --help         this text\n"
+    "\n";
+
+static const char usage_tail[] =
+    "\n"
+    "Columns: source, index (image within an idx file, else 0), energy, ood_score\n"
+    "(fraction of the model's calibration energies above this one: 0 typical, 1\n"
+    "below everything seen) and in_distribution (ood_score <= the model's keep\n"
+    "fraction). Without a calibration in the model the last two are empty (null).\n"
+    "The summary goes to stderr (stdout with --summary; inside the object for json).\n"
+    "Progress on stderr: a live line on a terminal, else a line every 10 s\n"
+    "(VAPO_PROGRESS=off|tty|plain|auto, VAPO_PROGRESS_INTERVAL=SECONDS).\n"
+    "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n";
+
+/* ---- image sets -------------------------------------------------------------------- */
+
+typedef struct {
+    const char *path;       /* points into set->names or argv */
+    const vapo_dataset *ds; /* idx images, or NULL for a PNG file */
+    int index;
+} item;
+
+typedef struct {
+    item *items;
+    int n, cap;
+    vapo_dataset **ds;
+    int nds;
+    char **names; /* owned strings (folder listings) */
+    int nnames;
+} image_set;
+
+static void set_free(image_set *s)
+{
+    for (int i = 0; i < s->nds; i++)
+        vapo_dataset_free(s->ds[i]);
+    for (int i = 0; i < s->nnames; i++)
+        free(s->names[i]);
+    free(s->items), free(s->ds), free(s->names);
+    memset(s, 0, sizeof *s);
+}
+
+static int set_push(image_set *s, const char *path, const vapo_dataset *ds, int index)
+{
+    if (s->n == s->cap) {
+        int cap = s->cap ? 2 * s->cap : 256;
+        item *p = realloc(s->items, sizeof(item) * cap);
+        if (!p)
+            return vapo_fail("out of memory listing images");
+        s->items = p, s->cap = cap;
+    }
+    s->items[s->n++] = (item){path, ds, index};
+    return 0;
+}
+
+static char *set_keep_name(image_set *s, char *name)
+{
+    char **p = realloc(s->names, sizeof(char *) * (s->nnames + 1));
+    if (!p) {
+        free(name);
+        return NULL;
+    }
+    s->names = p;
+    s->names[s->nnames++] = name;
+    return name;
+}
+
+static int is_png_name(const char *name)
+{
+    size_t n = strlen(name);
+    return name[0] != '.' && n > 4 && !strcasecmp(name + n - 4, ".png");
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int add_folder(image_set *s, const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return vapo_fail("%s: cannot open folder: %s", dir, strerror(errno));
+    char **list = NULL;
+    int n = 0, cap = 0, rc = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!is_png_name(e->d_name))
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            char **p = realloc(list, sizeof(char *) * cap);
+            if (!p) {
+                rc = vapo_fail("out of memory listing %s", dir);
+                break;
+            }
+            list = p;
+        }
+        size_t len = strlen(dir) + strlen(e->d_name) + 2;
+        if (!(list[n] = malloc(len))) {
+            rc = vapo_fail("out of memory listing %s", dir);
+            break;
+        }
+        snprintf(list[n], len, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", e->d_name);
+        n++;
+    }
+    closedir(d);
+    if (!rc && n == 0)
+        rc = vapo_fail("%s: no PNG files in this folder", dir);
+    if (!rc)
+        qsort(list, n, sizeof(char *), cmp_str);
+    for (int i = 0; i < n; i++) {
+        if (rc) {
+            free(list[i]);
+            continue;
+        }
+        char *name = set_keep_name(s, list[i]);
+        if (!name || set_push(s, name, NULL, 0))
+            rc = vapo_fail("out of memory listing %s", dir);
+    }
+    free(list);
+    return rc;
+}
+
+static int add_input(image_set *s, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return vapo_fail("%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return add_folder(s, path);
+    unsigned char sig[8] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return vapo_fail("%s: cannot open: %s", path, strerror(errno));
+    size_t got = fread(sig, 1, sizeof sig, f);
+    fclose(f);
+    static const unsigned char png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (got == 8 && !memcmp(sig, png_sig, 8))
+        return set_push(s, path, NULL, 0);
+    vapo_dataset *ds = NULL;
+    if (vapo_dataset_load_idx(path, NULL, &ds)) {
+        char why[512]; /* vapo_fail must not read the buffer it writes */
+        snprintf(why, sizeof why, "%s", vapo_last_error());
+        return vapo_fail("%s: not a PNG image or an idx image file (as idx: %s)", path, why);
+    }
+    vapo_dataset **p = realloc(s->ds, sizeof(vapo_dataset *) * (s->nds + 1));
+    if (!p) {
+        vapo_dataset_free(ds);
+        return vapo_fail("out of memory");
+    }
+    s->ds = p;
+    s->ds[s->nds++] = ds;
+    for (int i = 0; i < ds->n; i++)
+        if (set_push(s, path, ds, i))
+            return -1;
+    return 0;
+}
+
+/* One 8-bit planar image -> the model's float input (c, h, w). */
+static int prepare(const unsigned char *px, int c_in, int h_in, int w_in, const vapo_arch *a, int resize,
+                   const char *what, float *out)
+{
+    if (h_in == a->in_h && w_in == a->in_w)
+        return vapo_u8_to_float(px, c_in, h_in, w_in, a->in_c, out);
+    if (!resize)
+        return vapo_fail("%s: image is %dx%d (width x height), the model expects %dx%d (use --resize to crop and "
+                         "resize)",
+                         what, w_in, h_in, a->in_w, a->in_h);
+    const int side = h_in < w_in ? h_in : w_in;
+    unsigned char *crop = malloc((size_t)c_in * side * side);
+    unsigned char *sized = malloc((size_t)c_in * a->in_h * a->in_w);
+    int rc = -1;
+    if (!crop || !sized) {
+        rc = vapo_fail("%s: out of memory", what);
+    } else if (vapo_center_crop_u8(px, c_in, h_in, w_in, side, crop) ||
+               vapo_resize_u8(crop, c_in, side, side, a->in_h, a->in_w, sized) ||
+               vapo_u8_to_float(sized, c_in, a->in_h, a->in_w, a->in_c, out)) {
+        char why[512]; /* vapo_fail must not read the buffer it writes */
+        snprintf(why, sizeof why, "%s", vapo_last_error());
+        rc = vapo_fail("%s: %s", what, why);
+    } else {
+        rc = 0;
+    }
+    free(crop), free(sized);
+    return rc;
+}
+
+static int load_item(const item *it, const vapo_arch *a, int resize, float *out)
+{
+    if (it->ds) {
+        const vapo_dataset *ds = it->ds;
+        char what[600];
+        snprintf(what, sizeof what, "%s[%d]", it->path, it->index);
+        return prepare(ds->pixels + (size_t)it->index * ds->c * ds->h * ds->w, ds->c, ds->h, ds->w, a, resize,
+                       what, out);
+    }
+    vapo_image img = {0};
+    if (vapo_png_read_file(it->path, &img))
+        return -1;
+    int rc = prepare(img.data, img.c, img.h, img.w, a, resize, it->path, out);
+    vapo_image_free(&img);
+    return rc;
+}
+
+/* ---- scoring ---------------------------------------------------------------------- */
+
+typedef struct {
+    vapo_model *m;
+    int batch;
+    float *x; /* batch * d */
+    cli_progress *prog;
+    double base;
+} scorer;
+
+static int score_set(scorer *s, const image_set *set, int n, int resize, float *energy)
+{
+    const size_t d = vapo_net_input_size(s->m->net);
+    for (int done = 0; done < n; done += s->batch) {
+        const int nb = n - done < s->batch ? n - done : s->batch;
+        for (int i = 0; i < nb; i++)
+            if (load_item(&set->items[done + i], &s->m->arch, resize, s->x + (size_t)i * d))
+                return -1;
+        if (vapo_model_energy(s->m, nb, s->x, energy + done))
+            return -1;
+        cli_progress_update(s->prog, s->base + done + nb, NULL);
+    }
+    s->base += n;
+    return 0;
+}
+
+/* kind 0: uniform 8-bit pixels; 1: 0.5 * N(0, 1) clipped to [-1, 1], rounded to 8 bits. */
+static int score_noise(scorer *s, int kind, uint64_t seed, int n, float *energy)
+{
+    const size_t d = vapo_net_input_size(s->m->net);
+    for (int done = 0; done < n; done += s->batch) {
+        const int nb = n - done < s->batch ? n - done : s->batch;
+        const uint64_t first = (uint64_t)done * d;
+        if (kind == 0) {
+            for (size_t i = 0; i < (size_t)nb * d; i++)
+                s->x[i] = (float)vapo_rng_below(seed, SCORE_STREAM_NOISE, first + i, 256) / 127.5f - 1.0f;
+        } else {
+            vapo_rng_normal(seed, SCORE_STREAM_NOISE + 1, first, (size_t)nb * d, s->x);
+            for (size_t i = 0; i < (size_t)nb * d; i++) {
+                float v = 0.5f * s->x[i];
+                v = v < -1 ? -1 : v > 1 ? 1 : v;
+                unsigned char u;
+                vapo_float_to_u8(&v, 1, &u);
+                s->x[i] = u / 127.5f - 1.0f;
+            }
+        }
+        if (vapo_model_energy(s->m, nb, s->x, energy + done))
+            return -1;
+        cli_progress_update(s->prog, s->base + done + nb, NULL);
+    }
+    s->base += n;
+    return 0;
+}
+
+typedef struct {
+    double v;
+    int pos;
+} ranked;
+
+static int cmp_ranked(const void *a, const void *b)
+{
+    double x = ((const ranked *)a)->v, y = ((const ranked *)b)->v;
+    return (x > y) - (x < y);
+}
+
+/* P(pos > neg) + P(pos == neg) / 2 by ranks; non-finite energies rank lowest. */
+static double auroc(const float *pos, int np, const float *neg, int nn)
+{
+    ranked *r = malloc(sizeof(ranked) * (size_t)(np + nn));
+    if (!r)
+        return NAN;
+    for (int i = 0; i < np; i++)
+        r[i] = (ranked){isfinite(pos[i]) ? pos[i] : -INFINITY, 1};
+    for (int i = 0; i < nn; i++)
+        r[np + i] = (ranked){isfinite(neg[i]) ? neg[i] : -INFINITY, 0};
+    const int n = np + nn;
+    qsort(r, n, sizeof(ranked), cmp_ranked);
+    double rank_sum = 0;
+    for (int i = 0; i < n;) {
+        int j = i;
+        while (j < n && r[j].v == r[i].v)
+            j++;
+        double avg = 0.5 * (i + 1 + j); /* mean of ranks i+1 .. j */
+        for (int k = i; k < j; k++)
+            if (r[k].pos)
+                rank_sum += avg;
+        i = j;
+    }
+    free(r);
+    return (rank_sum - 0.5 * np * ((double)np + 1)) / ((double)np * nn);
+}
+
+typedef struct {
+    double mean, std, min, max;
+    int finite;
+} stats;
+
+static stats energy_stats(const float *e, int n)
+{
+    stats s = {0, 0, INFINITY, -INFINITY, 0};
+    double sum = 0, sq = 0;
+    for (int i = 0; i < n; i++)
+        if (isfinite(e[i])) {
+            sum += e[i];
+            s.finite++;
+            s.min = fmin(s.min, e[i]);
+            s.max = fmax(s.max, e[i]);
+        }
+    s.mean = s.finite ? sum / s.finite : NAN;
+    for (int i = 0; i < n; i++)
+        if (isfinite(e[i]))
+            sq += (e[i] - s.mean) * (e[i] - s.mean);
+    s.std = s.finite > 1 ? sqrt(sq / (s.finite - 1)) : (s.finite ? 0 : NAN);
+    if (!s.finite)
+        s.min = s.max = NAN;
+    return s;
+}
+
+static json_t *json_num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static void csv_field(FILE *f, const char *s)
+{
+    if (!strpbrk(s, ",\"\n\r")) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_path = NULL, *auroc_vs = NULL;
+    const char **inputs = calloc(argc > 0 ? argc : 1, sizeof(char *));
+    int ninputs = 0, format = 0, summary_only = 0, limit = 0, resize = 0, auroc_n = 1000, has_auroc_n = 0;
+    int batch = 256, quiet = 0;
+    uint64_t auroc_seed = 0;
+    cli_device_opts dev;
+    cli_device_defaults(&dev);
+    if (!inputs)
+        return cli_error("out of memory");
+
+    cli_set_prog("vapo-score");
+    cli_args it;
+    cli_args_init(&it, argc, argv);
+    int usage_rc = -1;
+    for (int k, r; usage_rc < 0 && (k = cli_next(&it)) != CLI_END;) {
+        if (k == CLI_POSITIONAL) {
+            if (!model_path)
+                model_path = it.arg;
+            else
+                inputs[ninputs++] = it.arg;
+        } else if (cli_is(&it, "-h|--help")) {
+            printf("%s%s%s", usage, cli_device_help(), usage_tail);
+            usage_rc = 0;
+        } else if (cli_is(&it, "--format")) {
+            if (cli_choice(&it, "csv|json", &format))
+                usage_rc = CLI_EXIT_USAGE;
+        } else if (cli_is(&it, "--summary")) {
+            if (cli_flag(&it))
+                usage_rc = CLI_EXIT_USAGE;
+            summary_only = 1;
+        } else if (cli_is(&it, "--limit")) {
+            if (cli_int(&it, 1, 2000000000, &limit))
+                usage_rc = CLI_EXIT_USAGE;
+        } else if (cli_is(&it, "--resize")) {
+            if (cli_flag(&it))
+                usage_rc = CLI_EXIT_USAGE;
+            resize = 1;
+        } else if (cli_is(&it, "--auroc-vs")) {
+            if (!(auroc_vs = cli_value(&it)))
+                usage_rc = CLI_EXIT_USAGE;
+        } else if (cli_is(&it, "--auroc-n")) {
+            if (cli_int(&it, 1, 10000000, &auroc_n))
+                usage_rc = CLI_EXIT_USAGE;
+            has_auroc_n = 1;
+        } else if (cli_is(&it, "--auroc-seed")) {
+            if (cli_u64(&it, &auroc_seed))
+                usage_rc = CLI_EXIT_USAGE;
+        } else if (cli_is(&it, "--batch")) {
+            if (cli_int(&it, 1, 65536, &batch))
+                usage_rc = CLI_EXIT_USAGE;
+        } else if (cli_is(&it, "-q|--quiet")) {
+            if (cli_flag(&it))
+                usage_rc = CLI_EXIT_USAGE;
+            quiet = 1;
+        } else if ((r = cli_device_option(&it, &dev)) != 0) {
+            if (r < 0)
+                usage_rc = CLI_EXIT_USAGE;
+        } else {
+            usage_rc = cli_unknown(&it);
+        }
+    }
+    if (usage_rc < 0 && !model_path)
+        usage_rc = cli_usage_error("no model given");
+    else if (usage_rc < 0 && ninputs == 0)
+        usage_rc = cli_usage_error("no input images given (PNG files, folders of PNGs or idx files)");
+    if (usage_rc >= 0) {
+        free(inputs);
+        return usage_rc;
+    }
+    const int noise_kind = !auroc_vs ? -1 : !strcmp(auroc_vs, "uniform") ? 0 : !strcmp(auroc_vs, "gaussian") ? 1 : 2;
+
+    /* Read the inputs before loading the model: a typo fails fast. */
+    image_set set = {0}, ood = {0};
+    int rc = CLI_EXIT_FAILURE;
+    vapo_backend *be = NULL;
+    vapo_model *m = NULL;
+    float *energy = NULL, *ood_energy = NULL;
+    scorer sc = {0};
+    for (int i = 0; i < ninputs; i++)
+        if (add_input(&set, inputs[i])) {
+            cli_error("%s", vapo_last_error());
+            goto done;
+        }
+    if (noise_kind == 2 && add_input(&ood, auroc_vs)) {
+        cli_error("--auroc-vs: %s", vapo_last_error());
+        goto done;
+    }
+    const int n = limit && limit < set.n ? limit : set.n;
+    const int n_ood = noise_kind < 0    ? 0
+                      : noise_kind == 2 ? (has_auroc_n && auroc_n < ood.n ? auroc_n : ood.n)
+                                        : auroc_n;
+
+    if (!(m = cli_model_load(model_path, &dev, &be)))
+        goto done;
+    const size_t d = vapo_net_input_size(m->net);
+    if (batch > (n > n_ood ? n : n_ood))
+        batch = n > n_ood ? n : n_ood;
+    energy = malloc(sizeof(float) * n);
+    ood_energy = malloc(sizeof(float) * (n_ood ? n_ood : 1));
+    sc = (scorer){.m = m, .batch = batch, .x = malloc(sizeof(float) * d * batch)};
+    if (!energy || !ood_energy || !sc.x) {
+        cli_error("out of memory for %d images", n);
+        goto done;
+    }
+    if (!quiet)
+        cli_info("%s: scoring %d image(s) of %dx%dx%d%s on %s", model_path, n, m->arch.in_c, m->arch.in_h,
+                 m->arch.in_w, n_ood ? " and the AUROC set" : "", be->name);
+    if (m->n_calib == 0)
+        cli_warn("%s has no OOD calibration: only energies are reported", model_path);
+
+    cli_progress prog;
+    cli_progress_start(&prog, "scoring", n + n_ood, "images", !quiet);
+    sc.prog = &prog;
+    if (score_set(&sc, &set, n, resize, energy) ||
+        (noise_kind == 2 && score_set(&sc, &ood, n_ood, resize, ood_energy)) ||
+        (noise_kind >= 0 && noise_kind < 2 && score_noise(&sc, noise_kind, auroc_seed, n_ood, ood_energy))) {
+        cli_progress_finish(&prog);
+        cli_error("%s", vapo_last_error());
+        goto done;
+    }
+    cli_progress_finish(&prog);
+
+    /* ---- report ---- */
+    const int calibrated = m->n_calib > 0;
+    int n_in = 0;
+    for (int i = 0; i < n; i++)
+        n_in += vapo_model_in_distribution(m, energy[i]);
+    const stats st = energy_stats(energy, n);
+    const stats so = energy_stats(ood_energy, n_ood);
+    const double auc = n_ood ? auroc(energy, n, ood_energy, n_ood) : NAN;
+    char ood_name[600];
+    if (noise_kind == 2)
+        snprintf(ood_name, sizeof ood_name, "%s", auroc_vs);
+    else if (noise_kind >= 0)
+        snprintf(ood_name, sizeof ood_name, "%s noise (seed %llu)", auroc_vs, (unsigned long long)auroc_seed);
+
+    if (format == 1) {
+        json_t *root = json_object();
+        json_object_set_new(root, "model", json_string(model_path));
+        if (!summary_only) {
+            json_t *rows = json_array();
+            for (int i = 0; i < n; i++) {
+                const item *x = &set.items[i];
+                json_t *row = json_pack("{s:s, s:i, s:o}", "source", x->path, "index", x->index, "energy",
+                                        json_num(energy[i]));
+                json_object_set_new(row, "ood_score",
+                                    calibrated ? json_num(vapo_model_ood_score(m, energy[i])) : json_null());
+                json_object_set_new(row, "in_distribution",
+                                    calibrated ? json_boolean(vapo_model_in_distribution(m, energy[i])) : json_null());
+                json_array_append_new(rows, row);
+            }
+            json_object_set_new(root, "images", rows);
+        }
+        json_t *sum = json_pack("{s:i, s:o, s:o, s:o, s:o}", "count", n, "energy_mean", json_num(st.mean),
+                                "energy_std", json_num(st.std), "energy_min", json_num(st.min), "energy_max",
+                                json_num(st.max));
+        json_object_set_new(sum, "in_distribution_fraction",
+                            calibrated ? json_num((double)n_in / n) : json_null());
+        if (n_ood)
+            json_object_set_new(sum, "auroc",
+                                json_pack("{s:s, s:i, s:o, s:o, s:o, s:s}", "vs", ood_name, "count", n_ood, "value",
+                                          json_num(auc), "ood_energy_mean", json_num(so.mean), "ood_energy_std",
+                                          json_num(so.std), "positive", "inputs (higher energy = in distribution)"));
+        json_object_set_new(root, "summary", sum);
+        if (json_dumpf(root, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(9)) == 0)
+            fputc('\n', stdout);
+        json_decref(root);
+    } else {
+        if (!summary_only) {
+            printf("source,index,energy,ood_score,in_distribution\n");
+            for (int i = 0; i < n; i++) {
+                csv_field(stdout, set.items[i].path);
+                printf(",%d,%.9g,", set.items[i].index, energy[i]);
+                if (calibrated)
+                    printf("%.6f,%d\n", vapo_model_ood_score(m, energy[i]),
+                           vapo_model_in_distribution(m, energy[i]));
+                else
+                    printf(",\n");
+            }
+        }
+        FILE *sf = summary_only ? stdout : stderr;
+        const char *pre = summary_only ? "" : "vapo-score: ";
+        fprintf(sf, "%s%d image(s): energy mean %.6g, std %.6g, min %.6g, max %.6g", pre, n, st.mean, st.std, st.min,
+                st.max);
+        if (calibrated)
+            fprintf(sf, "; %.1f%% in distribution (keep %.3g)", 100.0 * n_in / n, m->ood_keep);
+        fputc('\n', sf);
+        if (n_ood)
+            fprintf(sf,
+                    "%sAUROC %.4f: inputs (positive, higher energy) vs %d image(s) of %s (energy mean %.6g, std "
+                    "%.6g)\n",
+                    pre, auc, n_ood, ood_name, so.mean, so.std);
+    }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        cli_error("cannot write the results to stdout");
+        goto done;
+    }
+    rc = 0;
+done:
+    free(sc.x), free(energy), free(ood_energy);
+    set_free(&set);
+    set_free(&ood);
+    vapo_model_free(m);
+    if (be)
+        be->destroy(be);
+    free(inputs);
+    return rc;
+}

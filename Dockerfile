@@ -104,7 +104,8 @@ ENV PATH=/opt/vapo/bin:${PATH} \
     PORT=8080 \
     VAPO_DEVICE=auto \
     VAPO_MODEL=/opt/vapo/models/fmnist-small.safetensors \
-    VAPO_VARIANT=${VARIANT}
+    VAPO_VARIANT=${VARIANT} \
+    OMP_WAIT_POLICY=passive
 
 USER 10001:10001
 WORKDIR /opt/vapo

@@ -4,6 +4,9 @@
 #   VAPO_SANITIZE=1 scripts/test.sh   ASan + UBSan build in build-asan/
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Sleeping, not spinning, OpenMP threads: on a shared or busy machine spinning
+# barriers cost up to 5x (bench/BENCHMARKS.md).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 bash scripts/setup.sh
 if [ "${VAPO_SANITIZE:-0}" = 1 ]; then
   dir=build-asan; flags=(-DCMAKE_BUILD_TYPE=Debug -DVAPO_SANITIZE=ON)

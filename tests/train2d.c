@@ -14,7 +14,8 @@
 #include "vapo/ode.h"
 
 #define B 256
-#define STEPS 1500
+static int STEPS = 1500;
+static double LR = 2e-3, TEND = 1.5;
 #define NS 1000
 
 static void mixture(uint64_t seed, uint64_t first, int n, float *x)
@@ -63,6 +64,9 @@ static void plot(const char *path, const float *data, const float *samples, int 
 
 int main(void)
 {
+    if (getenv("T2D_STEPS")) STEPS = atoi(getenv("T2D_STEPS"));
+    if (getenv("T2D_LR")) LR = atof(getenv("T2D_LR"));
+    if (getenv("T2D_TEND")) TEND = atof(getenv("T2D_TEND"));
     vapo_backend *be = vapo_backend_cpu(0);
     vapo_arch a;
     vapo_arch_preset("tiny2d", &a);
@@ -70,7 +74,7 @@ int main(void)
     vapo_net_init(net, 1);
     const size_t np = vapo_net_param_count(net);
     vapo_loss_config cfg = vapo_loss_config_default();
-    optim_config oc = {OPTIM_LAMB, 2e-3, 0.9, 0.999, 1e-8, 100, 1.0, 0.99};
+    optim_config oc = {OPTIM_LAMB, LR, 0.9, 0.999, 1e-8, 100, 1.0, 0.99};
     optim_state opt;
     float *params = vapo_net_params(net), *grad = malloc(sizeof(float) * np), xbar[2 * B];
     optim_init(&opt, &oc, net, params);
@@ -102,6 +106,7 @@ int main(void)
     mixture(2, 0, NS, data);
     int *nfe = malloc(sizeof(int) * NS);
     vapo_ode_config oc2 = vapo_ode_config_default();
+    oc2.t_end = TEND;
     CHECK(!vapo_ode_solve(&oc2, NS, 2, samples, vapo_model_field, m, nfe, NULL, NULL), "solve: %s", vapo_last_error());
     double ed_samples = energy_distance(samples, NS, data, NS), ed_prior = energy_distance(prior, NS, data, NS);
     long tot = 0;

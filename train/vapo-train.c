@@ -221,12 +221,12 @@ static int calibrate(run *r)
 
 /* ---- the loop ------------------------------------------------------------------ */
 
-static void report(run *r, const vapo_loss_terms *t, double gnorm, double rate, int final_line)
+static void report(run *r, const vapo_loss_terms *t, double gnorm, double rate)
 {
     const double eta = rate > 0 ? (r->o.steps - r->step) / rate : 0;
     fprintf(stderr, "\rstep %ld/%ld  loss %+.5f (dir %.4f cov %+.4f l2 %.2e)  |grad| %.3g  %.2f steps/s  ETA %02d:%02d:%02d%s",
             r->step, r->o.steps, t->total, t->dirichlet, t->covariance, t->spectral, gnorm, rate, (int)(eta / 3600),
-            (int)fmod(eta / 60, 60), (int)fmod(eta, 60), final_line ? "\n" : "   ");
+            (int)fmod(eta / 60, 60), (int)fmod(eta, 60), "   ");
     if (r->log) {
         fprintf(r->log,
                 "{\"step\": %ld, \"loss\": %.8g, \"dirichlet\": %.8g, \"covariance\": %.8g, \"spectral\": %.8g, "
@@ -261,8 +261,8 @@ static int train_loop(run *r)
         if (train_step(r, &terms, &gnorm))
             return -1;
         rate = (r->step - s0) / (now() - t0);
-        if (r->step % r->o.log_every == 0 || r->step == s0 + 1)
-            report(r, &terms, gnorm, rate, 0);
+        if (r->step % r->o.log_every == 0 || r->step == s0 + 1 || r->step == r->o.steps)
+            report(r, &terms, gnorm, rate);
         if (r->step % r->o.save_every == 0 && save_step_checkpoint(r))
             return -1;
         if (r->o.sample_every && r->step % r->o.sample_every == 0 && r->step < r->o.steps) {
@@ -272,7 +272,7 @@ static int train_loop(run *r)
                 return -1;
         }
     }
-    report(r, &terms, gnorm, rate, 1);
+    fputc('\n', stderr);
     return 0;
 }
 

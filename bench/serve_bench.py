@@ -1,0 +1,201 @@
+#!/usr/bin/python3
+"""vapo-serve throughput and latency (a benchmark, not a test).
+
+    bench/serve_bench.py MODEL.safetensors [--serve build/vapo-serve] [--threads N]
+
+Starts vapo-serve on the CPU with MODEL and measures:
+  - throughput (images/s) of C concurrent clients (C = 32, 64) that each ask
+    for one image per request (n=1, distinct seeds), with latency p50/p99;
+  - the ceiling: the same C images as ONE request (n=C), which the server
+    runs as one batch from start to end; ratio = clients / ceiling;
+  - the per-request HTTP overhead of /energy with one image: request latency
+    minus the device time the server spent on it (from /metrics);
+  - the server's peak RSS (VmHWM).
+Use a Release build of vapo-serve: Debug numbers say little."""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+
+
+def percentile(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+class Client:
+    def __init__(self, port):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def post(self, path, body, ctype="application/json"):
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        self.conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+        r = self.conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{path}: {r.status} {data[:200]!r}")
+        return data
+
+    def get(self, path):
+        self.conn.request("GET", path)
+        r = self.conn.getresponse()
+        return r.read()
+
+
+def metrics(port):
+    text = Client(port).get("/metrics").decode()
+    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+            if ln and not ln.startswith("#")}
+
+
+def gray_png(w, h):
+    raw = b"".join(b"\x00" + bytes((x * 37 + y * 11) % 256 for x in range(w)) for y in range(h))
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def concurrent_run(port, clients, per_client, seed0, body_extra):
+    lat, errors = [], []
+    barrier = threading.Barrier(clients + 1)
+
+    def worker(i):
+        c = Client(port)
+        barrier.wait()
+        for r in range(per_client):
+            t = time.perf_counter()
+            try:
+                c.post("/generate", {"seed": seed0 + i * per_client + r, "n": 1, **body_extra})
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+                return
+            lat.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(errors[0])
+    return clients * per_client / wall, lat
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--serve", default=os.path.join(here, "..", "build", "vapo-serve"))
+    ap.add_argument("--threads", type=int, default=0, help="CPU backend threads (0 = all cores)")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--clients", default="32,64")
+    ap.add_argument("--rounds", type=int, default=8, help="requests per client")
+    ap.add_argument("--energy-requests", type=int, default=300)
+    ap.add_argument("--solver", default=None, help="e.g. euler, with --steps, for a fixed NFE")
+    ap.add_argument("--steps", type=int, default=None)
+    a = ap.parse_args()
+    extra = {}
+    if a.solver:
+        extra["solver"] = a.solver
+    if a.steps:
+        extra["steps"] = a.steps
+
+    log = tempfile.NamedTemporaryFile("w+", prefix="serve-bench-", suffix=".log", delete=False)
+    proc = subprocess.Popen([a.serve, "--port", "0", "--device", "cpu", "--threads", str(a.threads), "--quiet",
+                             "--max-batch", str(a.max_batch), "--max-queue", "4096", "--http-threads", "4",
+                             "--max-connections", "512", a.model], stdout=log, stderr=log)
+    try:
+        port = None
+        deadline = time.time() + 60
+        while time.time() < deadline and port is None:
+            m = re.search(r'"port":(\d+)', open(log.name).read())
+            port = int(m.group(1)) if m else None
+            if proc.poll() is not None:
+                sys.exit("vapo-serve exited:\n" + open(log.name).read())
+            time.sleep(0.05)
+        while time.time() < deadline:
+            try:
+                if b"ready" in Client(port).get("/readyz"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        info = json.loads(Client(port).get("/v1/model"))
+        print(f"model {os.path.basename(a.model)}: {info['preset']} {info['shape']}, {info['parameters']} parameters, "
+              f"backend {info['backend']}, threads {a.threads or 'all'}, max_batch {a.max_batch}, "
+              f"solver {extra.get('solver', info['sampling']['solver'])}")
+        # warm up
+        Client(port).post("/generate", {"seed": 0, "n": 8, "format": "json", **extra})
+
+        for clients in [int(c) for c in a.clients.split(",")]:
+            rates = []
+            for rep in range(5):  # the median of 5: shared machines are noisy
+                c = Client(port)
+                t = time.perf_counter()
+                body = json.loads(c.post("/generate", {"seed": 1000 + rep, "n": clients, "format": "json",
+                                                       **extra}))
+                rates.append(clients / (time.perf_counter() - t))
+            best = statistics.median(rates)
+            nfe = statistics.mean(body["nfe"])
+            before = metrics(port)
+            t = time.perf_counter()
+            tput, lat = concurrent_run(port, clients, a.rounds, 10_000 * clients, extra)
+            wall = time.perf_counter() - t
+            after = metrics(port)
+            d = {k: after[k] - before.get(k, 0) for k in ("vapo_device_busy_seconds_total", "vapo_batch_size_sum",
+                                                       "vapo_batch_size_count")}
+            print(f"{clients:3d} clients x n=1: {tput:8.1f} images/s  latency p50 {percentile(lat, 50) * 1e3:7.1f} ms"
+                  f"  p99 {percentile(lat, 99) * 1e3:7.1f} ms | one request n={clients}: {best:8.1f} images/s"
+                  f" | ratio {tput / best:.2f} | mean NFE {nfe:.1f}")
+            print(f"     device busy {100 * d['vapo_device_busy_seconds_total'] / wall:.0f}% of the run, "
+                  f"{d['vapo_batch_size_sum'] / max(d['vapo_batch_size_count'], 1):.1f} rows per model call")
+
+        png = gray_png(info["shape"][2], info["shape"][1])
+        c = Client(port)
+        before = metrics(port)
+        lat = []
+        for _ in range(a.energy_requests):
+            t = time.perf_counter()
+            c.post("/energy", png, "image/png")
+            lat.append(time.perf_counter() - t)
+        after = metrics(port)
+        busy = (after["vapo_device_busy_seconds_total"] - before["vapo_device_busy_seconds_total"]) / len(lat)
+        p50 = percentile(lat, 50)
+        print(f"/energy, one image, sequential keep-alive: p50 {p50 * 1e3:.3f} ms, p99 "
+              f"{percentile(lat, 99) * 1e3:.3f} ms, device {busy * 1e3:.3f} ms/request, "
+              f"HTTP + scheduling overhead ~{(p50 - busy) * 1e3:.3f} ms/request")
+        with open(f"/proc/{proc.pid}/status") as f:
+            hwm = next(ln for ln in f if ln.startswith("VmHWM")).split()[1]
+        print(f"server peak RSS: {int(hwm) / 1024:.1f} MiB")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.unlink(log.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,7 +42,8 @@ static void cpu_sync(vapo_backend *be) { (void)be; }
 
 /* Columns [j0, j0+nc) of the CNHW input, unrolled for a 3x3 kernel:
  * col[(ci*9 + ky*3 + kx) * nc + j] = x[ci, pixel j shifted by (ky-1, kx-1)].
- * j0 and nc are whole images, so shifts never cross an image boundary. */
+ * j0 and nc are whole images, so shifts never cross an image boundary. Each
+ * output row is a shifted copy of an input row with a zero at one end. */
 static void im2col3(const vapo_conv_shape *s, const float *x, size_t j0, size_t nc, float *col)
 {
     const int h = s->h, w = s->w;
@@ -62,9 +63,14 @@ static void im2col3(const vapo_conv_shape *s, const float *x, size_t j0, size_t 
                         continue;
                     }
                     const float *sr = src + img * hw + (size_t)sy * w;
-                    for (int xx = 0; xx < w; xx++) {
-                        const int sx = xx + dx;
-                        d[xx] = (sx >= 0 && sx < w) ? sr[sx] : 0.0f;
+                    if (dx == 0) {
+                        memcpy(d, sr, sizeof(float) * w);
+                    } else if (dx < 0) {
+                        d[0] = 0.0f;
+                        memcpy(d + 1, sr, sizeof(float) * (w - 1));
+                    } else {
+                        memcpy(d, sr + 1, sizeof(float) * (w - 1));
+                        d[w - 1] = 0.0f;
                     }
                 }
         }
@@ -226,7 +232,8 @@ static void cpu_act_dual_backward(vapo_backend *be, vapo_act a, size_t n, float 
     (void)be;
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        const float d1 = vapo_act_d1(a, x[i]), d2 = vapo_act_d2(a, x[i]);
+        float d1, d2;
+        vapo_act_d12(a, x[i], &d1, &d2);
         const float dyd = dydot[i];
         dx[i] = d1 * dy[i] + d2 * xdot[i] * dyd;
         dxdot[i] = d1 * dyd;

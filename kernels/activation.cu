@@ -31,7 +31,9 @@ static __global__ void act_dual_backward_kernel(size_t n, float *dx, float *dxdo
 {
     GRID_STRIDE(i, n)
     {
-        const float xi = x[i], d1 = vapo_act_d1((vapo_act)A, xi), d2 = vapo_act_d2((vapo_act)A, xi);
+        float d1, d2;
+        const float xi = x[i];
+        vapo_act_d12((vapo_act)A, xi, &d1, &d2);
         const float dyd = dydot[i];
         const float r = d1 * dy[i] + d2 * xdot[i] * dyd;
         dx[i] = r;

@@ -15,7 +15,9 @@
 
 typedef struct {
     vapo_backend base;
-    float *col; /* im2col scratch, VAPO_COL_BUDGET floats */
+    float *col;   /* im2col scratch, VAPO_COL_BUDGET floats */
+    float *wflip; /* flipped kernel of the backward data pass */
+    size_t wflip_cap;
     int threads;
 } cpu_backend;
 
@@ -44,12 +46,12 @@ static void cpu_sync(vapo_backend *be) { (void)be; }
  * col[(ci*9 + ky*3 + kx) * nc + j] = x[ci, pixel j shifted by (ky-1, kx-1)].
  * j0 and nc are whole images, so shifts never cross an image boundary. Each
  * output row is a shifted copy of an input row with a zero at one end. */
-static void im2col3(const vapo_conv_shape *s, const float *x, size_t j0, size_t nc, float *col)
+static void im2col3(const vapo_conv_shape *s, int channels, const float *x, size_t j0, size_t nc, float *col)
 {
     const int h = s->h, w = s->w;
     const size_t n = (size_t)s->batch * h * w, hw = (size_t)h * w;
     #pragma omp parallel for collapse(2) schedule(static)
-    for (int ci = 0; ci < s->cin; ci++)
+    for (int ci = 0; ci < channels; ci++)
         for (int kk = 0; kk < 9; kk++) {
             const int dy = kk / 3 - 1, dx = kk % 3 - 1;
             float *dst = col + ((size_t)ci * 9 + kk) * nc;
@@ -76,36 +78,10 @@ static void im2col3(const vapo_conv_shape *s, const float *x, size_t j0, size_t 
         }
 }
 
-/* The adjoint of im2col3: dx[ci, pixel] += sum of the col entries it fed. */
-static void col2im3(const vapo_conv_shape *s, const float *col, size_t j0, size_t nc, float *dx)
-{
-    const int h = s->h, w = s->w;
-    const size_t n = (size_t)s->batch * h * w, hw = (size_t)h * w;
-    #pragma omp parallel for schedule(static)
-    for (int ci = 0; ci < s->cin; ci++) {
-        float *dst = dx + (size_t)ci * n + j0;
-        for (int kk = 0; kk < 9; kk++) {
-            const int dy = kk / 3 - 1, dxs = kk % 3 - 1;
-            const float *src = col + ((size_t)ci * 9 + kk) * nc;
-            for (size_t img = 0; img < nc / hw; img++)
-                for (int yy = 0; yy < h; yy++) {
-                    const int sy = yy + dy;
-                    if (sy < 0 || sy >= h)
-                        continue;
-                    const float *c = src + img * hw + (size_t)yy * w;
-                    float *d = dst + img * hw + (size_t)sy * w;
-                    const int x0 = dxs < 0 ? 1 : 0, x1 = dxs > 0 ? w - 1 : w;
-                    for (int xx = x0; xx < x1; xx++)
-                        d[xx + dxs] += c[xx];
-                }
-        }
-    }
-}
-
 /* Columns per chunk: whole images, as many as fit the scratch budget. */
-static size_t chunk_cols(const vapo_conv_shape *s)
+static size_t chunk_cols(const vapo_conv_shape *s, int channels)
 {
-    const size_t hw = (size_t)s->h * s->w, rows = (size_t)s->cin * 9;
+    const size_t hw = (size_t)s->h * s->w, rows = (size_t)channels * 9;
     size_t imgs = VAPO_COL_BUDGET / (rows * hw);
     if (imgs < 1)
         imgs = 1;
@@ -137,13 +113,33 @@ static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *
                     1.0f, y, n);
         return;
     }
-    const size_t step = chunk_cols(s), K = (size_t)s->cin * 9;
+    const size_t step = chunk_cols(s, s->cin), K = (size_t)s->cin * 9;
     for (size_t j0 = 0; j0 < n; j0 += step) {
         const size_t nc = j0 + step <= n ? step : n - j0;
-        im2col3(s, x, j0, nc, cb->col);
+        im2col3(s, s->cin, x, j0, nc, cb->col);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, nc, K, 1.0f, w, K, cb->col, nc,
                     1.0f, y + j0, n);
     }
+}
+
+/* w'[ci][co*9 + k] = w[co][ci*9 + 8 - k], in a scratch buffer that grows. */
+static float *flipped_weights(cpu_backend *cb, const vapo_conv_shape *s, const float *w)
+{
+    const size_t size = (size_t)s->cin * s->cout * 9;
+    if (size > cb->wflip_cap) {
+        free(cb->wflip);
+        cb->wflip = malloc(sizeof(float) * size);
+        cb->wflip_cap = cb->wflip ? size : 0;
+        if (!cb->wflip) {
+            vapo_fail("out of memory in the convolution backward pass");
+            return NULL;
+        }
+    }
+    for (int ci = 0; ci < s->cin; ci++)
+        for (int co = 0; co < s->cout; co++)
+            for (int k = 0; k < 9; k++)
+                cb->wflip[((size_t)ci * s->cout + co) * 9 + k] = w[((size_t)co * s->cin + ci) * 9 + 8 - k];
+    return cb->wflip;
 }
 
 static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
@@ -156,12 +152,19 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
                     1.0f, dx, n);
         return;
     }
-    const size_t step = chunk_cols(s), K = (size_t)s->cin * 9;
+    /* The adjoint of a "same" 3x3 convolution is the convolution of dy with the
+     * spatially flipped, channel-transposed kernel: w'[ci][co][k] = w[co][ci][8-k].
+     * So it reuses im2col and one GEMM, with no scattered col2im. */
+    const size_t K = (size_t)s->cout * 9;
+    float *wf = flipped_weights(cb, s, w);
+    if (!wf)
+        return;
+    const size_t step = chunk_cols(s, s->cout);
     for (size_t j0 = 0; j0 < n; j0 += step) {
         const size_t nc = j0 + step <= n ? step : n - j0;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, nc, s->cout, 1.0f, w, K, dy + j0, n, 0.0f,
-                    cb->col, nc);
-        col2im3(s, cb->col, j0, nc, dx);
+        im2col3(s, s->cout, dy, j0, nc, cb->col);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cin, nc, K, 1.0f, wf, K, cb->col, nc, 1.0f,
+                    dx + j0, n);
     }
 }
 
@@ -189,10 +192,10 @@ static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s,
                     s->cin);
         return;
     }
-    const size_t step = chunk_cols(s), K = (size_t)s->cin * 9;
+    const size_t step = chunk_cols(s, s->cin), K = (size_t)s->cin * 9;
     for (size_t j0 = 0; j0 < n; j0 += step) {
         const size_t nc = j0 + step <= n ? step : n - j0;
-        im2col3(s, x, j0, nc, cb->col);
+        im2col3(s, s->cin, x, j0, nc, cb->col);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, nc, 1.0f, dy + j0, n, cb->col, nc,
                     1.0f, dw, K);
     }
@@ -393,6 +396,7 @@ static void cpu_destroy(vapo_backend *be)
 {
     cpu_backend *cb = (cpu_backend *)be;
     free(cb->col);
+    free(cb->wflip);
     free(cb);
 }
 

@@ -81,7 +81,9 @@ void vapo_loss_eval(const vapo_loss_config *cfg, int batch, int d, const float *
                     const double *gc, const double *w, vapo_loss_terms *terms, float *phi_bar, float *u)
 {
     const double scale = 1.0 / ((double)batch * d);
-    double dir = 0.0, cov = 0.0, spec = 0.0, pm = 0.0, gn = 0.0;
+    double dir = 0.0, cov = 0.0, spec = 0.0, pm = 0.0, gn = 0.0, phi_sum = 0.0;
+    for (int i = 0; i < batch; i++)
+        phi_sum += phi[i];
     for (int i = 0; i < batch; i++) {
         const float *gi = grad + (size_t)i * d;
         double gg = 0.0;
@@ -91,7 +93,11 @@ void vapo_loss_eval(const vapo_loss_config *cfg, int batch, int d, const float *
                 u[(size_t)i * d + j] = (float)(scale * gi[j]);
         }
         dir += 0.5 * gg;
-        cov += w[i] * gc[i] * phi[i];
+        /* The reported value centres Phi by the leave-one-out batch mean: the
+         * same expectation (E[gc | xbar, t] = 0) without the noise of Phi's
+         * offset. The gradient (phi_bar) does not depend on the offset. */
+        const double loo = batch > 1 ? (phi_sum - phi[i]) / (batch - 1) : 0.0;
+        cov += w[i] * gc[i] * (phi[i] - loo);
         spec += cfg->lambda * (double)phi[i] * phi[i];
         pm += phi[i];
         gn += sqrt(gg);

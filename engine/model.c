@@ -28,16 +28,21 @@ vapo_model *vapo_model_wrap(vapo_net *net, const vapo_loss_config *loss)
     return m;
 }
 
-void vapo_model_free(vapo_model *m)
+vapo_net *vapo_model_unwrap(vapo_model *m)
 {
-    if (!m)
-        return;
     vapo_backend *be = m->net ? vapo_net_backend(m->net) : NULL;
     if (be && m->dev_x)
         be->free(be, m->dev_x), be->free(be, m->dev_g), be->free(be, m->dev_phi);
-    vapo_net_free(m->net);
+    vapo_net *net = m->net;
     json_decref(m->meta);
     free(m);
+    return net;
+}
+
+void vapo_model_free(vapo_model *m)
+{
+    if (m)
+        vapo_net_free(vapo_model_unwrap(m));
 }
 
 /* ---- metadata ---------------------------------------------------------------------- */

@@ -47,6 +47,8 @@ typedef struct {
 vapo_model *vapo_model_wrap(vapo_net *net, const vapo_loss_config *loss);
 vapo_model *vapo_model_load(const char *path, vapo_backend *be);
 void vapo_model_free(vapo_model *m);
+/* Frees the model but not its network, which it returns. */
+vapo_net *vapo_model_unwrap(vapo_model *m);
 
 /* Saves the network's current weights, the metadata and `n_extra` further
  * host tensors (trainer state, named "train/...") atomically. */

@@ -315,6 +315,26 @@ static int init_scale(run *r)
     return rc;
 }
 
+/* A resumed run continues the metrics log from its step: lines of steps the
+ * interrupted run logged after its last checkpoint are dropped. */
+static void truncate_log(const char *path, long step)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[1024], tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    while (out && fgets(line, sizeof line, f)) {
+        long s;
+        if (sscanf(line, "{\"step\": %ld", &s) == 1 && s <= step)
+            fputs(line, out);
+    }
+    fclose(f);
+    if (out && !fclose(out))
+        rename(tmp, path);
+}
+
 static int setup(run *r, int argc, char **argv)
 {
     train_options_default(&r->o);
@@ -362,10 +382,12 @@ static int setup(run *r, int argc, char **argv)
         return -1;
     char path[1024];
     out_path(r, path, sizeof path, "metrics.jsonl");
+    if (r->step > 0)
+        truncate_log(path, r->step);
     r->log = fopen(path, r->step > 0 ? "a" : "w");
-    fprintf(stderr, "vapo-train: %s (%zu parameters) on %s [%d images] with %s, batch %d, %ld steps%s%s, backend %s\n",
+    fprintf(stderr, "vapo-train: %s (%zu parameters) on %s [%d images] with %s, batch %d, %ld steps, backend %s\n",
             arch.preset, np, r->o.data, r->data->n, optim_kind_name(r->o.opt.kind), r->o.batch, r->o.steps,
-            resume ? ", resuming at step " : "", resume ? "" : "", r->be->name);
+            r->be->name);
     if (resume)
         fprintf(stderr, "vapo-train: resumed from %s at step %ld\n", resume, r->step);
     return 0;

@@ -1,0 +1,563 @@
+#include "batcher.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vapo/backend.h"
+#include "vapo/error.h"
+#include "vapo/interp.h"
+#include "vapo/model.h"
+
+#include "clock.h"
+#include "log.h"
+
+enum { ROW_NEEDS_EVAL = 0, ROW_NEEDS_FINAL_PHI = 1, ROW_DONE = 2 };
+enum { STATE_LOADING, STATE_READY, STATE_FAILED };
+
+/* One row of a batch: which job and row it came from, and whether the row
+ * needs the gradient (an ODE evaluation) or only the energy. */
+typedef struct {
+    job *j;
+    int row;
+    int grad;
+} slot;
+
+struct batcher {
+    batcher_config cfg;
+    metrics *mx;
+    pthread_t thread;
+
+    /* Shared with submitters, under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t wake; /* work, cancellation or stop for the scheduler */
+    pthread_cond_t idle; /* a job ended, or the load finished */
+    int state;
+    char load_error[512];
+    job *pending, *pending_tail; /* submitted, not yet admitted */
+    int pending_rows;
+    int queued_images; /* images of all jobs submitted and not ended */
+    int jobs_in_flight;
+    int draining, cancel_all, stop;
+
+    /* Set once when ready, then read-only (HTTP threads read it). */
+    model_info info;
+
+    /* Scheduler-private. */
+    vapo_backend *be;
+    vapo_model *model;
+    job **active;
+    int nactive, active_cap;
+    int rr; /* round-robin start */
+    float *bx, *bg, *bphi;
+    slot *slots;
+};
+
+/* ---- jobs ------------------------------------------------------------------------- */
+
+job *job_create(job_kind kind, int n, int d)
+{
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->kind = kind, j->n = n, j->d = d;
+    j->x = calloc((size_t)n * d, sizeof(float));
+    j->phi = calloc(n, sizeof(float));
+    j->ood = calloc(n, sizeof(double));
+    j->in_dist = calloc(n, sizeof(int));
+    j->nfe = calloc(n, sizeof(int));
+    j->stage = calloc(n, 1);
+    j->traj = calloc(n, sizeof(vapo_traj *));
+    if (!j->x || !j->phi || !j->ood || !j->in_dist || !j->nfe || !j->stage || !j->traj) {
+        job_free(j);
+        return NULL;
+    }
+    atomic_init(&j->cancel_requested, 0);
+    return j;
+}
+
+static void job_free_trajectories(job *j)
+{
+    if (!j->traj)
+        return;
+    for (int i = 0; i < j->n; i++) {
+        vapo_traj_free(j->traj[i]);
+        j->traj[i] = NULL;
+    }
+}
+
+void job_free(job *j)
+{
+    if (!j)
+        return;
+    job_free_trajectories(j);
+    free(j->x), free(j->phi), free(j->ood), free(j->in_dist), free(j->nfe), free(j->stage), free(j->traj);
+    free(j);
+}
+
+/* ---- submitter side --------------------------------------------------------------------- */
+
+submit_result batcher_submit(batcher *b, job *j)
+{
+    pthread_mutex_lock(&b->mu);
+    submit_result r = SUBMIT_OK;
+    if (b->draining || b->stop)
+        r = SUBMIT_SHUTTING_DOWN;
+    else if (b->state != STATE_READY)
+        r = SUBMIT_NOT_READY;
+    else if (b->queued_images + j->n > b->cfg.max_queue)
+        r = SUBMIT_FULL;
+    if (r == SUBMIT_OK) {
+        j->t_submit = clock_now();
+        j->status = JOB_OK;
+        j->next = NULL;
+        if (b->pending_tail)
+            b->pending_tail->next = j;
+        else
+            b->pending = j;
+        b->pending_tail = j;
+        b->pending_rows += j->n;
+        b->queued_images += j->n;
+        b->jobs_in_flight++;
+        metrics_queue(b->mx, b->queued_images, b->jobs_in_flight);
+        pthread_cond_signal(&b->wake);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return r;
+}
+
+void batcher_cancel(batcher *b, job *j)
+{
+    atomic_store(&j->cancel_requested, 1);
+    pthread_mutex_lock(&b->mu);
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->mu);
+}
+
+const model_info *batcher_model(batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    int ready = b->state == STATE_READY;
+    pthread_mutex_unlock(&b->mu);
+    return ready ? &b->info : NULL;
+}
+
+int batcher_load_state(batcher *b, char *err, size_t len)
+{
+    pthread_mutex_lock(&b->mu);
+    int state = b->state;
+    if (state == STATE_FAILED)
+        snprintf(err, len, "%s", b->load_error);
+    pthread_mutex_unlock(&b->mu);
+    return state == STATE_LOADING ? 1 : state == STATE_READY ? 0 : -1;
+}
+
+void batcher_drain_begin(batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->draining = 1;
+    pthread_mutex_unlock(&b->mu);
+}
+
+int batcher_in_flight(batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    int n = b->jobs_in_flight;
+    pthread_mutex_unlock(&b->mu);
+    return n;
+}
+
+void batcher_cancel_all(batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->draining = 1;
+    b->cancel_all = 1;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* ---- scheduler: job lifecycle ---------------------------------------------------------- */
+
+static int rows_unfinished(const job *j)
+{
+    int n = 0;
+    for (int i = 0; i < j->n; i++)
+        n += j->kind != JOB_ENERGY && j->stage[i] == ROW_NEEDS_EVAL;
+    return n;
+}
+
+/* Ends a job: out of the scheduler's hands, then done(). The job must no
+ * longer be in b->active. */
+static void job_end(batcher *b, job *j, job_status status, const char *message)
+{
+    if (status != JOB_OK && j->kind != JOB_ENERGY)
+        metrics_cancelled(b->mx, rows_unfinished(j));
+    if (status == JOB_OK)
+        metrics_images(b->mx, j->kind == JOB_ENERGY ? 0 : j->n, j->kind == JOB_ENERGY ? j->n : 0);
+    job_free_trajectories(j);
+    j->status = status;
+    if (message && message != j->message)
+        snprintf(j->message, sizeof j->message, "%s", message);
+    pthread_mutex_lock(&b->mu);
+    b->queued_images -= j->n;
+    b->jobs_in_flight--;
+    metrics_queue(b->mx, b->queued_images, b->jobs_in_flight);
+    pthread_cond_broadcast(&b->idle);
+    pthread_mutex_unlock(&b->mu);
+    j->done(j, j->done_ctx); /* the job may be freed from here on */
+}
+
+/* Noise and trajectories of a new job; 0, or -1 with j->message set. */
+static int job_admit(batcher *b, job *j)
+{
+    const int d = b->info.d;
+    j->remaining = j->n;
+    j->cursor = 0;
+    if (j->kind == JOB_ENERGY)
+        return 0;
+    if (j->kind == JOB_SAMPLE) {
+        vapo_model_noise(b->model, j->seed, j->first, j->n, j->x);
+    } else {
+        float *ends = malloc(sizeof(float) * 2 * d);
+        if (!ends) {
+            snprintf(j->message, sizeof j->message, "out of memory");
+            return -1;
+        }
+        vapo_model_noise(b->model, j->seed, 0, 1, ends);
+        vapo_model_noise(b->model, j->seed_b, 0, 1, ends + d);
+        vapo_slerp_frames(d, ends, ends + d, j->n, b->info.omega * sqrt((double)d), j->x);
+        free(ends);
+    }
+    for (int i = 0; i < j->n; i++) {
+        j->traj[i] = vapo_traj_create(&j->ode, d, j->x + (size_t)i * d);
+        if (!j->traj[i]) {
+            snprintf(j->message, sizeof j->message, "%s", vapo_last_error());
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int active_push(batcher *b, job *j)
+{
+    if (b->nactive == b->active_cap) {
+        int cap = b->active_cap ? 2 * b->active_cap : 64;
+        job **grown = realloc(b->active, sizeof *grown * cap);
+        if (!grown)
+            return -1;
+        b->active = grown, b->active_cap = cap;
+    }
+    b->active[b->nactive++] = j;
+    return 0;
+}
+
+/* Ends the active jobs that are complete, failed, cancelled, past their
+ * deadline, or all of them on shutdown; the others keep their order. */
+static void sweep(batcher *b, int shutdown_all, double now)
+{
+    int keep = 0, rr = b->rr;
+    for (int k = 0; k < b->nactive; k++) {
+        job *j = b->active[k];
+        job_status st = JOB_OK;
+        int end = 1;
+        const char *msg = j->message;
+        if (j->status != JOB_OK)
+            st = j->status; /* failed during the last batch */
+        else if (j->remaining == 0)
+            st = JOB_OK;
+        else if (shutdown_all)
+            st = JOB_SHUTDOWN, msg = "the server is shutting down";
+        else if (atomic_load(&j->cancel_requested))
+            st = JOB_CANCELLED, msg = "cancelled: the client went away";
+        else if (j->deadline > 0 && now > j->deadline)
+            st = JOB_TIMEOUT, msg = "the request did not finish before its deadline";
+        else
+            end = 0;
+        if (end) {
+            if (k < b->rr)
+                rr--; /* the job the next round starts with keeps its turn */
+            job_end(b, j, st, msg);
+        } else {
+            b->active[keep++] = j;
+        }
+    }
+    b->nactive = keep;
+    b->rr = keep ? (rr > 0 ? rr : 0) % keep : 0;
+}
+
+/* ---- scheduler: one batch --------------------------------------------------------------- */
+
+static int row_wants(const job *j, int r)
+{
+    if (j->stage[r] == ROW_NEEDS_FINAL_PHI)
+        return 1;
+    if (j->stage[r] != ROW_NEEDS_EVAL)
+        return 0;
+    return j->kind == JOB_ENERGY || vapo_traj_query(j->traj[r]) != NULL;
+}
+
+/* Fills the batch round-robin: every job with work gets one row per round,
+ * starting from a job that rotates between iterations and, inside a job, from
+ * where the last batch stopped. Returns the number of rows. */
+static int gather(batcher *b, int *grad_rows)
+{
+    const int d = b->info.d, max = b->cfg.max_batch;
+    int rows = 0, progress = 1;
+    *grad_rows = 0;
+    if (b->nactive == 0)
+        return 0;
+    /* scanned rows per job live in a small stack array when possible */
+    int stack_scan[64] = {0}, *scanned = b->nactive <= 64 ? stack_scan : calloc(b->nactive, sizeof(int));
+    if (!scanned)
+        return 0;
+    while (rows < max && progress) {
+        progress = 0;
+        for (int t = 0; t < b->nactive && rows < max; t++) {
+            int k = (b->rr + t) % b->nactive;
+            job *j = b->active[k];
+            while (scanned[k] < j->n) {
+                int r = j->cursor;
+                j->cursor = (r + 1) % j->n;
+                scanned[k]++;
+                if (!row_wants(j, r))
+                    continue;
+                slot *s = &b->slots[rows];
+                s->j = j, s->row = r;
+                s->grad = j->kind != JOB_ENERGY && j->stage[r] == ROW_NEEDS_EVAL;
+                const float *src = s->grad ? vapo_traj_query(j->traj[r]) : j->x + (size_t)r * d;
+                memcpy(b->bx + (size_t)rows * d, src, sizeof(float) * d);
+                *grad_rows += s->grad;
+                rows++;
+                progress = 1;
+                break;
+            }
+        }
+    }
+    if (scanned != stack_scan)
+        free(scanned);
+    b->rr = (b->rr + 1) % b->nactive;
+    return rows;
+}
+
+static void fail_job(job *j, job_status st, const char *msg)
+{
+    if (j->status == JOB_OK) {
+        j->status = st;
+        snprintf(j->message, sizeof j->message, "%s", msg);
+    }
+}
+
+/* Hands the batch's results back to the rows they came from. */
+static void scatter(batcher *b, int rows, double t0)
+{
+    const int d = b->info.d;
+    for (int s = 0; s < rows; s++) {
+        job *j = b->slots[s].j;
+        const int r = b->slots[s].row;
+        if (j->t_first == 0) {
+            j->t_first = t0;
+            metrics_queue_wait(b->mx, t0 - j->t_submit);
+        }
+        if (j->status != JOB_OK)
+            continue;
+        if (!b->slots[s].grad) {
+            j->phi[r] = b->bphi[s];
+            if (j->kind == JOB_ENERGY) {
+                j->ood[r] = vapo_model_ood_score(b->model, b->bphi[s]);
+                j->in_dist[r] = vapo_model_in_distribution(b->model, b->bphi[s]);
+            }
+            j->stage[r] = ROW_DONE;
+            j->remaining--;
+            continue;
+        }
+        vapo_traj *tr = j->traj[r];
+        vapo_traj_tell(tr, b->bg + (size_t)s * d);
+        if (!vapo_traj_done(tr))
+            continue;
+        j->nfe[r] = vapo_traj_nfe(tr);
+        if (vapo_traj_failed(tr)) {
+            const char *why = vapo_traj_error(tr);
+            char msg[256];
+            int settings = strstr(why, "max_nfe") || strstr(why, "too stiff");
+            snprintf(msg, sizeof msg, "sample %d: %s%s", r, why,
+                     settings ? "; loosen rtol/atol, lower t_end or use a fixed-step solver" : "");
+            fail_job(j, settings ? JOB_TOO_HARD : JOB_FAILED, msg);
+            continue;
+        }
+        vapo_traj_copy_state(tr, j->x + (size_t)r * d);
+        vapo_traj_free(tr);
+        j->traj[r] = NULL;
+        j->stage[r] = ROW_NEEDS_FINAL_PHI;
+    }
+}
+
+static void run_batch(batcher *b)
+{
+    int grad_rows;
+    int rows = gather(b, &grad_rows);
+    if (rows == 0)
+        return;
+    double t0 = clock_now();
+    int rc = grad_rows ? vapo_model_energy_grad(b->model, rows, b->bx, b->bphi, b->bg)
+                       : vapo_model_energy(b->model, rows, b->bx, b->bphi);
+    double t1 = clock_now();
+    metrics_batch(b->mx, rows, grad_rows, t0, t1);
+    if (rc) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "model evaluation failed: %s", vapo_last_error());
+        log_error("%s", msg);
+        for (int s = 0; s < rows; s++)
+            fail_job(b->slots[s].j, JOB_FAILED, msg);
+        return;
+    }
+    scatter(b, rows, t0);
+}
+
+/* ---- scheduler thread ------------------------------------------------------------------- */
+
+static int load_model(batcher *b)
+{
+    /* For tests: loading that takes a while, so /readyz can be seen saying 503. */
+    const char *delay = getenv("VAPO_SERVE_TEST_LOAD_DELAY_MS");
+    if (delay && atoi(delay) > 0)
+        usleep((useconds_t)atoi(delay) * 1000);
+    b->be = vapo_backend_open(b->cfg.device, b->cfg.threads);
+    if (!b->be)
+        return -1;
+    b->model = vapo_model_load(b->cfg.model_path, b->be);
+    if (!b->model)
+        return -1;
+    vapo_model *m = b->model;
+    model_info *in = &b->info;
+    snprintf(in->preset, sizeof in->preset, "%s", m->arch.preset);
+    snprintf(in->dataset, sizeof in->dataset, "%s", m->dataset);
+    const char *slash = strrchr(b->cfg.model_path, '/');
+    snprintf(in->file, sizeof in->file, "%s", slash ? slash + 1 : b->cfg.model_path);
+    snprintf(in->backend, sizeof in->backend, "%s", b->be->name);
+    in->c = m->arch.in_c, in->h = m->arch.in_h, in->w = m->arch.in_w;
+    in->d = (int)vapo_net_input_size(m->net);
+    in->params = vapo_net_param_count(m->net);
+    in->step = m->step;
+    in->omega = m->loss.omega;
+    in->sampling = m->sampling;
+    in->calibrated = m->n_calib > 0;
+    in->calib_count = m->n_calib;
+    in->ood_keep = m->ood_keep;
+    const size_t rows = (size_t)b->cfg.max_batch;
+    b->bx = malloc(sizeof(float) * rows * in->d);
+    b->bg = malloc(sizeof(float) * rows * in->d);
+    b->bphi = malloc(sizeof(float) * rows);
+    b->slots = malloc(sizeof(slot) * rows);
+    if (!b->bx || !b->bg || !b->bphi || !b->slots)
+        return vapo_fail("out of memory for batches of %zu rows", rows);
+    return 0;
+}
+
+static void add_deadline(struct timespec *ts, double at_monotonic)
+{
+    double s = floor(at_monotonic);
+    ts->tv_sec = (time_t)s;
+    ts->tv_nsec = (long)((at_monotonic - s) * 1e9);
+    if (ts->tv_nsec >= 1000000000L)
+        ts->tv_sec++, ts->tv_nsec -= 1000000000L;
+}
+
+static void *scheduler_main(void *arg)
+{
+    batcher *b = arg;
+    int loaded = load_model(b) == 0;
+    pthread_mutex_lock(&b->mu);
+    b->state = loaded ? STATE_READY : STATE_FAILED;
+    if (!loaded)
+        snprintf(b->load_error, sizeof b->load_error, "%s", vapo_last_error());
+    pthread_cond_broadcast(&b->idle);
+    pthread_mutex_unlock(&b->mu);
+    if (!loaded)
+        return NULL;
+    metrics_ready(b->mx, 1);
+
+    for (;;) {
+        pthread_mutex_lock(&b->mu);
+        while (!b->stop && !b->pending && b->nactive == 0)
+            pthread_cond_wait(&b->wake, &b->mu);
+        /* Idle device: give a burst a moment to arrive so it starts as one batch. */
+        if (b->nactive == 0 && b->pending && b->cfg.max_wait_ms > 0) {
+            double until = b->pending->t_submit + b->cfg.max_wait_ms * 1e-3;
+            struct timespec ts;
+            add_deadline(&ts, until);
+            while (!b->stop && !b->cancel_all && b->pending_rows < b->cfg.max_batch && clock_now() < until)
+                if (pthread_cond_timedwait(&b->wake, &b->mu, &ts) == ETIMEDOUT)
+                    break;
+        }
+        job *incoming = b->pending;
+        b->pending = b->pending_tail = NULL;
+        b->pending_rows = 0;
+        int shutdown_all = b->cancel_all || b->stop;
+        int stop = b->stop;
+        pthread_mutex_unlock(&b->mu);
+
+        while (incoming) {
+            job *j = incoming;
+            incoming = j->next;
+            j->next = NULL;
+            if (job_admit(b, j) || active_push(b, j))
+                job_end(b, j, JOB_FAILED, j->message[0] ? j->message : "out of memory");
+        }
+        sweep(b, shutdown_all, clock_now());
+        if (stop && b->nactive == 0)
+            break;
+        run_batch(b);
+        sweep(b, 0, clock_now());
+    }
+    return NULL;
+}
+
+batcher *batcher_start(const batcher_config *cfg, metrics *mx)
+{
+    batcher *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->cfg = *cfg;
+    b->mx = mx;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->wake, &ca);
+    pthread_cond_init(&b->idle, &ca);
+    pthread_condattr_destroy(&ca);
+    b->state = STATE_LOADING;
+    if (pthread_create(&b->thread, NULL, scheduler_main, b)) {
+        pthread_mutex_destroy(&b->mu);
+        pthread_cond_destroy(&b->wake);
+        pthread_cond_destroy(&b->idle);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void batcher_stop(batcher *b)
+{
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->mu);
+    b->stop = 1;
+    b->draining = 1;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->thread, NULL);
+    metrics_ready(b->mx, 0);
+    vapo_model_free(b->model);
+    if (b->be)
+        b->be->destroy(b->be);
+    free(b->active), free(b->bx), free(b->bg), free(b->bphi), free(b->slots);
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->wake);
+    pthread_cond_destroy(&b->idle);
+    free(b);
+}

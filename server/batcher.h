@@ -1,0 +1,129 @@
+/* The shared request batcher: one scheduler thread per device owns the model;
+ * HTTP threads validate requests, wrap them as jobs and submit them, and never
+ * touch the model.
+ *
+ * Work is cut into function evaluations. A /generate job of n images is n ODE
+ * trajectories (vapo_traj); each scheduler iteration
+ *   1. admits newly submitted jobs (noise, trajectories) and drops jobs that
+ *      were cancelled or passed their deadline,
+ *   2. gathers the points the live trajectories need next (vapo_traj_query)
+ *      and pending /energy images, round-robin across jobs, one row per job
+ *      per round, up to max_batch rows,
+ *   3. runs ONE batched vapo_model_energy_grad over them,
+ *   4. hands each trajectory its gradient (vapo_traj_tell) and each energy
+ *      row its value, and completes the jobs that are done.
+ * Trajectories join and leave the batch at every iteration (continuous
+ * batching); a big job cannot starve small ones because every job with work
+ * gets a row before any job gets a second one. A finished trajectory takes
+ * one more row to evaluate the energy of its final state.
+ *
+ * The queue is bounded by images: a submission that would take the images
+ * queued or in flight past max_queue is refused at once. When the device is
+ * idle, the scheduler waits up to max_wait_ms after the first arrival so that
+ * a burst of requests starts in one batch. */
+#ifndef SERVE_BATCHER_H
+#define SERVE_BATCHER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vapo/ode.h"
+
+#include "metrics.h"
+
+typedef enum { JOB_SAMPLE, JOB_INTERPOLATE, JOB_ENERGY } job_kind;
+
+typedef enum {
+    JOB_OK = 0,
+    JOB_CANCELLED, /* batcher_cancel: the client went away */
+    JOB_TIMEOUT,   /* past its deadline */
+    JOB_TOO_HARD,  /* a trajectory hit max_nfe or a step underflow: the settings' fault */
+    JOB_FAILED,    /* the model or memory failed */
+    JOB_SHUTDOWN,  /* cancelled by the server shutting down */
+} job_status;
+
+typedef struct job job;
+typedef void (*job_done_fn)(job *j, void *ctx);
+
+struct job {
+    /* Set by the submitter before batcher_submit; read-only afterwards. */
+    job_kind kind;
+    int n;                 /* images made (sample, interpolate) or scored (energy) */
+    int d;                 /* floats per image */
+    uint64_t seed, seed_b; /* sample: seed; interpolate: seed (a) and seed_b */
+    int first;             /* sample: index of the first sample of the seed */
+    vapo_ode_config ode;   /* sample, interpolate */
+    double deadline;       /* monotonic seconds (clock_now); 0 = none */
+    job_done_fn done;      /* called once, from the scheduler thread, when the job ends */
+    void *done_ctx;
+
+    /* Rows (allocated by job_create). energy: x holds the inputs;
+     * sample/interpolate: x receives the final states. */
+    float *x;       /* n*d */
+    float *phi;     /* n: energy of the input / of the final state */
+    double *ood;    /* n: OOD score (energy jobs) */
+    int *in_dist;   /* n: in distribution (energy jobs) */
+    int *nfe;       /* n: ODE evaluations per sample */
+
+    /* Results, valid inside and after done(). */
+    job_status status;
+    char message[256];
+    double t_submit; /* set by batcher_submit */
+    double t_first;  /* first evaluation; 0 if it never ran */
+
+    /* Scheduler-private. */
+    atomic_int cancel_requested;
+    vapo_traj **traj;
+    unsigned char *stage; /* per row: 0 needs F or phi, 1 needs phi of the final state, 2 done */
+    int remaining, cursor;
+    job *next;
+};
+
+/* A job with n rows of d floats, zeroed; NULL when out of memory. */
+job *job_create(job_kind kind, int n, int d);
+void job_free(job *j);
+
+typedef struct {
+    const char *model_path;
+    const char *device; /* cpu | cuda | auto */
+    int threads;
+    int max_batch, max_queue, max_wait_ms;
+} batcher_config;
+
+/* What HTTP threads may know about the model: immutable once ready. */
+typedef struct {
+    char preset[32], dataset[128], file[256], backend[16];
+    int c, h, w, d;
+    size_t params;
+    long long step;
+    double omega;
+    vapo_ode_config sampling;
+    int calibrated, calib_count;
+    double ood_keep;
+} model_info;
+
+typedef struct batcher batcher;
+
+/* Starts the scheduler thread, which opens the backend and loads the model. */
+batcher *batcher_start(const batcher_config *cfg, metrics *mx);
+/* 1 while the model loads, 0 once loaded, -1 if loading failed (message in err). */
+int batcher_load_state(batcher *b, char *err, size_t len);
+/* The model description, or NULL before it is loaded. */
+const model_info *batcher_model(batcher *b);
+
+typedef enum { SUBMIT_OK, SUBMIT_FULL, SUBMIT_NOT_READY, SUBMIT_SHUTTING_DOWN } submit_result;
+/* Queues a job; on SUBMIT_OK the scheduler owns it until it calls done(). */
+submit_result batcher_submit(batcher *b, job *j);
+/* Asks for a job to stop; done() follows within one iteration (status
+ * JOB_CANCELLED, unless it finished first). Only valid before done() ran. */
+void batcher_cancel(batcher *b, job *j);
+
+/* Shutdown: refuse new jobs; count the ones still running; end them all
+ * (JOB_SHUTDOWN); then stop the thread and free the model. */
+void batcher_drain_begin(batcher *b);
+int batcher_in_flight(batcher *b);
+void batcher_cancel_all(batcher *b);
+void batcher_stop(batcher *b);
+
+#endif

@@ -1,0 +1,42 @@
+/* vapo-serve's command line: options, defaults, --help, and where the model
+ * file comes from when none is given. */
+#ifndef SERVE_CONFIG_H
+#define SERVE_CONFIG_H
+
+#include <stddef.h>
+
+typedef struct {
+    const char *host;      /* 127.0.0.1 */
+    int port;              /* 8080; 0 = any free port (printed at start) */
+    const char *device;    /* cpu | cuda | auto */
+    int threads;           /* CPU backend threads; 0 = all cores */
+    int max_batch;         /* rows per model call */
+    int max_queue;         /* images queued or in flight before 503 */
+    int max_wait_ms;       /* batching delay when the device is idle */
+    double timeout_s;      /* per-request deadline */
+    int max_images;        /* images per request */
+    int max_steps;         /* fixed-step solvers */
+    int max_nfe;           /* evaluations per trajectory */
+    size_t max_body_bytes; /* request body */
+    int max_connections;
+    int conn_timeout_s;    /* idle connection timeout */
+    int http_threads;
+    double grace_s;        /* SIGTERM: time to finish in-flight work */
+    const char *api_key;   /* NULL = no auth; also from VAPO_API_KEY */
+    const char *cors_origin;
+    int quiet;             /* no per-request log lines */
+    const char *model_arg; /* the positional MODEL, or NULL */
+} serve_config;
+
+/* Fills cfg from argv. Returns 0 to go on, or 1 when the program should exit
+ * now with *exit_code (after --help, --version or a usage error, which is
+ * printed). */
+int config_parse(int argc, char **argv, serve_config *cfg, int *exit_code);
+
+/* The model file: MODEL, else $VAPO_MODEL, else models/fmnist-small.safetensors
+ * in the current folder, else ../models/fmnist-small.safetensors next to the
+ * executable. Writes the first that exists (or, if none does, the first
+ * candidate, for the error message) to out. Returns 0 if it exists. */
+int config_model_path(const serve_config *cfg, char *out, size_t len);
+
+#endif

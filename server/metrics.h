@@ -1,0 +1,31 @@
+/* Server metrics in Prometheus text format. All functions are thread-safe:
+ * HTTP threads record requests, the scheduler records batches. */
+#ifndef SERVE_METRICS_H
+#define SERVE_METRICS_H
+
+#include <stddef.h>
+
+typedef struct metrics metrics;
+
+metrics *metrics_create(int max_batch);
+void metrics_free(metrics *mx);
+
+/* A finished HTTP request: route is one of the server's routes or "other". */
+void metrics_request(metrics *mx, const char *route, int status, double seconds);
+/* A request refused before it queued: reason "queue_full", "not_ready", "shutting_down". */
+void metrics_rejected(metrics *mx, const char *reason);
+
+/* Scheduler side. */
+void metrics_queue(metrics *mx, int images, int requests);
+void metrics_queue_wait(metrics *mx, double seconds);
+/* One batched model call of `rows` rows, `nfe` of them ODE evaluations,
+ * busy from t0 to t1 (monotonic seconds). */
+void metrics_batch(metrics *mx, int rows, int nfe, double t0, double t1);
+void metrics_images(metrics *mx, int generated, int scored);
+void metrics_cancelled(metrics *mx, int trajectories);
+void metrics_ready(metrics *mx, int ready);
+
+/* The exposition text (malloc'd, NUL-terminated; length in *len). */
+char *metrics_render(metrics *mx, size_t *len);
+
+#endif

@@ -1,0 +1,19 @@
+# vapo-serve integration tests: Python (Debian's /usr/bin/python3) talking real
+# HTTP to a server on a free loopback port, with a random tiny model that
+# make-tiny-model writes. Each script starts its own servers and kills them at
+# exit. Exit code 77 = skipped (server_page without chromium).
+if(TARGET vapo-serve AND EXISTS /usr/bin/python3)
+  set(VAPO_SERVER_TEST_ARGS
+      --serve $<TARGET_FILE:vapo-serve>
+      --make-model $<TARGET_FILE:make-tiny-model>
+      --openapi ${CMAKE_SOURCE_DIR}/openapi/openapi.yaml
+      --artefacts ${CMAKE_BINARY_DIR}/test-artefacts)
+  foreach(name server_api server_load server_shutdown server_page)
+    add_test(NAME ${name}
+             COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/${name}.py ${VAPO_SERVER_TEST_ARGS}
+             WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+    set_tests_properties(${name} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS server)
+  endforeach()
+elseif(NOT TARGET vapo-serve)
+  message(STATUS "vapo: ✗ vapo-serve not built: the server tests are not run")
+endif()

@@ -1,11 +1,11 @@
 # vapo-serve integration tests: Python (Debian's /usr/bin/python3) talking real
 # HTTP to a server on a free loopback port, with a random tiny model that
-# make-tiny-model writes. Each script starts its own servers and kills them at
+# train/tools/make-test-model writes. Each script starts its own servers and kills them at
 # exit. Exit code 77 = skipped (server_page without chromium).
 if(TARGET vapo-serve AND EXISTS /usr/bin/python3)
   set(VAPO_SERVER_TEST_ARGS
       --serve $<TARGET_FILE:vapo-serve>
-      --make-model $<TARGET_FILE:make-tiny-model>
+      --make-model $<TARGET_FILE:make-test-model>
       --openapi ${CMAKE_SOURCE_DIR}/openapi/openapi.yaml
       --artefacts ${CMAKE_BINARY_DIR}/test-artefacts)
   foreach(name server_api server_load server_shutdown server_page)

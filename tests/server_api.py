@@ -99,7 +99,7 @@ imgs = [base64.b64decode(s) for s in batch["images"]]
 check(all(png_decode(i)[:3] == (1, 8, 8) for i in imgs), "json images decode to 1x8x8 PNGs")
 check(all(isinstance(n, int) and n > 5 for n in batch["nfe"]), f"nfe per sample: {batch['nfe']}")
 check(len(batch["energy"]) == 8 and all(isinstance(e, float) for e in batch["energy"]), "energies")
-check(batch["solver"] == {"solver": "rk45", "t_end": 1.5, "rtol": 0.001, "atol": 0.001, "steps": 20},
+check(batch["solver"] == {"solver": "rk45", "t_end": 1.5, "rtol": 0.001, "atol": 0.001, "steps": 100},
       f"solver settings echoed: {batch['solver']}")
 
 # Sample k depends on (seed, k) only: alone (first = k) or inside a batch of 8.
@@ -152,13 +152,20 @@ check(status == 200 and len(res) == 1 and 0 <= res[0]["ood_score"] <= 1 and
 status, h, data = call("POST", "/energy", {"images": [b64png(i) for i in imgs[:3]]})
 res3 = json.loads(data)["results"] if status == 200 else []
 check(status == 200 and len(res3) == 3, f"energy of 3 JSON images: {status} {data[:200]!r}")
+def same_result(a, b):
+    """Energies of one image in batches of different sizes agree to float
+    round-off (GEMM blocking depends on the batch), not bit for bit."""
+    return (abs(a["energy"] - b["energy"]) <= 1e-5 * max(1.0, abs(b["energy"]))
+            and a["in_distribution"] == b["in_distribution"] and abs(a["ood_score"] - b["ood_score"]) < 1e-3)
+
+
 status, h, data = call("POST", "/energy", {"images": ["data:image/png;base64," + b64png(imgs[0])]})
-check(status == 200 and json.loads(data)["results"][0] == res3[0], "a data: URL prefix is accepted")
+check(status == 200 and same_result(json.loads(data)["results"][0], res3[0]), "a data: URL prefix is accepted")
 rgb = png_encode([bytes(v for x in range(8) for v in (x * 30, y * 30, 100)) for y in range(8)], 8, 8, 3)
 status, h, data = call("POST", "/energy", rgb, {"Content-Type": "image/png"})
 check(status == 200, f"an RGB 8x8 image is converted to gray: {status} {data[:200]!r}")
 status, h, data = call("POST", "/energy", imgs[0], {"Content-Type": "image/png"})
-check(status == 200 and json.loads(data)["results"][0] == res3[0], "the same image as PNG body or in JSON")
+check(status == 200 and same_result(json.loads(data)["results"][0], res3[0]), "the same image as PNG body or in JSON")
 
 # ---- bad requests: status, error shape, never 500 ---------------------------------------------------
 

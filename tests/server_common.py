@@ -78,7 +78,7 @@ def _die_with_parent():
 def tiny_model(make_model, seed=1):
     path = os.path.join(_tmp.name, f"tiny-{seed}.safetensors")
     if not os.path.exists(path):
-        subprocess.run([make_model, path, str(seed)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([make_model, path, "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL)
     return path
 
 

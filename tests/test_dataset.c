@@ -14,17 +14,8 @@
 #include "vapo/dataset.h"
 #include "vapo/error.h"
 #include "vapo/image.h"
+#include "testutil.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            failures++;                                                                       \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                            \
-            printf(__VA_ARGS__);                                                              \
-            printf("\n");                                                                     \
-        }                                                                                     \
-    } while (0)
 
 /* An operation expected to fail with a message containing every given word. */
 #define CHECK_FAILS(call, ...)                                                                \
@@ -618,8 +609,8 @@ int main(void)
     test_loader();
     test_fashion_mnist();
     nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (failures) {
-        printf("test_dataset: %d checks failed\n", failures);
+    if (test_failures) {
+        printf("test_dataset: %d checks failed\n", test_failures);
         return 1;
     }
     printf("test_dataset: all checks passed\n");

@@ -9,17 +9,8 @@
 
 #include "vapo/error.h"
 #include "vapo/image.h"
+#include "testutil.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            failures++;                                                                       \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                            \
-            printf(__VA_ARGS__);                                                              \
-            printf("\n");                                                                     \
-        }                                                                                     \
-    } while (0)
 
 /* Deterministic test bytes (no RNG dependency in a test of image code). */
 static uint32_t lcg_state = 12345;
@@ -527,8 +518,8 @@ int main(void)
     test_grid();
     test_crop_resize();
     test_channels();
-    if (failures) {
-        printf("test_image: %d checks failed\n", failures);
+    if (test_failures) {
+        printf("test_image: %d checks failed\n", test_failures);
         return 1;
     }
     printf("test_image: all checks passed\n");

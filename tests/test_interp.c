@@ -5,17 +5,8 @@
 #include <string.h>
 
 #include "vapo/interp.h"
+#include "testutil.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            failures++;                                                                            \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                 \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-        }                                                                                          \
-    } while (0)
 
 #define DIM 784
 #define PI 3.14159265358979323846
@@ -179,8 +170,8 @@ int main(void)
     test_geometry();
     test_hand_case();
     test_degenerate();
-    if (failures) {
-        printf("test_interp: %d check(s) failed\n", failures);
+    if (test_failures) {
+        printf("test_interp: %d check(s) failed\n", test_failures);
         return 1;
     }
     printf("test_interp: all checks passed\n");

@@ -9,17 +9,8 @@
 
 #include "vapo/error.h"
 #include "vapo/ode.h"
+#include "testutil.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            failures++;                                                                            \
-            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                 \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-        }                                                                                          \
-    } while (0)
 
 /* ---- fields (float32 arithmetic, like the network; mirrored in ode_scipy_ref.py) ---- */
 
@@ -643,8 +634,8 @@ int main(void)
     test_first_step();
     test_failures_and_progress();
     write_scipy_cases();
-    if (failures) {
-        printf("test_ode: %d check(s) failed\n", failures);
+    if (test_failures) {
+        printf("test_ode: %d check(s) failed\n", test_failures);
         return 1;
     }
     printf("test_ode: all checks passed\n");

@@ -114,10 +114,12 @@ void vapo_loss_eval(const vapo_loss_config *cfg, int batch, int d, const float *
 
 /* ---- one exact gradient through the network -------------------------------------- */
 
+/* Rows of the network batch: the B perturbed points, then (with the control
+ * variate) the B homotopy means m xbar. */
 struct vapo_loss_work {
-    int batch, d;
+    int batch, d, rows;
     double *t, *gc, *w;
-    float *z, *x, *phi, *grad, *phi_bar, *u; /* host */
+    float *z, *x, *phi, *grad, *phi_bar, *u; /* host; x, grad, u: rows x d */
     float *dev;                              /* backend: x | grad | u | phi | phi_bar */
 };
 
@@ -130,26 +132,27 @@ void vapo_loss_work_free(vapo_loss_work *w)
     free(w);
 }
 
+static size_t row_floats(const vapo_loss_work *w) { return (size_t)w->rows * w->d; }
 static float *dev_x(vapo_loss_work *w) { return w->dev; }
-static float *dev_grad(vapo_loss_work *w) { return w->dev + (size_t)w->batch * w->d; }
-static float *dev_u(vapo_loss_work *w) { return w->dev + 2 * (size_t)w->batch * w->d; }
-static float *dev_phi(vapo_loss_work *w) { return w->dev + 3 * (size_t)w->batch * w->d; }
-static float *dev_phi_bar(vapo_loss_work *w) { return dev_phi(w) + w->batch; }
+static float *dev_grad(vapo_loss_work *w) { return w->dev + row_floats(w); }
+static float *dev_u(vapo_loss_work *w) { return w->dev + 2 * row_floats(w); }
+static float *dev_phi(vapo_loss_work *w) { return w->dev + 3 * row_floats(w); }
+static float *dev_phi_bar(vapo_loss_work *w) { return dev_phi(w) + w->rows; }
 
 vapo_loss_work *vapo_loss_work_create(vapo_net *net, int batch)
 {
     vapo_loss_work *w = calloc(1, sizeof *w);
     if (!w)
         goto oom;
-    const size_t d = vapo_net_input_size(net), n = (size_t)batch * d;
-    w->batch = batch, w->d = (int)d;
+    const size_t d = vapo_net_input_size(net), rows = 2 * (size_t)batch, n = rows * d;
+    w->batch = batch, w->d = (int)d, w->rows = (int)rows;
     w->t = malloc(sizeof(double) * batch), w->gc = malloc(sizeof(double) * batch);
-    w->w = malloc(sizeof(double) * batch), w->phi = malloc(sizeof(float) * batch);
-    w->phi_bar = malloc(sizeof(float) * batch);
+    w->w = malloc(sizeof(double) * batch), w->phi = malloc(sizeof(float) * rows);
+    w->phi_bar = malloc(sizeof(float) * rows);
     w->z = malloc(sizeof(float) * n), w->x = malloc(sizeof(float) * n);
-    w->grad = malloc(sizeof(float) * n), w->u = malloc(sizeof(float) * n);
+    w->grad = malloc(sizeof(float) * n), w->u = calloc(n, sizeof(float));
     vapo_backend *be = vapo_net_backend(net);
-    w->dev = be->alloc(be, sizeof(float) * (3 * n + 2 * (size_t)batch));
+    w->dev = be->alloc(be, sizeof(float) * (3 * n + 2 * rows));
     if (!w->t || !w->gc || !w->w || !w->phi || !w->phi_bar || !w->z || !w->x || !w->grad || !w->u || !w->dev)
         goto oom;
     return w;
@@ -161,28 +164,57 @@ oom:
     return NULL;
 }
 
+/* The control variate: E[gc | xbar, t] = 0, so subtracting w gc Phi(m xbar)
+ * (Phi at the homotopy mean, independent of z) leaves the gradient's
+ * expectation unchanged while removing most of its noise when sigma is small:
+ * Phi(x) - Phi(m xbar) = O(sigma). The B mean points ride in the same batch
+ * with tangent 0, so one forward/backward/tangent/dual pass does both. */
+static void add_control_variate(const vapo_loss_config *cfg, vapo_loss_work *wk, const float *xbar,
+                                vapo_loss_terms *terms)
+{
+    const int B = wk->batch, d = wk->d;
+    const double scale = 1.0 / ((double)B * d);
+    double cov = 0;
+    for (int i = 0; i < B; i++) {
+        wk->phi_bar[B + i] = (float)(-scale * wk->w[i] * wk->gc[i]);
+        cov += wk->w[i] * wk->gc[i] * ((double)wk->phi[i] - wk->phi[B + i]);
+    }
+    /* the reported covariance term uses the same, far less noisy, estimator */
+    terms->total += cov * scale - terms->covariance;
+    terms->covariance = cov * scale;
+    (void)cfg, (void)xbar;
+}
+
 int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar,
                    uint64_t seed, uint64_t step, float *param_grad, vapo_loss_terms *terms)
 {
     vapo_backend *be = vapo_net_backend(net);
-    const int B = wk->batch, d = wk->d;
-    const size_t n = (size_t)B * d;
+    const int B = wk->batch, d = wk->d, rows = cfg->control_variate ? 2 * B : B;
+    const size_t n = (size_t)B * d, nr = (size_t)rows * d;
     const uint64_t first = step * (uint64_t)B;
     for (int i = 0; i < B; i++)
         wk->t[i] = vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i);
     vapo_rng_normal(seed, VAPO_STREAM_TRAIN + 2, first * d, n, wk->z);
     vapo_loss_perturb(cfg, B, d, xbar, wk->t, wk->z, wk->x, wk->gc, wk->w);
+    if (cfg->control_variate)
+        for (int i = 0; i < B; i++) {
+            const double m = vapo_schedule_at(cfg, wk->t[i]).m;
+            for (int j = 0; j < d; j++)
+                wk->x[n + (size_t)i * d + j] = (float)(m * xbar[(size_t)i * d + j]);
+        }
 
-    be->upload(be, dev_x(wk), wk->x, sizeof(float) * n);
-    if (vapo_net_forward(net, B, dev_x(wk), dev_phi(wk)) || vapo_net_backward(net, dev_grad(wk)))
+    be->upload(be, dev_x(wk), wk->x, sizeof(float) * nr);
+    if (vapo_net_forward(net, rows, dev_x(wk), dev_phi(wk)) || vapo_net_backward(net, dev_grad(wk)))
         return -1;
-    be->download(be, wk->phi, dev_phi(wk), sizeof(float) * B);
+    be->download(be, wk->phi, dev_phi(wk), sizeof(float) * rows);
     be->download(be, wk->grad, dev_grad(wk), sizeof(float) * n);
     vapo_loss_eval(cfg, B, d, wk->phi, wk->grad, wk->gc, wk->w, terms, wk->phi_bar, wk->u);
+    if (cfg->control_variate)
+        add_control_variate(cfg, wk, xbar, terms);
     if (!isfinite(terms->total))
         return vapo_fail("the loss is not finite (%g) at step %llu", terms->total, (unsigned long long)step);
-    be->upload(be, dev_u(wk), wk->u, sizeof(float) * n);
-    be->upload(be, dev_phi_bar(wk), wk->phi_bar, sizeof(float) * B);
+    be->upload(be, dev_u(wk), wk->u, sizeof(float) * nr); /* rows past B stay 0: no tangent at the means */
+    be->upload(be, dev_phi_bar(wk), wk->phi_bar, sizeof(float) * rows);
     if (vapo_net_tangent(net, dev_u(wk), NULL))
         return -1;
     return vapo_net_dual_backward(net, dev_phi_bar(wk), NULL, param_grad);

@@ -69,6 +69,7 @@ int main(void)
     vapo_net_init(net, 1);
     const size_t np = vapo_net_param_count(net);
     vapo_loss_config cfg = vapo_loss_config_default();
+    cfg.control_variate = 1;
     optim_config oc = {OPTIM_LAMB, 5e-3, 0.9, 0.999, 1e-8, 100, 1.0, 0.99};
     optim_state opt;
     float *params = vapo_net_params(net), *grad = malloc(sizeof(float) * np), xbar[2 * B];

@@ -41,6 +41,7 @@ static const opt_def defs[] = {
     {"sharpness", T_DBL, O(loss.eps), "epsilon of the log-uniform time law (nu^2/omega^2 is geometric)"},
     {"lambda", T_DBL, O(loss.lambda), "spectral-gap (L2) weight"},
     {"innovation-weight", T_STR, O(weighting), "jacobian (tau'/2, default) or constant (1/2)"},
+    {"control-variate", T_INT, O(loss.control_variate), "1: subtract w gc Phi(m xbar) in the gradient (unbiased, less noise; 2x cost)"},
     {"save-every", T_LONG, O(save_every), "checkpoint every N steps"},
     {"keep", T_INT, O(keep), "keep the last N step checkpoints"},
     {"sample-every", T_LONG, O(sample_every), "sample grid (EMA weights) every N steps (0: only at the end)"},
@@ -61,6 +62,7 @@ void train_options_default(train_options *o)
     o->optimizer = "lamb", o->weighting = "jacobian";
     o->opt = (optim_config){OPTIM_LAMB, 1e-3, 0.9, 0.999, 1e-8, 500, 1.0, 0.999};
     o->loss = vapo_loss_config_default();
+    o->loss.control_variate = 1;
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 

@@ -19,6 +19,7 @@ typedef struct {
     double eps;    /* sharpness of the time law (nu^2 / omega^2) */
     double lambda; /* spectral-gap weight (1e-4) */
     vapo_innovation_weight weighting;
+    int control_variate; /* subtract w gc Phi(m xbar): same expectation, less noise (training) */
 } vapo_loss_config;
 
 typedef struct {

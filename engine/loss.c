@@ -121,12 +121,15 @@ struct vapo_loss_work {
     double *t, *gc, *w;
     float *z, *x, *phi, *grad, *phi_bar, *u; /* host; x, grad, u: rows x d */
     float *dev;                              /* backend: x | grad | u | phi | phi_bar */
+    vapo_backend *be;
 };
 
 void vapo_loss_work_free(vapo_loss_work *w)
 {
     if (!w)
         return;
+    if (w->dev)
+        w->be->free(w->be, w->dev);
     free(w->t), free(w->gc), free(w->w), free(w->z), free(w->x), free(w->phi), free(w->grad), free(w->phi_bar),
         free(w->u);
     free(w);
@@ -151,14 +154,12 @@ vapo_loss_work *vapo_loss_work_create(vapo_net *net, int batch)
     w->phi_bar = malloc(sizeof(float) * rows);
     w->z = malloc(sizeof(float) * n), w->x = malloc(sizeof(float) * n);
     w->grad = malloc(sizeof(float) * n), w->u = calloc(n, sizeof(float));
-    vapo_backend *be = vapo_net_backend(net);
+    vapo_backend *be = w->be = vapo_net_backend(net);
     w->dev = be->alloc(be, sizeof(float) * (3 * n + 2 * rows));
     if (!w->t || !w->gc || !w->w || !w->phi || !w->phi_bar || !w->z || !w->x || !w->grad || !w->u || !w->dev)
         goto oom;
     return w;
 oom:
-    if (w && w->dev)
-        vapo_net_backend(net)->free(vapo_net_backend(net), w->dev), w->dev = NULL;
     vapo_loss_work_free(w);
     vapo_fail("out of memory for a training batch of %d", batch);
     return NULL;

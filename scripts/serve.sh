@@ -10,4 +10,4 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 bash scripts/setup.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
-exec build/server/vapo-serve "$@" models/fmnist-small.safetensors
+exec build/vapo-serve "$@" models/fmnist-small.safetensors

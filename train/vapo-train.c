@@ -408,6 +408,7 @@ static void teardown(run *r)
     vapo_dataset_free(r->data);
     if (r->be)
         r->be->destroy(r->be);
+    train_options_free(&r->o);
 }
 
 int main(int argc, char **argv)

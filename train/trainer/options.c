@@ -66,6 +66,13 @@ void train_options_default(train_options *o)
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 
+void train_options_free(train_options *o)
+{
+    for (int i = 0; i < o->nowned; i++)
+        free(o->owned[i]);
+    o->nowned = 0;
+}
+
 static const opt_def *find(const char *name)
 {
     for (int i = 0; i < NDEFS; i++)
@@ -137,7 +144,9 @@ int train_options_apply_json(train_options *o, const json_t *obj, const char *or
         char buf[64];
         const char *text = buf;
         if (json_is_string(val)) {
-            text = strdup(json_string_value(val)); /* lives as long as the options (process) */
+            if (o->nowned == (int)(sizeof o->owned / sizeof o->owned[0]))
+                return vapo_fail("%s: too many string options", origin);
+            text = o->owned[o->nowned++] = strdup(json_string_value(val));
         } else if (json_is_integer(val)) {
             snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
         } else if (json_is_real(val)) {

@@ -17,6 +17,8 @@ typedef struct {
     vapo_loss_config loss;
     const char *optimizer, *weighting; /* parsed into opt.kind, loss.weighting */
     double sample_tol, t_end;
+    char *owned[64]; /* option strings copied from JSON, freed by train_options_free */
+    int nowned;
 } train_options;
 
 void train_options_default(train_options *o);
@@ -24,6 +26,8 @@ void train_options_default(train_options *o);
 /* Parses argv (after --config FILE, whose values the command line overrides).
  * Returns 0 to go on, 1 when --help was printed, -1 on error (message set). */
 int train_options_parse(train_options *o, int argc, char **argv);
+
+void train_options_free(train_options *o);
 
 /* Applies a JSON object of option values (config files, resumed checkpoints). */
 int train_options_apply_json(train_options *o, const json_t *obj, const char *origin);

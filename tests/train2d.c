@@ -70,7 +70,8 @@ int main(void)
     const size_t np = vapo_net_param_count(net);
     vapo_loss_config cfg = vapo_loss_config_default();
     cfg.control_variate = 1;
-    optim_config oc = {OPTIM_LAMB, 5e-3, 0.9, 0.999, 1e-8, 100, 1.0, 0.99};
+    optim_config oc = {.kind = OPTIM_LAMB, .lr = 5e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .warmup = 100,
+                       .clip = 1.0, .ema_decay = 0.99};
     optim_state opt;
     float *params = vapo_net_params(net), *grad = malloc(sizeof(float) * np), xbar[2 * B];
     optim_init(&opt, &oc, net, params);

@@ -45,7 +45,13 @@ void optim_free(optim_state *s)
 
 double optim_lr(const optim_config *c, long step)
 {
-    return c->warmup > 0 && step < c->warmup ? c->lr * (double)(step + 1) / c->warmup : c->lr;
+    if (c->warmup > 0 && step < c->warmup)
+        return c->lr * (double)(step + 1) / c->warmup;
+    if (c->decay_steps > c->warmup) {
+        double p = fmin(1.0, (double)(step - c->warmup) / (double)(c->decay_steps - c->warmup));
+        return c->lr * 0.5 * (1.0 + cos(3.14159265358979323846 * p));
+    }
+    return c->lr;
 }
 
 static double norm2(const float *x, size_t n)

@@ -15,6 +15,7 @@ typedef struct {
     optim_kind kind;
     double lr, beta1, beta2, eps;
     long warmup;      /* steps of linear learning-rate warm-up */
+    long decay_steps; /* > 0: cosine decay of the learning rate to 0 at this step */
     double clip;      /* global gradient-norm clip; 0 = off */
     double ema_decay; /* EMA decay (with the usual (1+t)/(10+t) warm-up) */
 } optim_config;

@@ -34,6 +34,7 @@ static const opt_def defs[] = {
     {"beta2", T_DBL, O(opt.beta2), "second-moment decay"},
     {"adam-eps", T_DBL, O(opt.eps), "optimizer epsilon"},
     {"warmup", T_LONG, O(opt.warmup), "linear learning-rate warm-up steps"},
+    {"lr-schedule", T_STR, O(lr_schedule), "constant, or cosine (decays to 0 at --steps)"},
     {"clip", T_DBL, O(opt.clip), "global gradient-norm clip (0: off)"},
     {"ema", T_DBL, O(opt.ema_decay), "EMA decay of the weights"},
     {"omega", T_DBL, O(loss.omega), "prior std"},
@@ -59,8 +60,9 @@ void train_options_default(train_options *o)
     o->data = "fashion-mnist", o->preset = "fmnist-small", o->out = "runs/fmnist-small", o->device = "cpu";
     o->steps = 5000, o->batch = 64, o->seed = 0;
     o->save_every = 500, o->keep = 3, o->sample_every = 1000, o->log_every = 50, o->grid = 64, o->calib = 2000;
-    o->optimizer = "lamb", o->weighting = "jacobian";
-    o->opt = (optim_config){OPTIM_LAMB, 1e-3, 0.9, 0.999, 1e-8, 500, 1.0, 0.999};
+    o->optimizer = "lamb", o->weighting = "jacobian", o->lr_schedule = "constant";
+    o->opt = (optim_config){.kind = OPTIM_LAMB, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .warmup = 500,
+                            .clip = 1.0, .ema_decay = 0.999};
     o->loss = vapo_loss_config_default();
     o->loss.control_variate = 1;
     o->sample_tol = 1e-3, o->t_end = 1.5;
@@ -173,6 +175,9 @@ static int load_config(train_options *o, const char *path)
 
 static int finish(train_options *o)
 {
+    if (strcmp(o->lr_schedule, "constant") && strcmp(o->lr_schedule, "cosine"))
+        return vapo_fail("unknown --lr-schedule '%s' (expected constant or cosine)", o->lr_schedule);
+    o->opt.decay_steps = strcmp(o->lr_schedule, "cosine") ? 0 : o->steps;
     if (optim_kind_parse(o->optimizer, &o->opt.kind) || vapo_innovation_weight_parse(o->weighting, &o->loss.weighting))
         return -1;
     if (o->steps < 1 || o->batch < 1 || o->batch > 65536)

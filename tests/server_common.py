@@ -75,6 +75,16 @@ def _die_with_parent():
         pass
 
 
+def wait_for(pred, timeout, step=0.01):
+    """Polls pred until it holds or timeout seconds pass; returns its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
 def tiny_model(make_model, seed=1):
     path = os.path.join(_tmp.name, f"tiny-{seed}.safetensors")
     if not os.path.exists(path):

@@ -9,20 +9,11 @@ import socket
 import threading
 import time
 
-from server_common import (Server, b64png, check, finish, max_pixel_diff, parse_args, raw_request,
+from server_common import (Server, wait_for, b64png, check, finish, max_pixel_diff, parse_args, raw_request,
                            stop_cleanly, tiny_model)
 
 args = parse_args()
 model = tiny_model(args.make_model)
-
-
-def wait_for(pred, timeout, step=0.01):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 # ---- many clients at once ------------------------------------------------------------------------

@@ -13,19 +13,10 @@ import tempfile
 import threading
 import time
 
-from server_common import Server, check, finish, parse_args, tiny_model
+from server_common import Server, check, finish, parse_args, tiny_model, wait_for
 
 args = parse_args()
 model = tiny_model(args.make_model)
-
-
-def wait_for(pred, timeout, step=0.01):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 def in_background(srv, body, out):

@@ -1,74 +1,164 @@
 /* Sampling benchmark on a checkpoint: grad Phi evaluations per second at a
- * batch size, and RK45 sampling of n images with per-sample step control and
- * with one step shared by the whole batch (the paper's flattened solve), at
- * the same tolerance. Prints images/s and mean NFE per image.
- *   bench_sample MODEL [n] [rtol] [threads] */
+ * batch size, and RK45 sampling of n images with per-sample step control
+ * ("own") and with one step shared by the whole batch (the paper's flattened
+ * solve, "shared"), at the same tolerance, on a backend. Prints images/s and
+ * mean NFE per image, and a RESULT line per solve.
+ *
+ * On the CPU the solver is the host one (vapo_ode_solve, double state); on
+ * another backend it is vapo_ode_solve_backend with the states in device
+ * memory and vapo_model_field_backend as the field. A solve with per-sample
+ * steps meets a new batch size whenever a trajectory finishes, and each new
+ * size costs the CUDA backend a cudnnFind per convolution shape, so on a
+ * device it is timed after one untimed solve of the same noise (a
+ * long-running sampler has seen the sizes; the shared-step solve keeps the
+ * batch size of the evaluations timed before it).
+ *   bench_sample MODEL [n] [rtol] [threads] [device] [own|shared|both] */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+#include <string.h>
 
+#include "bench_util.h"
 #include "vapo/error.h"
 #include "vapo/model.h"
+#include "vapo/ode_batch.h"
 
-static double now(void)
+typedef struct {
+    vapo_model *m;
+    vapo_backend *be;
+    int n, d;
+    float *x0;   /* host: the initial noise, n x d */
+    float *x;    /* host: a solve's states */
+    float *dev;  /* backend: a solve's states (on a device) */
+    int *nfe;    /* host, n */
+} sampler;
+
+/* One solve of the n noises, on the backend's solver; returns its seconds
+ * (the images back on the host included), or -1. */
+static double solve_once(sampler *s, const vapo_ode_config *cfg)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+    vapo_backend *be = s->be;
+    const size_t bytes = sizeof(float) * s->n * s->d;
+    memcpy(s->x, s->x0, bytes);
+    const double t0 = bench_now();
+    int rc;
+    if (bench_on_device(be)) {
+        be->upload(be, s->dev, s->x, bytes);
+        rc = vapo_ode_solve_backend(cfg, be, s->n, s->d, s->dev, vapo_model_field_backend, s->m, s->nfe, NULL, NULL);
+        be->download(be, s->x, s->dev, bytes);
+    } else {
+        rc = vapo_ode_solve(cfg, s->n, s->d, s->x, vapo_model_field, s->m, s->nfe, NULL, NULL);
+    }
+    be->sync(be);
+    const double t = bench_now() - t0;
+    if (rc)
+        fprintf(stderr, "solve: %s\n", vapo_last_error());
+    return rc ? -1 : t;
 }
 
-static double solve(vapo_model *m, int n, const vapo_ode_config *cfg, double *mean_nfe)
+static double mean_nfe(const sampler *s)
 {
-    const int d = (int)vapo_net_input_size(m->net);
-    float *x = malloc(sizeof(float) * n * d);
-    int *nfe = malloc(sizeof(int) * n);
-    vapo_model_noise(m, 1, 0, n, x);
-    double t0 = now();
-    if (vapo_ode_solve(cfg, n, d, x, vapo_model_field, m, nfe, NULL, NULL))
-        fprintf(stderr, "solve: %s\n", vapo_last_error());
-    double t = now() - t0;
-    long total = 0;
-    for (int i = 0; i < n; i++)
-        total += nfe[i];
-    *mean_nfe = (double)total / n;
-    free(x), free(nfe);
-    return t;
+    long long total = 0;
+    for (int i = 0; i < s->n; i++)
+        total += s->nfe[i];
+    return (double)total / s->n;
+}
+
+/* Times one solve mode and prints its lines; returns 0 or -1. */
+static int bench_solve(sampler *s, const vapo_ode_config *cfg, const char *label, const char *name, int warm)
+{
+    if (warm && solve_once(s, cfg) < 0)
+        return -1;
+    const double t = solve_once(s, cfg);
+    if (t < 0)
+        return -1;
+    const double nfe = mean_nfe(s);
+    printf("vapo RK45 %-16s %.3f images/s, mean NFE %.1f (rtol=atol=%g, T=%g, %d images, %s)\n", label, s->n / t,
+           nfe, cfg->rtol, cfg->t_end, s->n, s->be->name);
+    bench_result(name, "device=%s n=%d rtol=%g t_end=%g images_per_s=%.4f mean_nfe=%.2f seconds=%.3f solver=%s status=ok",
+                 s->be->name, s->n, cfg->rtol, cfg->t_end, s->n / t, nfe, t,
+                 bench_on_device(s->be) ? "backend" : "host");
+    return 0;
+}
+
+/* grad Phi of the whole batch, repeated for about 3 s: images/s. */
+static double eval_rate(sampler *s)
+{
+    vapo_backend *be = s->be;
+    const size_t bytes = sizeof(float) * s->n * s->d;
+    float *x = be->alloc(be, bytes), *g = be->alloc(be, bytes);
+    double rate = -1;
+    if (!x || !g) {
+        vapo_fail("out of memory for %d images", s->n);
+        goto done;
+    }
+    be->upload(be, x, s->x0, bytes);
+    if (vapo_model_field_backend(s->m, s->n, x, g)) /* allocate, autotune */
+        goto done;
+    be->sync(be);
+    int evals = 0;
+    const double t0 = bench_now();
+    while (bench_now() - t0 < 3.0 || evals < 3) {
+        if (vapo_model_field_backend(s->m, s->n, x, g))
+            goto done;
+        be->sync(be);
+        evals++;
+    }
+    rate = evals * s->n / (bench_now() - t0);
+done:
+    be->free(be, x), be->free(be, g);
+    return rate;
+}
+
+static int setup(sampler *s, const char *path, int n)
+{
+    if (!(s->m = vapo_model_load(path, s->be)))
+        return -1;
+    s->n = n, s->d = (int)vapo_net_input_size(s->m->net);
+    const size_t count = (size_t)n * s->d;
+    s->x0 = malloc(sizeof(float) * count), s->x = malloc(sizeof(float) * count);
+    s->nfe = malloc(sizeof(int) * n);
+    s->dev = bench_on_device(s->be) ? s->be->alloc(s->be, sizeof(float) * count) : NULL;
+    if (!s->x0 || !s->x || !s->nfe || (bench_on_device(s->be) && !s->dev))
+        return vapo_fail("out of memory for %d images", n);
+    vapo_model_noise(s->m, 1, 0, n, s->x0);
+    return 0;
+}
+
+static void teardown(sampler *s)
+{
+    free(s->x0), free(s->x), free(s->nfe);
+    if (s->dev)
+        s->be->free(s->be, s->dev);
+    vapo_model_free(s->m);
 }
 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_sample MODEL [n] [rtol] [threads]\n");
+        fprintf(stderr, "usage: bench_sample MODEL [n] [rtol] [threads] [device] [own|shared|both]\n");
         return 2;
     }
     const int n = argc > 2 ? atoi(argv[2]) : 64, threads = argc > 4 ? atoi(argv[4]) : 0;
     const double tol = argc > 3 ? atof(argv[3]) : 1e-4;
-    vapo_backend *be = vapo_backend_cpu(threads);
-    vapo_model *m = vapo_model_load(argv[1], be);
-    if (!m) {
-        fprintf(stderr, "%s\n", vapo_last_error());
+    const char *device = argc > 5 ? argv[5] : "cpu", *modes = argc > 6 ? argv[6] : "both";
+    sampler s = {.be = bench_backend(device, threads)};
+    if (!s.be)
         return 1;
-    }
-    const int d = (int)vapo_net_input_size(m->net);
-    float *x = malloc(sizeof(float) * n * d), *g = malloc(sizeof(float) * n * d);
-    vapo_model_noise(m, 1, 0, n, x);
-    vapo_model_field(m, n, x, g); /* allocate */
-    double t0 = now();
-    int evals = 0;
-    while (now() - t0 < 3.0 || evals < 3)
-        vapo_model_field(m, n, x, g), evals++;
-    printf("vapo grad-Phi evaluations: %.1f images/s (batch %d)\n", evals * n / (now() - t0), n);
-    vapo_ode_config cfg = m->sampling;
+    int rc = n < 1 ? vapo_fail("n must be >= 1") : setup(&s, argv[1], n);
+    const double rate = rc ? -1 : eval_rate(&s);
+    rc = rc || rate < 0;
+    if (!rc)
+        printf("vapo grad-Phi evaluations: %.1f images/s (batch %d, %s)\n", rate, n, s.be->name);
+    vapo_ode_config cfg = rc ? vapo_ode_config_default() : s.m->sampling;
     cfg.method = VAPO_ODE_RK45, cfg.rtol = cfg.atol = tol;
-    double nfe_own, nfe_shared;
-    double t_own = solve(m, n, &cfg, &nfe_own);
+    if (!rc && strcmp(modes, "shared"))
+        rc = bench_solve(&s, &cfg, "per-sample steps:", "vapo-rk45", bench_on_device(s.be));
     cfg.shared_step = 1;
-    double t_shared = solve(m, n, &cfg, &nfe_shared);
-    printf("vapo RK45 per-sample steps: %.3f images/s, mean NFE %.1f (rtol=atol=%g, T=%g, %d images)\n", n / t_own,
-           nfe_own, tol, cfg.t_end, n);
-    printf("vapo RK45 shared step:      %.3f images/s, mean NFE %.1f\n", n / t_shared, nfe_shared);
-    free(x), free(g);
-    vapo_model_free(m);
-    be->destroy(be);
-    return 0;
+    if (!rc && strcmp(modes, "own"))
+        rc = bench_solve(&s, &cfg, "shared step:", "vapo-rk45-shared", 0);
+    if (rc)
+        fprintf(stderr, "bench_sample: %s\n", vapo_last_error());
+    teardown(&s);
+    s.be->destroy(s.be);
+    return rc ? 1 : 0;
 }

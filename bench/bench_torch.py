@@ -14,38 +14,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from oracle_torch import energy  # noqa: E402
-
-PRESETS = {  # the same table as engine/arch.c
-    "tiny": (1, 8, [8, 16], 1),
-    "fmnist-small": (1, 28, [32, 64, 64], 1),
-    "fmnist": (1, 28, [128, 256, 256], 2),
-    "cifar10": (3, 32, [128, 256, 256, 256], 8),
-}
-
-
-def make_params(c, widths, blocks):
-    p = {}
-
-    def conv(name, cin, cout, k=3):
-        p[name + ".v"] = torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5
-        p[name + ".g"] = torch.ones(cout)
-        p[name + ".b"] = torch.zeros(cout)
-
-    conv("conv_in", c, widths[0])
-    cin = widths[0]
-    for l, w in enumerate(widths):
-        for j in range(blocks):
-            pre = f"levels.{l}.blocks.{j}"
-            conv(pre + ".conv1", cin, w)
-            conv(pre + ".conv2", w, w)
-            p[pre + ".scale"] = torch.full((w,), 0.1)
-            if cin != w:
-                conv(pre + ".shortcut", cin, w)
-            cin = w
-    conv("head", cin, 1, 1)
-    return {k: v.requires_grad_(True) for k, v in p.items()}
+from vapo_torch import PRESETS, energy, make_params
 
 
 def main():

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Training throughput and peak memory: vapo-train against the same training
 # step in PyTorch (bench_train_torch.py), same preset, batch, threads and loss
-# (vapo-train without its control variate, which PyTorch's loop does not have).
+# (vapo-train with --estimator score, the section 3.6 loss the PyTorch loop implements;
+# the pathwise estimator costs the same).
 #   bench/run_train_bench.sh [steps] [batch] [threads]   (after a Release build in build/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-30} batch=${2:-64} threads=${3:-$(nproc)}
 out=$(mktemp -d)
-/usr/bin/time -f "%M" -o "$out/rss" build/vapo-train --steps $((steps + 1)) --batch "$batch" --threads "$threads" --control-variate 0 \
+/usr/bin/time -f "%M" -o "$out/rss" build/vapo-train --steps $((steps + 1)) --batch "$batch" --threads "$threads" --estimator score \
   --out "$out/run" --log-every 1 --save-every 100000 --sample-every 0 --grid 1 --calib 2 --sample-tol 1 >/dev/null 2>&1
 rate=$(/usr/bin/python3 -c "import json,sys; print('%.3f' % json.loads(open(sys.argv[1]).readlines()[-1])['steps_per_s'])" \
   "$out/run/metrics.jsonl")  # includes the first, allocating step

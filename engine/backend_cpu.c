@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vapo/backend.h"
+#include "backend_cpu.h"
 #include "vapo/error.h"
 
 #define VAPO_COL_BUDGET (4u << 20) /* floats in one im2col chunk (16 MiB) */
@@ -441,6 +441,13 @@ vapo_backend *vapo_backend_cpu(int threads)
         .weightnorm_backward = cpu_weightnorm_backward,
         .nchw_to_cnhw = cpu_nchw_to_cnhw,
         .cnhw_to_nchw = cpu_cnhw_to_nchw,
+        .rng_normal = cpu_rng_normal,
+        .loss_perturb = cpu_loss_perturb,
+        .loss_seeds = cpu_loss_seeds,
+        .rk_combine = cpu_rk_combine,
+        .rk_norm = cpu_rk_norm,
+        .rows_copy = cpu_rows_copy,
+        .optim_update = cpu_optim_update,
         .destroy = cpu_destroy,
     };
     return &cb->base;

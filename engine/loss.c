@@ -4,12 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_cpu.h"
 #include "vapo/error.h"
 #include "vapo/rng.h"
 
 vapo_loss_config vapo_loss_config_default(void)
 {
-    return (vapo_loss_config){.omega = 1.0, .nu = 0.01, .eps = 1e-4, .lambda = 1e-4, .weighting = VAPO_WEIGHT_JACOBIAN};
+    return (vapo_loss_config){.omega = 1.0, .nu = 0.01, .eps = 1e-4, .lambda = 1e-4, .weighting = VAPO_WEIGHT_JACOBIAN,
+                                .estimator = VAPO_ESTIMATOR_SCORE};
 }
 
 int vapo_loss_config_validate(const vapo_loss_config *c)
@@ -24,6 +26,8 @@ int vapo_loss_config_validate(const vapo_loss_config *c)
         return vapo_fail("lambda must be a non-negative number, got %g", c->lambda);
     if (c->weighting != VAPO_WEIGHT_JACOBIAN && c->weighting != VAPO_WEIGHT_CONSTANT)
         return vapo_fail("unknown innovation weighting");
+    if (c->estimator != VAPO_ESTIMATOR_SCORE && c->estimator != VAPO_ESTIMATOR_PATHWISE)
+        return vapo_fail("unknown estimator");
     return 0;
 }
 
@@ -43,6 +47,19 @@ const char *vapo_innovation_weight_name(vapo_innovation_weight w)
     return w == VAPO_WEIGHT_CONSTANT ? "constant" : "jacobian";
 }
 
+int vapo_estimator_parse(const char *name, vapo_estimator *out)
+{
+    if (!strcmp(name, "score"))
+        *out = VAPO_ESTIMATOR_SCORE;
+    else if (!strcmp(name, "pathwise"))
+        *out = VAPO_ESTIMATOR_PATHWISE;
+    else
+        return vapo_fail("unknown estimator '%s' (expected pathwise or score)", name);
+    return 0;
+}
+
+const char *vapo_estimator_name(vapo_estimator e) { return e == VAPO_ESTIMATOR_PATHWISE ? "pathwise" : "score"; }
+
 vapo_schedule vapo_schedule_at(const vapo_loss_config *c, double t)
 {
     const double l_eps = log((1.0 + c->eps) / c->eps);
@@ -54,109 +71,110 @@ vapo_schedule vapo_schedule_at(const vapo_loss_config *c, double t)
     s.m = s.tau * w2 / den;
     s.sigma = c->omega * c->nu / sqrt(den);
     s.w = c->weighting == VAPO_WEIGHT_JACOBIAN ? 0.5 * s.dtau : 0.5;
+    /* dm/dtau = omega^2 nu^2 / den^2, dsigma/dtau = -sigma omega^2 / (2 den); the
+     * weight 2w turns them into d/dt (jacobian) or keeps d/dtau (constant) */
+    s.vm = 2.0 * s.w * w2 * n2 / (den * den);
+    s.vs = -s.w * s.sigma * w2 / den;
     return s;
 }
 
-void vapo_loss_perturb(const vapo_loss_config *cfg, int batch, int d, const float *xbar, const double *t,
-                       const float *z, float *x, double *gc, double *w)
+vapo_path_coef vapo_path_coef_at(const vapo_loss_config *cfg, double t)
 {
+    const vapo_schedule s = vapo_schedule_at(cfg, t);
     const double n2 = cfg->nu * cfg->nu;
-    for (int i = 0; i < batch; i++) {
-        const vapo_schedule s = vapo_schedule_at(cfg, t[i]);
-        const float *xb = xbar + (size_t)i * d, *zi = z + (size_t)i * d;
-        float *xi = x + (size_t)i * d;
-        double zz = 0.0, xz = 0.0;
-        for (int j = 0; j < d; j++) {
-            xi[j] = (float)(s.m * xb[j] + s.sigma * zi[j]);
-            zz += (double)zi[j] * zi[j];
-            xz += (double)xb[j] * zi[j];
-        }
-        /* gamma - E[gamma | xbar, t] written in z: no cancellation of two ~d/nu^2 terms */
-        gc[i] = (s.sigma * s.sigma * (zz - d) - 2.0 * (1.0 - s.m) * s.sigma * xz) / n2;
-        w[i] = s.w;
-    }
+    /* gamma - E[gamma | xbar, t] written in z: no cancellation of two ~d/nu^2 terms */
+    return (vapo_path_coef){.m = (float)s.m, .sigma = (float)s.sigma, .vm = (float)s.vm, .vs = (float)s.vs,
+                            .wz = s.w * s.sigma * s.sigma / n2, .wx = -2.0 * s.w * (1.0 - s.m) * s.sigma / n2};
 }
 
-void vapo_loss_eval(const vapo_loss_config *cfg, int batch, int d, const float *phi, const float *grad,
-                    const double *gc, const double *w, vapo_loss_terms *terms, float *phi_bar, float *u)
+/* The host entry points run the CPU backend's ops, which ignore the backend. */
+void vapo_loss_perturb(const vapo_loss_config *cfg, int batch, int d, const float *xbar, const double *t,
+                       const float *z, float *x, vapo_path_coef *coef, double *zx, float *v)
 {
-    const double scale = 1.0 / ((double)batch * d);
-    double dir = 0.0, cov = 0.0, spec = 0.0, pm = 0.0, gn = 0.0, phi_sum = 0.0;
     for (int i = 0; i < batch; i++)
-        phi_sum += phi[i];
-    for (int i = 0; i < batch; i++) {
-        const float *gi = grad + (size_t)i * d;
-        double gg = 0.0;
-        for (int j = 0; j < d; j++) {
-            gg += (double)gi[j] * gi[j];
-            if (u)
-                u[(size_t)i * d + j] = (float)(scale * gi[j]);
-        }
-        dir += 0.5 * gg;
-        /* The reported value centres Phi by the leave-one-out batch mean: the
-         * same expectation (E[gc | xbar, t] = 0) without the noise of Phi's
-         * offset. The gradient (phi_bar) does not depend on the offset. */
-        const double loo = batch > 1 ? (phi_sum - phi[i]) / (batch - 1) : 0.0;
-        cov += w[i] * gc[i] * (phi[i] - loo);
-        spec += cfg->lambda * (double)phi[i] * phi[i];
-        pm += phi[i];
-        gn += sqrt(gg);
-        if (phi_bar)
-            phi_bar[i] = (float)(scale * (w[i] * gc[i] + 2.0 * cfg->lambda * phi[i]));
+        coef[i] = vapo_path_coef_at(cfg, t[i]);
+    cpu_loss_perturb(NULL, batch, d, coef, xbar, z, x, v, zx);
+}
+
+void vapo_loss_eval(const vapo_loss_config *cfg, int batch, int d, const vapo_path_coef *coef, const double *zx,
+                    const float *phi, const float *grad, const float *v, vapo_loss_terms *terms, float *phi_bar,
+                    float *u)
+{
+    float *u_tmp = u ? NULL : malloc(sizeof(float) * batch * d), *pb_tmp = phi_bar ? NULL : malloc(sizeof(float) * batch);
+    double *rows = malloc(sizeof(double) * VAPO_ROW_TERMS * batch);
+    if ((!u && !u_tmp) || (!phi_bar && !pb_tmp) || !rows) {
+        free(u_tmp), free(pb_tmp), free(rows);
+        *terms = (vapo_loss_terms){.total = NAN};
+        return;
     }
-    terms->dirichlet = dir * scale;
-    terms->covariance = cov * scale;
-    terms->spectral = spec * scale;
-    terms->total = terms->dirichlet + terms->covariance + terms->spectral;
-    terms->phi_mean = pm / batch;
-    terms->grad_norm = gn / batch;
+    cpu_loss_seeds(NULL, batch, d, 1.0 / ((double)batch * d), cfg->lambda, coef, zx, phi, grad, v, u ? u : u_tmp,
+                   phi_bar ? phi_bar : pb_tmp, rows);
+    vapo_loss_terms_sum(batch, rows, terms);
+    free(u_tmp), free(pb_tmp), free(rows);
+}
+
+void vapo_loss_terms_sum(int batch, const double *rows, vapo_loss_terms *terms)
+{
+    double dir = 0, cov = 0, spec = 0, gn = 0, wgc = 0, wgc_phi = 0, phi = 0;
+    for (int i = 0; i < batch; i++) {
+        const double *r = rows + (size_t)VAPO_ROW_TERMS * i;
+        dir += r[0], cov += r[1], spec += r[2], gn += r[3], wgc += r[4], wgc_phi += r[4] * r[5], phi += r[5];
+    }
+    /* The reported score term centres Phi by the leave-one-out batch mean:
+     * the same expectation (E[gc | xbar, t] = 0) without the noise of Phi's
+     * offset: sum_i wgc_i (phi_i - (S - phi_i)/(B-1)). The gradient does not
+     * depend on the offset. Pathwise rows have wgc = 0. */
+    if (batch > 1)
+        cov -= (wgc * phi - wgc_phi) / (batch - 1);
+    *terms = (vapo_loss_terms){.dirichlet = dir, .covariance = cov, .spectral = spec, .total = dir + cov + spec,
+                               .phi_mean = phi / batch, .grad_norm = gn / batch};
 }
 
 /* ---- one exact gradient through the network -------------------------------------- */
 
-/* Rows of the network batch: the B perturbed points, then (with the control
- * variate) the B homotopy means m xbar. */
+/* Backend buffers of one training batch (rows x d floats unless noted). */
 struct vapo_loss_work {
-    int batch, d, rows;
-    double *t, *gc, *w;
-    float *z, *x, *phi, *grad, *phi_bar, *u; /* host; x, grad, u: rows x d */
-    float *dev;                              /* backend: x | grad | u | phi | phi_bar */
+    int batch, d;
     vapo_backend *be;
+    vapo_path_coef *coef;                   /* host, batch */
+    double *rows;                           /* host, VAPO_ROW_TERMS x batch */
+    float *xbar, *z, *x, *v, *grad, *u;     /* backend */
+    float *phi, *phi_bar;                   /* backend, batch */
+    vapo_path_coef *dev_coef;               /* backend, batch */
+    double *zx, *dev_rows;                  /* backend, 2 x batch and VAPO_ROW_TERMS x batch */
 };
 
 void vapo_loss_work_free(vapo_loss_work *w)
 {
     if (!w)
         return;
-    if (w->dev)
-        w->be->free(w->be, w->dev);
-    free(w->t), free(w->gc), free(w->w), free(w->z), free(w->x), free(w->phi), free(w->grad), free(w->phi_bar),
-        free(w->u);
+    void *dev[] = {w->xbar, w->z, w->x, w->v, w->grad, w->u, w->phi, w->phi_bar, w->dev_coef, w->zx, w->dev_rows};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i])
+            w->be->free(w->be, dev[i]);
+    free(w->coef), free(w->rows);
     free(w);
 }
-
-static size_t row_floats(const vapo_loss_work *w) { return (size_t)w->rows * w->d; }
-static float *dev_x(vapo_loss_work *w) { return w->dev; }
-static float *dev_grad(vapo_loss_work *w) { return w->dev + row_floats(w); }
-static float *dev_u(vapo_loss_work *w) { return w->dev + 2 * row_floats(w); }
-static float *dev_phi(vapo_loss_work *w) { return w->dev + 3 * row_floats(w); }
-static float *dev_phi_bar(vapo_loss_work *w) { return dev_phi(w) + w->rows; }
 
 vapo_loss_work *vapo_loss_work_create(vapo_net *net, int batch)
 {
     vapo_loss_work *w = calloc(1, sizeof *w);
     if (!w)
         goto oom;
-    const size_t d = vapo_net_input_size(net), rows = 2 * (size_t)batch, n = rows * d;
-    w->batch = batch, w->d = (int)d, w->rows = (int)rows;
-    w->t = malloc(sizeof(double) * batch), w->gc = malloc(sizeof(double) * batch);
-    w->w = malloc(sizeof(double) * batch), w->phi = malloc(sizeof(float) * rows);
-    w->phi_bar = malloc(sizeof(float) * rows);
-    w->z = malloc(sizeof(float) * n), w->x = malloc(sizeof(float) * n);
-    w->grad = malloc(sizeof(float) * n), w->u = calloc(n, sizeof(float));
     vapo_backend *be = w->be = vapo_net_backend(net);
-    w->dev = be->alloc(be, sizeof(float) * (3 * n + 2 * rows));
-    if (!w->t || !w->gc || !w->w || !w->phi || !w->phi_bar || !w->z || !w->x || !w->grad || !w->u || !w->dev)
+    const size_t d = vapo_net_input_size(net), n = (size_t)batch * d * sizeof(float);
+    w->batch = batch, w->d = (int)d;
+    w->coef = malloc(sizeof(vapo_path_coef) * batch);
+    w->rows = malloc(sizeof(double) * VAPO_ROW_TERMS * batch);
+    float **big[] = {&w->xbar, &w->z, &w->x, &w->v, &w->grad, &w->u};
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++)
+        if (!(*big[i] = be->alloc(be, n)))
+            goto oom;
+    w->phi = be->alloc(be, sizeof(float) * batch), w->phi_bar = be->alloc(be, sizeof(float) * batch);
+    w->dev_coef = be->alloc(be, sizeof(vapo_path_coef) * batch);
+    w->zx = be->alloc(be, sizeof(double) * 2 * batch);
+    w->dev_rows = be->alloc(be, sizeof(double) * VAPO_ROW_TERMS * batch);
+    if (!w->coef || !w->rows || !w->phi || !w->phi_bar || !w->dev_coef || !w->zx || !w->dev_rows)
         goto oom;
     return w;
 oom:
@@ -165,58 +183,37 @@ oom:
     return NULL;
 }
 
-/* The control variate: E[gc | xbar, t] = 0, so subtracting w gc Phi(m xbar)
- * (Phi at the homotopy mean, independent of z) leaves the gradient's
- * expectation unchanged while removing most of its noise when sigma is small:
- * Phi(x) - Phi(m xbar) = O(sigma). The B mean points ride in the same batch
- * with tangent 0, so one forward/backward/tangent/dual pass does both. */
-static void add_control_variate(const vapo_loss_config *cfg, vapo_loss_work *wk, const float *xbar,
-                                vapo_loss_terms *terms)
+/* x, v and the innovation sums for (seed, step): times on the host (B
+ * scalars, uploaded), noise drawn straight into backend memory. */
+static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float *xbar, uint64_t seed, uint64_t step)
 {
+    vapo_backend *be = wk->be;
     const int B = wk->batch, d = wk->d;
-    const double scale = 1.0 / ((double)B * d);
-    double cov = 0;
-    for (int i = 0; i < B; i++) {
-        wk->phi_bar[B + i] = (float)(-scale * wk->w[i] * wk->gc[i]);
-        cov += wk->w[i] * wk->gc[i] * ((double)wk->phi[i] - wk->phi[B + i]);
-    }
-    /* the reported covariance term uses the same, far less noisy, estimator */
-    terms->total += cov * scale - terms->covariance;
-    terms->covariance = cov * scale;
-    (void)cfg, (void)xbar;
+    const uint64_t first = step * (uint64_t)B;
+    for (int i = 0; i < B; i++)
+        wk->coef[i] = vapo_path_coef_at(cfg, vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i));
+    be->upload(be, wk->dev_coef, wk->coef, sizeof(vapo_path_coef) * B);
+    be->upload(be, wk->xbar, xbar, sizeof(float) * B * d);
+    be->rng_normal(be, seed, VAPO_STREAM_TRAIN + 2, first * d, (size_t)B * d, wk->z);
+    float *v = cfg->estimator == VAPO_ESTIMATOR_PATHWISE ? wk->v : NULL;
+    be->loss_perturb(be, B, d, wk->dev_coef, wk->xbar, wk->z, wk->x, v, wk->zx);
 }
 
 int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar,
                    uint64_t seed, uint64_t step, float *param_grad, vapo_loss_terms *terms)
 {
-    vapo_backend *be = vapo_net_backend(net);
-    const int B = wk->batch, d = wk->d, rows = cfg->control_variate ? 2 * B : B;
-    const size_t n = (size_t)B * d, nr = (size_t)rows * d;
-    const uint64_t first = step * (uint64_t)B;
-    for (int i = 0; i < B; i++)
-        wk->t[i] = vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i);
-    vapo_rng_normal(seed, VAPO_STREAM_TRAIN + 2, first * d, n, wk->z);
-    vapo_loss_perturb(cfg, B, d, xbar, wk->t, wk->z, wk->x, wk->gc, wk->w);
-    if (cfg->control_variate)
-        for (int i = 0; i < B; i++) {
-            const double m = vapo_schedule_at(cfg, wk->t[i]).m;
-            for (int j = 0; j < d; j++)
-                wk->x[n + (size_t)i * d + j] = (float)(m * xbar[(size_t)i * d + j]);
-        }
-
-    be->upload(be, dev_x(wk), wk->x, sizeof(float) * nr);
-    if (vapo_net_forward(net, rows, dev_x(wk), dev_phi(wk)) || vapo_net_backward(net, dev_grad(wk)))
+    vapo_backend *be = wk->be;
+    const int B = wk->batch, d = wk->d;
+    perturb(cfg, wk, xbar, seed, step);
+    if (vapo_net_forward(net, B, wk->x, wk->phi) || vapo_net_backward(net, wk->grad))
         return -1;
-    be->download(be, wk->phi, dev_phi(wk), sizeof(float) * rows);
-    be->download(be, wk->grad, dev_grad(wk), sizeof(float) * n);
-    vapo_loss_eval(cfg, B, d, wk->phi, wk->grad, wk->gc, wk->w, terms, wk->phi_bar, wk->u);
-    if (cfg->control_variate)
-        add_control_variate(cfg, wk, xbar, terms);
+    be->loss_seeds(be, B, d, 1.0 / ((double)B * d), cfg->lambda, wk->dev_coef, wk->zx, wk->phi, wk->grad,
+                   cfg->estimator == VAPO_ESTIMATOR_PATHWISE ? wk->v : NULL, wk->u, wk->phi_bar, wk->dev_rows);
+    if (vapo_net_tangent(net, wk->u, NULL) || vapo_net_dual_backward(net, wk->phi_bar, NULL, param_grad))
+        return -1;
+    be->download(be, wk->rows, wk->dev_rows, sizeof(double) * VAPO_ROW_TERMS * B);
+    vapo_loss_terms_sum(B, wk->rows, terms);
     if (!isfinite(terms->total))
         return vapo_fail("the loss is not finite (%g) at step %llu", terms->total, (unsigned long long)step);
-    be->upload(be, dev_u(wk), wk->u, sizeof(float) * nr); /* rows past B stay 0: no tangent at the means */
-    be->upload(be, dev_phi_bar(wk), wk->phi_bar, sizeof(float) * rows);
-    if (vapo_net_tangent(net, dev_u(wk), NULL))
-        return -1;
-    return vapo_net_dual_backward(net, dev_phi_bar(wk), NULL, param_grad);
+    return 0;
 }

@@ -49,19 +49,21 @@ void vapo_model_free(vapo_model *m)
 
 static json_t *loss_to_json(const vapo_loss_config *l)
 {
-    return json_pack("{s:f, s:f, s:f, s:f, s:s}", "omega", l->omega, "nu", l->nu, "eps", l->eps, "lambda", l->lambda,
-                     "innovation_weight", vapo_innovation_weight_name(l->weighting));
+    return json_pack("{s:f, s:f, s:f, s:f, s:s, s:s}", "omega", l->omega, "nu", l->nu, "eps", l->eps, "lambda",
+                     l->lambda, "innovation_weight", vapo_innovation_weight_name(l->weighting), "estimator",
+                     vapo_estimator_name(l->estimator));
 }
 
 static int loss_from_json(const json_t *o, vapo_loss_config *l)
 {
-    const char *weighting = "jacobian";
+    const char *weighting = "jacobian", *estimator = "score";
     json_error_t err;
     *l = vapo_loss_config_default();
-    if (o && json_unpack_ex((json_t *)o, &err, 0, "{s?F, s?F, s?F, s?F, s?s}", "omega", &l->omega, "nu", &l->nu, "eps",
-                            &l->eps, "lambda", &l->lambda, "innovation_weight", &weighting))
+    if (o && json_unpack_ex((json_t *)o, &err, 0, "{s?F, s?F, s?F, s?F, s?s, s?s}", "omega", &l->omega, "nu", &l->nu,
+                            "eps", &l->eps, "lambda", &l->lambda, "innovation_weight", &weighting, "estimator",
+                            &estimator))
         return vapo_fail("loss metadata: %s", err.text);
-    if (vapo_innovation_weight_parse(weighting, &l->weighting))
+    if (vapo_innovation_weight_parse(weighting, &l->weighting) || vapo_estimator_parse(estimator, &l->estimator))
         return -1;
     return vapo_loss_config_validate(l);
 }
@@ -237,6 +239,18 @@ int vapo_model_energy_grad(vapo_model *m, int count, const float *x, float *phi,
 int vapo_model_field(void *model, int count, const float *points, float *out)
 {
     return vapo_model_energy_grad(model, count, points, NULL, out);
+}
+
+int vapo_model_field_backend(void *model, int count, const float *points, float *out)
+{
+    vapo_model *m = model;
+    if (count < 1)
+        return vapo_fail("empty batch");
+    if (reserve(m, count)) /* for the energies the forward pass writes */
+        return -1;
+    if (vapo_net_forward(m->net, count, points, m->dev_phi))
+        return -1;
+    return vapo_net_backward(m->net, out);
 }
 
 int vapo_model_energy(vapo_model *m, int count, const float *x, float *phi)

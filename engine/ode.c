@@ -3,22 +3,23 @@
  *
  * Every method is a Butcher tableau run by the same stage machine. RK45 adds
  * SciPy's error control; its constants and the order of operations follow
- * scipy/integrate/_ivp/rk.py and common.py so that step sequences match. */
+ * scipy/integrate/_ivp/rk.py and common.py so that step sequences match.
+ * The tableaus and the step control on a trajectory's scalars (ode_clock)
+ * are shared with ode_batch.c through ode_rk.h. */
 #include "vapo/ode.h"
 
 #include <ctype.h>
 #include <float.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ode_rk.h"
+#include "vapo/elementwise.h"
 #include "vapo/error.h"
-
-#define MAX_STAGES 7 /* Dormand-Prince: 6 stages + the FSAL evaluation */
 
 /* SciPy's step-size controller constants (rk.py). */
 #define SAFETY 0.9
@@ -26,29 +27,22 @@
 #define MAX_FACTOR 10.0
 #define RK45_ERROR_EXPONENT (-1.0 / 5.0) /* -1 / (error estimator order 4 + 1) */
 
-typedef struct {
-    int stages;                         /* evaluations per step, FSAL one excluded */
-    double a[MAX_STAGES][MAX_STAGES];   /* a[s][j]: weight of stage j in stage s's point */
-    double b[MAX_STAGES];               /* solution weights */
-    double e[MAX_STAGES];               /* rk45 only: error weights incl. the FSAL stage */
-} rk_tableau;
+static const ode_tableau tab_euler = {.stages = 1, .b = {1.0}};
 
-static const rk_tableau tab_euler = {.stages = 1, .b = {1.0}};
-
-static const rk_tableau tab_heun = {
+static const ode_tableau tab_heun = {
     .stages = 2,
     .a = {{0}, {1.0}},
     .b = {0.5, 0.5},
 };
 
-static const rk_tableau tab_rk4 = {
+static const ode_tableau tab_rk4 = {
     .stages = 4,
     .a = {{0}, {0.5}, {0, 0.5}, {0, 0, 1.0}},
     .b = {1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6},
 };
 
 /* Dormand-Prince 5(4), the coefficients of SciPy's RK45 class. */
-static const rk_tableau tab_rk45 = {
+static const ode_tableau tab_rk45 = {
     .stages = 6,
     .a = {{0},
           {1.0 / 5},
@@ -67,24 +61,18 @@ enum { ST_RUNNING, ST_DONE, ST_FAILED };
 
 struct vapo_traj {
     vapo_ode_method method;
-    const rk_tableau *tab;
+    const ode_tableau *tab;
     int dim;
     int status, phase;
     int stage;             /* PH_STAGE: index of the stage being evaluated */
     int nfe, max_nfe;
-    int accepted, rejected;
-    double t, t_end;
+    ode_clock c;           /* time and step size */
     /* fixed step */
     int steps;
     double h_fixed;
     /* rk45 */
     double rtol, atol;
-    double h_abs;          /* proposed |step| (SciPy's h_abs) */
-    double h, t_new;       /* step being attempted */
-    double min_step;
     double h0_probe;       /* step of select_initial_step's probe evaluation */
-    int step_rejected;     /* this step has been rejected at least once */
-    int saw_nonfinite;     /* F was not finite in a rejected attempt, for the message */
     /* one allocation: */
     double *y;             /* current accepted state */
     double *y_new;         /* rk45: candidate state */
@@ -140,7 +128,7 @@ int vapo_ode_method_parse(const char *name, vapo_ode_method *out)
     return vapo_fail("ode: unknown method '%.40s' (expected rk45, euler, heun or rk4)", name);
 }
 
-static const rk_tableau *method_tableau(vapo_ode_method m)
+const ode_tableau *ode_method_tableau(vapo_ode_method m)
 {
     switch (m) {
     case VAPO_ODE_RK45: return &tab_rk45;
@@ -155,7 +143,7 @@ int vapo_ode_config_validate(const vapo_ode_config *cfg)
 {
     if (!cfg)
         return vapo_fail("ode: no config given");
-    const rk_tableau *tab = method_tableau(cfg->method);
+    const ode_tableau *tab = ode_method_tableau(cfg->method);
     if (!tab)
         return vapo_fail("ode: invalid method %d (expected rk45, euler, heun or rk4)", (int)cfg->method);
     if (!isfinite(cfg->t_end) || cfg->t_end <= 0)
@@ -184,31 +172,118 @@ int vapo_ode_config_validate(const vapo_ode_config *cfg)
     return 0;
 }
 
+/* ---- step control, shared with ode_batch.c (ode_rk.h) ------------------------ */
+
+void ode_failure_message(ode_failure why, const ode_clock *c, char *buf, size_t size)
+{
+    switch (why) {
+    case ODE_FAIL_MAX_NFE:
+        snprintf(buf, size, "ode: trajectory reached max_nfe before t_end (at t = %g)", c->t);
+        return;
+    case ODE_FAIL_UNDERFLOW:
+        if (c->saw_nonfinite)
+            snprintf(buf, size, "ode: step size underflow at t = %g: the field returned non-finite values", c->t);
+        else
+            snprintf(buf, size, "ode: step size underflow at t = %g (field too stiff for rtol/atol?)", c->t);
+        return;
+    case ODE_FAIL_INITIAL_NONFINITE:
+        snprintf(buf, size, "ode: the field is not finite at the initial state (t = %g)", c->t);
+        return;
+    case ODE_FAIL_NONFINITE:
+        snprintf(buf, size, "ode: the field returned a non-finite value near t = %g", c->t);
+        return;
+    case ODE_OK:
+        break;
+    }
+    snprintf(buf, size, "%s", "");
+}
+
+double ode_probe_step(double d0, double d1) { return (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1; }
+
+double ode_first_step(double h0, double d1, double d2)
+{
+    d2 /= h0;
+    double h1;
+    if (!isfinite(d2))
+        h1 = h0; /* the probe blew up: start small and let step control sort it out */
+    else if (d1 <= 1e-15 && d2 <= 1e-15)
+        h1 = fmax(1e-6, h0 * 1e-3);
+    else
+        h1 = pow(0.01 / fmax(d1, d2), 1.0 / 5.0); /* 1 / (order 4 + 1) */
+    return fmin(100 * h0, h1);
+}
+
+ode_failure ode_begin_attempt(ode_clock *c)
+{
+    if (c->h_abs < c->min_step)
+        return ODE_FAIL_UNDERFLOW;
+    c->t_new = c->t + c->h_abs;
+    if (c->t_new > c->t_end)
+        c->t_new = c->t_end; /* land exactly on t_end */
+    c->h = c->t_new - c->t;
+    c->h_abs = fabs(c->h);
+    return ODE_OK;
+}
+
+ode_failure ode_begin_step(ode_clock *c)
+{
+    c->min_step = 10 * fabs(nextafter(c->t, INFINITY) - c->t);
+    if (c->h_abs < c->min_step)
+        c->h_abs = c->min_step;
+    c->step_rejected = 0;
+    c->saw_nonfinite = 0;
+    return ode_begin_attempt(c);
+}
+
+int ode_finish_attempt(ode_clock *c, double error_norm)
+{
+    if (error_norm < 1) {
+        double factor = error_norm == 0 ? MAX_FACTOR
+                                        : fmin(MAX_FACTOR, SAFETY * pow(error_norm, RK45_ERROR_EXPONENT));
+        if (c->step_rejected)
+            factor = fmin(1, factor);
+        c->h_abs *= factor;
+        c->accepted++;
+        c->t = c->t_new;
+        return 1;
+    }
+    /* Rejected. A non-finite norm (NaN/inf F from an over-long step) fails the
+     * "< 1" test; SciPy then shrinks by MIN_FACTOR, as fmax does here with NaN. */
+    if (!isfinite(error_norm))
+        c->saw_nonfinite = 1;
+    c->h_abs *= fmax(MIN_FACTOR, SAFETY * pow(error_norm, RK45_ERROR_EXPONENT));
+    c->step_rejected = 1;
+    c->rejected++;
+    return 0;
+}
+
+int ode_fixed_advance(ode_clock *c, int steps)
+{
+    c->accepted++;
+    /* t from the step count, not by summing h, so the last step ends on t_end. */
+    c->t = c->accepted == steps ? c->t_end : c->t_end * c->accepted / steps;
+    return c->accepted == steps;
+}
+
 /* ---- the stage machine ---------------------------------------------------- */
 
 /* Stops the trajectory; the message goes to the object and the thread. */
-__attribute__((format(printf, 2, 3))) static int traj_fail(vapo_traj *tr, const char *fmt, ...)
+static int traj_fail(vapo_traj *tr, ode_failure why)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tr->err, sizeof tr->err, fmt, ap);
-    va_end(ap);
+    ode_failure_message(why, &tr->c, tr->err, sizeof tr->err);
     tr->status = ST_FAILED;
     return vapo_fail("%s", tr->err);
 }
-
-/* SciPy's RMS norm. */
-static double rms(double sumsq, int dim) { return sqrt(sumsq / dim); }
 
 /* Sets the query for stage s of the current step: y + h * sum_j a[s][j] k_j.
  * For rk45, stage 6 is the FSAL evaluation at the candidate y_new. */
 static int set_stage_query(vapo_traj *tr, int s)
 {
     if (tr->nfe >= tr->max_nfe)
-        return traj_fail(tr, "ode: trajectory reached max_nfe before t_end (at t = %g)", tr->t);
-    const rk_tableau *tab = tr->tab;
+        return traj_fail(tr, ODE_FAIL_MAX_NFE);
+    const ode_tableau *tab = tr->tab;
     const int dim = tr->dim;
-    const double h = tr->method == VAPO_ODE_RK45 ? tr->h : tr->h_fixed;
+    const double h = tr->method == VAPO_ODE_RK45 ? tr->c.h : tr->h_fixed;
     tr->phase = PH_STAGE;
     tr->stage = s;
     if (s == tab->stages) {
@@ -238,36 +313,18 @@ static void set_state_query(vapo_traj *tr)
         tr->q[i] = (float)tr->y[i];
 }
 
-/* rk45: one attempt at a step of size h_abs from t (loop body of SciPy's _step_impl). */
-static int rk45_begin_attempt(vapo_traj *tr)
+/* rk45: queries the attempt that ode_begin_step/_attempt just set up, from
+ * stage 1 (stage 0 is F(y), known: FSAL). */
+static int rk45_attempt(vapo_traj *tr, ode_failure begun)
 {
-    if (tr->h_abs < tr->min_step) {
-        if (tr->saw_nonfinite)
-            return traj_fail(tr, "ode: step size underflow at t = %g: the field returned non-finite values",
-                             tr->t);
-        return traj_fail(tr, "ode: step size underflow at t = %g (field too stiff for rtol/atol?)", tr->t);
-    }
-    tr->t_new = tr->t + tr->h_abs;
-    if (tr->t_new > tr->t_end)
-        tr->t_new = tr->t_end; /* land exactly on t_end */
-    tr->h = tr->t_new - tr->t;
-    tr->h_abs = fabs(tr->h);
-    return set_stage_query(tr, 1); /* stage 0 is F(y), known (FSAL) */
+    return begun != ODE_OK ? traj_fail(tr, begun) : set_stage_query(tr, 1);
 }
 
-/* rk45: a new step from the accepted state (head of SciPy's _step_impl). */
-static int rk45_begin_step(vapo_traj *tr)
+/* select_initial_step's scaled component v / (atol + |y0| * rtol). */
+static double init_scaled(const vapo_traj *tr, int i, double v)
 {
-    tr->min_step = 10 * fabs(nextafter(tr->t, INFINITY) - tr->t);
-    if (tr->h_abs < tr->min_step)
-        tr->h_abs = tr->min_step;
-    tr->step_rejected = 0;
-    tr->saw_nonfinite = 0;
-    return rk45_begin_attempt(tr);
+    return vapo_rk_scaled(v, tr->y[i], tr->y[i], tr->atol, tr->rtol);
 }
-
-/* select_initial_step's scale: atol + |y0| * rtol. */
-static double init_scale(const vapo_traj *tr, int i) { return tr->atol + fabs(tr->y[i]) * tr->rtol; }
 
 /* Told F(y0): either the given h0, or SciPy's select_initial_step, first half. */
 static int rk45_start(vapo_traj *tr)
@@ -276,19 +333,18 @@ static int rk45_start(vapo_traj *tr)
     const float *f0 = tr->k;
     for (int i = 0; i < dim; i++)
         if (!isfinite(f0[i]))
-            return traj_fail(tr, "ode: the field is not finite at the initial state (t = %g)", tr->t);
-    if (tr->h_abs > 0)
-        return rk45_begin_step(tr);
+            return traj_fail(tr, ODE_FAIL_INITIAL_NONFINITE);
+    if (tr->c.h_abs > 0)
+        return rk45_attempt(tr, ode_begin_step(&tr->c));
     double s0 = 0, s1 = 0;
     for (int i = 0; i < dim; i++) {
-        double sc = init_scale(tr, i);
-        s0 += (tr->y[i] / sc) * (tr->y[i] / sc);
-        s1 += (f0[i] / sc) * (f0[i] / sc);
+        double v0 = init_scaled(tr, i, tr->y[i]), v1 = init_scaled(tr, i, f0[i]);
+        s0 += v0 * v0;
+        s1 += v1 * v1;
     }
-    double d0 = rms(s0, dim), d1 = rms(s1, dim);
-    tr->h0_probe = (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
+    tr->h0_probe = ode_probe_step(vapo_rk_rms(s0, dim), vapo_rk_rms(s1, dim));
     if (tr->nfe >= tr->max_nfe)
-        return traj_fail(tr, "ode: trajectory reached max_nfe before t_end (at t = %g)", tr->t);
+        return traj_fail(tr, ODE_FAIL_MAX_NFE);
     for (int i = 0; i < dim; i++)
         tr->q[i] = (float)(tr->y[i] + tr->h0_probe * f0[i]);
     tr->phase = PH_H0;
@@ -302,82 +358,53 @@ static int rk45_finish_initial_step(vapo_traj *tr, const float *f1)
     const float *f0 = tr->k;
     double s1 = 0, s2 = 0;
     for (int i = 0; i < dim; i++) {
-        double sc = init_scale(tr, i);
-        s1 += (f0[i] / sc) * (f0[i] / sc);
-        double df = ((double)f1[i] - f0[i]) / sc;
+        double v1 = init_scaled(tr, i, f0[i]), df = init_scaled(tr, i, (double)f1[i] - f0[i]);
+        s1 += v1 * v1;
         s2 += df * df;
     }
-    double h0 = tr->h0_probe, d1 = rms(s1, dim), d2 = rms(s2, dim) / h0;
-    double h1;
-    if (!isfinite(d2))
-        h1 = h0; /* the probe blew up: start small and let step control sort it out */
-    else if (d1 <= 1e-15 && d2 <= 1e-15)
-        h1 = fmax(1e-6, h0 * 1e-3);
-    else
-        h1 = pow(0.01 / fmax(d1, d2), 1.0 / 5.0); /* 1 / (order 4 + 1) */
-    tr->h_abs = fmin(100 * h0, h1);
-    return rk45_begin_step(tr);
+    tr->c.h_abs = ode_first_step(tr->h0_probe, vapo_rk_rms(s1, dim), vapo_rk_rms(s2, dim));
+    return rk45_attempt(tr, ode_begin_step(&tr->c));
 }
 
 /* Told the FSAL evaluation: estimate the error, accept or reject. */
 static int rk45_finish_attempt(vapo_traj *tr)
 {
     const int dim = tr->dim;
-    const rk_tableau *tab = tr->tab;
+    const ode_tableau *tab = tr->tab;
     double sumsq = 0;
     for (int i = 0; i < dim; i++) {
         double acc = 0;
         for (int j = 0; j <= tab->stages; j++)
             acc += tab->e[j] * tr->k[(size_t)j * dim + i];
-        double err = acc * tr->h;
-        double scale = tr->atol + fmax(fabs(tr->y[i]), fabs(tr->y_new[i])) * tr->rtol;
-        sumsq += (err / scale) * (err / scale);
+        double v = vapo_rk_scaled(acc * tr->c.h, tr->y[i], tr->y_new[i], tr->atol, tr->rtol);
+        sumsq += v * v;
     }
-    double error_norm = rms(sumsq, dim);
-
-    if (error_norm < 1) {
-        double factor = error_norm == 0 ? MAX_FACTOR
-                                        : fmin(MAX_FACTOR, SAFETY * pow(error_norm, RK45_ERROR_EXPONENT));
-        if (tr->step_rejected)
-            factor = fmin(1, factor);
-        tr->h_abs *= factor;
-        tr->accepted++;
-        tr->t = tr->t_new;
+    if (ode_finish_attempt(&tr->c, vapo_rk_rms(sumsq, dim))) {
         double *tmp = tr->y;
         tr->y = tr->y_new;
         tr->y_new = tmp;
         memcpy(tr->k, tr->k + (size_t)tab->stages * dim, (size_t)dim * sizeof *tr->k); /* FSAL */
-        if (tr->t >= tr->t_end) {
+        if (tr->c.t >= tr->c.t_end) {
             tr->status = ST_DONE;
             return 0;
         }
-        return rk45_begin_step(tr);
+        return rk45_attempt(tr, ode_begin_step(&tr->c));
     }
-    /* Rejected. A non-finite norm (NaN/inf F from an over-long step) fails the
-     * "< 1" test; SciPy then shrinks by MIN_FACTOR, as fmax does here with NaN. */
-    if (!isfinite(error_norm))
-        tr->saw_nonfinite = 1;
-    tr->h_abs *= fmax(MIN_FACTOR, SAFETY * pow(error_norm, RK45_ERROR_EXPONENT));
-    tr->step_rejected = 1;
-    tr->rejected++;
-    return rk45_begin_attempt(tr);
+    return rk45_attempt(tr, ode_begin_attempt(&tr->c));
 }
 
 /* Fixed step: all stages told, take the step. */
 static int fixed_finish_step(vapo_traj *tr)
 {
     const int dim = tr->dim;
-    const rk_tableau *tab = tr->tab;
+    const ode_tableau *tab = tr->tab;
     for (int i = 0; i < dim; i++) {
         double acc = 0;
         for (int j = 0; j < tab->stages; j++)
             acc += tab->b[j] * tr->k[(size_t)j * dim + i];
         tr->y[i] += tr->h_fixed * acc;
     }
-    tr->accepted++;
-    /* t from the step count, not by summing h, so the last step ends on t_end. */
-    tr->t = tr->accepted == tr->steps ? tr->t_end : tr->t_end * tr->accepted / tr->steps;
-    if (tr->accepted == tr->steps) {
+    if (ode_fixed_advance(&tr->c, tr->steps)) {
         tr->status = ST_DONE;
         return 0;
     }
@@ -392,7 +419,7 @@ vapo_traj *vapo_traj_create(const vapo_ode_config *cfg, int dim, const float *x0
         vapo_fail("ode: trajectory needs dim >= 1 and an initial state (dim %d)", dim);
         return NULL;
     }
-    const rk_tableau *tab = method_tableau(cfg->method);
+    const ode_tableau *tab = ode_method_tableau(cfg->method);
     int rk45 = cfg->method == VAPO_ODE_RK45;
     size_t nk = (size_t)tab->stages + (rk45 ? 1 : 0);
     size_t head = (sizeof(vapo_traj) + 15) & ~(size_t)15;
@@ -418,13 +445,13 @@ vapo_traj *vapo_traj_create(const vapo_ode_config *cfg, int dim, const float *x0
     tr->dim = dim;
     tr->status = ST_RUNNING;
     tr->max_nfe = cfg->max_nfe;
-    tr->t = 0;
-    tr->t_end = cfg->t_end;
+    tr->c.t = 0;
+    tr->c.t_end = cfg->t_end;
     tr->steps = cfg->steps;
     tr->h_fixed = cfg->t_end / cfg->steps;
     tr->rtol = cfg->rtol;
     tr->atol = cfg->atol;
-    tr->h_abs = rk45 ? cfg->h0 : 0;
+    tr->c.h_abs = rk45 ? cfg->h0 : 0;
     for (int i = 0; i < dim; i++)
         tr->y[i] = x0[i];
     /* Every method starts with F(x0): rk45 as its FSAL k0, the others as stage 0. */
@@ -468,7 +495,7 @@ int vapo_traj_tell(vapo_traj *tr, const float *f)
      * than carry NaN to the end. */
     for (int i = 0; i < dim; i++)
         if (!isfinite(f[i]))
-            return traj_fail(tr, "ode: the field returned a non-finite value near t = %g", tr->t);
+            return traj_fail(tr, ODE_FAIL_NONFINITE);
     if (tr->stage + 1 < tr->tab->stages)
         return set_stage_query(tr, tr->stage + 1);
     return fixed_finish_step(tr);
@@ -478,14 +505,14 @@ int vapo_traj_done(const vapo_traj *tr) { return !tr || tr->status != ST_RUNNING
 int vapo_traj_failed(const vapo_traj *tr) { return !tr || tr->status == ST_FAILED; }
 const char *vapo_traj_error(const vapo_traj *tr) { return tr ? tr->err : "no trajectory"; }
 int vapo_traj_nfe(const vapo_traj *tr) { return tr ? tr->nfe : 0; }
-double vapo_traj_time(const vapo_traj *tr) { return tr ? tr->t : 0; }
+double vapo_traj_time(const vapo_traj *tr) { return tr ? tr->c.t : 0; }
 const double *vapo_traj_state(const vapo_traj *tr) { return tr ? tr->y : NULL; }
 
 int vapo_traj_steps(const vapo_traj *tr, int *rejected)
 {
     if (rejected)
-        *rejected = tr ? tr->rejected : 0;
-    return tr ? tr->accepted : 0;
+        *rejected = tr ? tr->c.rejected : 0;
+    return tr ? tr->c.accepted : 0;
 }
 
 void vapo_traj_copy_state(const vapo_traj *tr, float *x)

@@ -151,6 +151,7 @@ static void cuda_destroy(vapo_backend *be)
     if (cb->stream)
         cudaStreamSynchronize(cb->stream);
     cuda_conv_release(cb);
+    cuda_optim_release(cb);
     cudaFree(cb->workspace);
     cudaFree(cb->layout_scratch);
     cudaFree(cb->partials);
@@ -302,6 +303,13 @@ extern "C" vapo_backend *vapo_backend_cuda(int device)
     cb->base.weightnorm_backward = cuda_weightnorm_backward;
     cb->base.nchw_to_cnhw = cuda_nchw_to_cnhw;
     cb->base.cnhw_to_nchw = cuda_cnhw_to_nchw;
+    cb->base.optim_update = cuda_optim_update;
+    cb->base.rng_normal = cuda_rng_normal;
+    cb->base.loss_perturb = cuda_loss_perturb;
+    cb->base.loss_seeds = cuda_loss_seeds;
+    cb->base.rk_combine = cuda_rk_combine;
+    cb->base.rk_norm = cuda_rk_norm;
+    cb->base.rows_copy = cuda_rows_copy;
     cb->base.destroy = cuda_destroy;
 
     if (cb->verbose) {

@@ -32,6 +32,7 @@ extern "C" {
 #define VAPO_CUDA_BLOCK 256 /* threads per block for element-wise kernels */
 
 struct conv_plan; /* conv.cu: descriptors and chosen algorithms of one shape */
+struct optim_plan; /* optim.cu: the chunk table of one parameter layout */
 
 /* Which activation layout cuDNN sees for 3x3 convolutions. */
 enum { CONV_LAYOUT_AUTO = 0, CONV_LAYOUT_CNHW = 1, CONV_LAYOUT_NCHW = 2 };
@@ -60,6 +61,7 @@ typedef struct {
 
     struct conv_plan **plans; /* one per convolution shape seen */
     int nplans, cap_plans;
+    struct optim_plan *optim; /* of the last offsets table optim_update saw */
 } cuda_backend;
 
 /* Records `what` failed with `why`; the first failure is also printed on
@@ -162,11 +164,32 @@ void cuda_weightnorm_forward(vapo_backend *be, int rows, int len, float *w, cons
 void cuda_weightnorm_backward(vapo_backend *be, int rows, int len, float *dv, float *dg, const float *dw,
                               const float *v, const float *g);
 
+/* loss.cu: noise and the VAPO loss */
+void cuda_rng_normal(vapo_backend *be, uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out);
+void cuda_loss_perturb(vapo_backend *be, int batch, int d, const vapo_path_coef *coef, const float *xbar,
+                       const float *z, float *x, float *v, double *zx);
+void cuda_loss_seeds(vapo_backend *be, int batch, int d, double scale, double lambda, const vapo_path_coef *coef,
+                     const double *zx, const float *phi, const float *grad, const float *v, float *u, float *phi_bar,
+                     double *terms);
+
+/* ode.cu: Runge-Kutta sampling */
+void cuda_rk_combine(vapo_backend *be, int rows, int d, const double *h, int nk, const double *c,
+                     const float *const *k, const float *y, float *out);
+void cuda_rk_norm(vapo_backend *be, int rows, int d, const double *h, int nk, const double *c,
+                  const float *const *k, const float *y, const float *y_new, double atol, double rtol, double *norm);
+void cuda_rows_copy(vapo_backend *be, int rows, int d, float *dst, const int *dst_rows, const float *src,
+                    const int *src_rows);
+
 /* layout.cu */
 void cuda_nchw_to_cnhw(vapo_backend *be, int batch, int c, int hw, float *dst, const float *src);
 void cuda_cnhw_to_nchw(vapo_backend *be, int batch, int c, int hw, float *dst, const float *src);
 /* dst[i1, i2, :] (=|+=) src[i2, i1, :] for a d2 x d1 x hw source: the two
  * transposes above, and the accumulating one the conv fallback needs. */
 void cuda_swap_leading(cuda_backend *cb, int d1, int d2, int hw, float *dst, const float *src, int accumulate);
+
+/* optim.cu */
+void cuda_optim_update(vapo_backend *be, const vapo_optim_hyper *h, int ntensors, const size_t *offsets, size_t n,
+                       float *params, float *grad, float *m, float *v, float *ema, float *scratch, double *gnorm);
+void cuda_optim_release(cuda_backend *cb); /* frees the chunk table */
 
 #endif

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "vapo/backend.h"
+#include "vapo/elementwise.h"
 #include "vapo/error.h"
 #include "vapo/rng.h"
 #ifdef VAPO_HAVE_CUDA
@@ -50,7 +51,7 @@
 #define TOL_GEMM 1e-8
 
 #define MAX_IN 6
-#define MAX_OUT 2
+#define MAX_OUT 5 /* optim_update: params, grad, m, v, ema */
 
 typedef struct op_case op_case;
 /* runs the op on backend memory; returns the scalar result of dot, else 0 */
@@ -1074,6 +1075,120 @@ static void rng_cases(void)
 #endif
 }
 
+/* ---- the optimizer update -------------------------------------------------------- */
+
+/* Parameter layouts (tensor sizes): odd lengths, one of length 1, several
+ * chunks of the CUDA kernels, more than one thread's share on the CPU; and a
+ * second, tiny one, so the CUDA backend must notice a new offsets table. */
+static const size_t optim_sizes[2][5] = {{37, 1, 64, 5000, 70001}, {1, 2}};
+static const int optim_ntensors[2] = {5, 2};
+enum { OPTIM_ZERO_W = 2, OPTIM_ZERO_G = 3 }; /* layout 0: weights 0; gradient and first moment 0 */
+
+static void optim_offsets(int layout, size_t *off)
+{
+    off[0] = 0;
+    for (int t = 0; t < optim_ntensors[layout]; t++)
+        off[t + 1] = off[t] + optim_sizes[layout][t];
+}
+
+/* c->rows: layout, c->c: 1 Lamb / 0 Adam, c->alpha: clip; Adam at step 3 */
+static vapo_optim_hyper optim_hyper(const op_case *c)
+{
+    vapo_optim_hyper h = {.lamb = c->c, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                          .bc1 = 1.0f, .bc2 = 1.0f, .clip = c->alpha, .ema_decay = 0.9f};
+    if (!h.lamb)
+        h.bc1 = (float)(1 - pow(0.9, 4)), h.bc2 = (float)(1 - pow(0.999, 4));
+    return h;
+}
+
+static double sumsq_double(const float *x, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return s;
+}
+
+/* backend.h's contract, tensor by tensor (Adam's step is the same per tensor) */
+static double naive_optim_update(const op_case *c, float *const *ref)
+{
+    const vapo_optim_hyper h = optim_hyper(c);
+    float *w = ref[0], *g = ref[1], *m = ref[2], *v = ref[3], *ema = ref[4], *dir = xmalloc(sizeof(float) * c->n);
+    size_t off[8];
+    optim_offsets((int)c->rows, off);
+    const double gnorm = sqrt(sumsq_double(g, c->n));
+    if (h.clip > 0 && gnorm > h.clip)
+        for (size_t i = 0; i < c->n; i++)
+            g[i] *= (float)(h.clip / gnorm);
+    for (int t = 0; t < optim_ntensors[c->rows]; t++) {
+        const size_t a = off[t], len = off[t + 1] - a;
+        for (size_t i = a; i < a + len; i++)
+            dir[i] = vapo_adam_direction(g[i], &m[i], &v[i], h.beta1, h.beta2, h.eps, h.bc1, h.bc2);
+        double trust = 1.0;
+        const double wn = fmin(sqrt(sumsq_double(w + a, len)), 10.0), dn = sqrt(sumsq_double(dir + a, len));
+        if (h.lamb && wn != 0.0 && dn != 0.0)
+            trust = wn / dn;
+        for (size_t i = a; i < a + len; i++) {
+            w[i] -= (float)(h.lr * trust * dir[i]);
+            ema[i] = vapo_ema(ema[i], w[i], h.ema_decay);
+        }
+    }
+    free(dir);
+    return gnorm;
+}
+
+static double run_optim_update(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    (void)in;
+    const vapo_optim_hyper h = optim_hyper(c);
+    size_t off[8];
+    optim_offsets((int)c->rows, off);
+    float *scratch = be->alloc(be, sizeof(float) * c->n);
+    double *gnorm = be->alloc(be, sizeof(double)), result = NAN;
+    if (scratch && gnorm) {
+        be->optim_update(be, &h, optim_ntensors[c->rows], off, c->n, out[0], out[1], out[2], out[3], out[4],
+                         scratch, gnorm);
+        be->download(be, &result, gnorm, sizeof result);
+    }
+    be->free(be, scratch);
+    be->free(be, gnorm);
+    return result;
+}
+
+static void optim_case(int layout, int lamb, float clip)
+{
+    op_case c = new_case("optim_update", TOL_ELEM, run_optim_update, naive_optim_update);
+    size_t off[8];
+    optim_offsets(layout, off);
+    const size_t n = off[optim_ntensors[layout]];
+    c.rows = (size_t)layout, c.c = lamb, c.alpha = clip, c.n = n, c.has_scalar = 1;
+    snprintf(c.shape, sizeof c.shape, "%s clip=%g tensors=%d n=%zu", lamb ? "lamb" : "adam", clip,
+             optim_ntensors[layout], n);
+    float *w = randn(n, 0.1f), *g = randn(n, 1.0f), *m = randn(n, 0.1f), *v = randn(n, 0.1f);
+    for (size_t i = 0; i < n; i++)
+        v[i] *= v[i]; /* a second moment is >= 0 */
+    if (layout == 0) {
+        memset(w + off[OPTIM_ZERO_W], 0, sizeof(float) * optim_sizes[0][OPTIM_ZERO_W]); /* |w| = 0: trust 1 */
+        memset(g + off[OPTIM_ZERO_G], 0, sizeof(float) * optim_sizes[0][OPTIM_ZERO_G]); /* |dir| = 0: trust 1 */
+        memset(m + off[OPTIM_ZERO_G], 0, sizeof(float) * optim_sizes[0][OPTIM_ZERO_G]);
+    }
+    add_out(&c, "params", w, n);
+    add_out(&c, "grad", g, n);
+    add_out(&c, "m", m, n);
+    add_out(&c, "v", v, n);
+    add_out(&c, "ema", randn(n, 0.1f), n);
+    run_case(&c);
+}
+
+static void optim_cases(void)
+{
+    for (int layout = 0; layout < 2; layout++)
+        for (int lamb = 1; lamb >= 0; lamb--) {
+            optim_case(layout, lamb, 0.0f);
+            optim_case(layout, lamb, 1.0f); /* |grad| is ~270 (layout 0) and ~1.7: clipped */
+        }
+}
+
 /* ---- main ------------------------------------------------------------------------- */
 
 static void open_cuda(void)
@@ -1130,6 +1245,7 @@ int main(void)
     weightnorm_cases();
     layout_cases();
     rng_cases();
+    optim_cases();
 
     printf("%d checks, %d failed%s\n", checks, failures, cuda ? "" : " (CPU only: no CUDA device)");
     if (cuda_nchw)

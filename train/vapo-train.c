@@ -33,8 +33,8 @@ typedef struct {
     vapo_model *ema;    /* EMA weights, for grids, calibration and checkpoints */
     optim_state opt;
     vapo_loss_work *work;
-    float *params, *grad, *batch; /* host */
-    float *dev_grad;
+    float *batch; /* host */
+    float *grad;  /* backend memory, like the weights and the optimizer state */
     long step; /* steps done */
     FILE *log;
 } run;
@@ -55,7 +55,15 @@ static void out_path(const run *r, char *buf, size_t size, const char *name)
 
 static void sync_ema(run *r)
 {
-    r->be->upload(r->be, vapo_net_params(r->ema->net), r->opt.ema, sizeof(float) * r->opt.n);
+    r->be->copy(r->be, vapo_net_params(r->ema->net), r->opt.ema, sizeof(float) * r->opt.n);
+}
+
+/* The trainer's state saved beside the EMA weights: names and backend buffers. */
+enum { NSTATE = 3 };
+static const char *const state_names[NSTATE] = {"train/params", "train/m", "train/v"};
+static void state_buffers(run *r, float *dev[NSTATE])
+{
+    dev[0] = vapo_net_params(r->net), dev[1] = r->opt.m, dev[2] = r->opt.v;
 }
 
 static int save_checkpoint(run *r, const char *path)
@@ -63,13 +71,20 @@ static int save_checkpoint(run *r, const char *path)
     sync_ema(r);
     json_t *train = json_pack("{s:I, s:o}", "step", (json_int_t)r->step, "options", train_options_to_json(&r->o));
     json_object_set_new(r->ema->meta, "train", train);
-    const int64_t n = (int64_t)r->opt.n;
-    vapo_tensor_ref extra[3] = {
-        {.name = "train/params", .dtype = VAPO_DT_F32, .ndim = 1, .shape = {n}, .data = r->params},
-        {.name = "train/m", .dtype = VAPO_DT_F32, .ndim = 1, .shape = {n}, .data = r->opt.m},
-        {.name = "train/v", .dtype = VAPO_DT_F32, .ndim = 1, .shape = {n}, .data = r->opt.v},
-    };
-    return vapo_model_save(path, r->ema, extra, 3);
+    const size_t n = r->opt.n;
+    float *host = malloc(sizeof(float) * NSTATE * n), *dev[NSTATE]; /* read back only to be written */
+    if (!host)
+        return vapo_fail("out of memory saving %s", path);
+    state_buffers(r, dev);
+    vapo_tensor_ref extra[NSTATE];
+    for (int i = 0; i < NSTATE; i++) {
+        r->be->download(r->be, host + i * n, dev[i], sizeof(float) * n);
+        extra[i] = (vapo_tensor_ref){
+            .name = state_names[i], .dtype = VAPO_DT_F32, .ndim = 1, .shape = {(int64_t)n}, .data = host + i * n};
+    }
+    int rc = vapo_model_save(path, r->ema, extra, NSTATE);
+    free(host);
+    return rc;
 }
 
 /* Checkpoints ckpt-<step>.safetensors; only the last `keep` stay. */
@@ -116,26 +131,37 @@ static int load_resume(run *r, const char *path, int argc, char **argv)
     return rc < 0 ? -1 : 0;
 }
 
+/* The EMA weights, saved under the network's parameter names, into host. */
+static int read_ema(run *r, const vapo_ckpt *ck, float *host)
+{
+    const vapo_param *list;
+    int count = vapo_net_params_list(r->net, &list), rc = 0;
+    for (int i = 0; !rc && i < count; i++) {
+        int64_t shape[4];
+        for (int k = 0; k < list[i].ndim; k++)
+            shape[k] = list[i].shape[k];
+        rc = vapo_ckpt_read_f32(ck, list[i].name, list[i].ndim, shape, host + list[i].offset);
+    }
+    return rc;
+}
+
 static int load_resume_tensors(run *r, const char *path)
 {
     vapo_ckpt *ck = vapo_ckpt_load(path);
     if (!ck)
         return -1;
-    int rc = read_state(ck, "train/params", r->opt.n, r->params) || read_state(ck, "train/m", r->opt.n, r->opt.m) ||
-             read_state(ck, "train/v", r->opt.n, r->opt.v);
-    const vapo_param *list;
-    int count = vapo_net_params_list(r->net, &list);
-    for (int i = 0; !rc && i < count; i++) {
-        int64_t shape[4];
-        for (int k = 0; k < list[i].ndim; k++)
-            shape[k] = list[i].shape[k];
-        rc = vapo_ckpt_read_f32(ck, list[i].name, list[i].ndim, shape, r->opt.ema + list[i].offset);
-    }
+    const size_t bytes = sizeof(float) * r->opt.n;
+    float *host = malloc(bytes), *dev[NSTATE];
+    int rc = host ? 0 : vapo_fail("out of memory");
+    state_buffers(r, dev);
+    for (int i = 0; !rc && i < NSTATE; i++)
+        if (!(rc = read_state(ck, state_names[i], r->opt.n, host)))
+            r->be->upload(r->be, dev[i], host, bytes);
+    if (!rc && !(rc = read_ema(r, ck, host)))
+        r->be->upload(r->be, r->opt.ema, host, bytes);
+    free(host);
     vapo_ckpt_free(ck);
-    if (rc)
-        return vapo_fail("%s: %s", path, vapo_last_error());
-    r->be->upload(r->be, vapo_net_params(r->net), r->params, sizeof(float) * r->opt.n);
-    return 0;
+    return rc ? vapo_fail("%s: %s", path, vapo_last_error()) : 0;
 }
 
 /* ---- sample grids and calibration --------------------------------------------------- */
@@ -241,13 +267,11 @@ static int train_step(run *r, vapo_loss_terms *terms, double *gnorm)
 {
     if (vapo_loader_batch(r->loader, (uint64_t)r->step, r->batch, NULL))
         return -1;
-    r->be->zero(r->be, r->dev_grad, sizeof(float) * r->opt.n);
-    if (vapo_loss_step(r->net, r->work, &r->o.loss, r->batch, (uint64_t)r->o.seed, (uint64_t)r->step, r->dev_grad,
+    r->be->zero(r->be, r->grad, sizeof(float) * r->opt.n);
+    if (vapo_loss_step(r->net, r->work, &r->o.loss, r->batch, (uint64_t)r->o.seed, (uint64_t)r->step, r->grad,
                        terms))
         return -1;
-    r->be->download(r->be, r->grad, r->dev_grad, sizeof(float) * r->opt.n);
-    *gnorm = optim_step(&r->opt, r->params, r->grad, r->step);
-    r->be->upload(r->be, vapo_net_params(r->net), r->params, sizeof(float) * r->opt.n);
+    *gnorm = optim_step(&r->opt, vapo_net_params(r->net), r->grad, r->step);
     r->step++;
     return 0;
 }
@@ -366,17 +390,14 @@ static int setup(run *r, int argc, char **argv)
     r->ema->meta = json_object();
     snprintf(r->ema->dataset, sizeof r->ema->dataset, "%s", r->o.data);
     const size_t np = vapo_net_param_count(r->net);
-    r->params = malloc(sizeof(float) * np);
-    r->grad = malloc(sizeof(float) * np);
     r->batch = malloc(sizeof(float) * r->o.batch * vapo_net_input_size(r->net));
-    r->dev_grad = r->be->alloc(r->be, sizeof(float) * np);
+    r->grad = r->be->alloc(r->be, sizeof(float) * np);
     r->work = vapo_loss_work_create(r->net, r->o.batch);
-    if (!r->params || !r->grad || !r->batch || !r->dev_grad || !r->work)
+    if (!r->batch || !r->grad || !r->work)
         return vapo_fail("out of memory");
     if (!resume && init_scale(r))
         return -1;
-    r->be->download(r->be, r->params, vapo_net_params(r->net), sizeof(float) * np);
-    if (optim_init(&r->opt, &r->o.opt, r->net, r->params))
+    if (optim_init(&r->opt, &r->o.opt, r->net, vapo_net_params(r->net)))
         return -1;
     if (resume && load_resume_tensors(r, resume))
         return -1;
@@ -399,9 +420,9 @@ static void teardown(run *r)
         fclose(r->log);
     optim_free(&r->opt);
     vapo_loss_work_free(r->work);
-    if (r->dev_grad)
-        r->be->free(r->be, r->dev_grad);
-    free(r->params), free(r->grad), free(r->batch);
+    if (r->grad)
+        r->be->free(r->be, r->grad);
+    free(r->batch);
     vapo_model_free(r->ema);
     vapo_net_free(r->net);
     vapo_loader_free(r->loader);

@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vapo/elementwise.h"
 #include "vapo/error.h"
 
 int optim_kind_parse(const char *name, optim_kind *out)
@@ -24,23 +23,37 @@ int optim_init(optim_state *s, const optim_config *cfg, const vapo_net *net, con
 {
     memset(s, 0, sizeof *s);
     s->cfg = *cfg;
-    s->ntensors = vapo_net_params_list(net, &s->tensors);
+    s->be = vapo_net_backend(net);
+    const vapo_param *list;
+    s->ntensors = vapo_net_params_list(net, &list);
     s->n = vapo_net_param_count(net);
-    s->m = calloc(s->n, sizeof(float));
-    s->v = calloc(s->n, sizeof(float));
-    s->ema = malloc(sizeof(float) * s->n);
-    if (!s->m || !s->v || !s->ema) {
+    s->offsets = malloc(sizeof(size_t) * (s->ntensors + 1));
+    if (s->offsets) {
+        for (int t = 0; t < s->ntensors; t++)
+            s->offsets[t] = list[t].offset;
+        s->offsets[s->ntensors] = s->n;
+    }
+    vapo_backend *be = s->be;
+    const size_t bytes = sizeof(float) * s->n;
+    s->m = be->alloc(be, bytes), s->v = be->alloc(be, bytes); /* zeroed */
+    s->ema = be->alloc(be, bytes), s->scratch = be->alloc(be, bytes);
+    s->gnorm = be->alloc(be, sizeof(double));
+    if (!s->offsets || !s->m || !s->v || !s->ema || !s->scratch || !s->gnorm) {
         optim_free(s);
         return vapo_fail("out of memory for the optimizer state");
     }
-    memcpy(s->ema, params, sizeof(float) * s->n);
+    be->copy(be, s->ema, params, bytes);
     return 0;
 }
 
 void optim_free(optim_state *s)
 {
-    free(s->m), free(s->v), free(s->ema);
-    s->m = s->v = s->ema = NULL;
+    if (s->be) { /* backends' free takes NULL */
+        s->be->free(s->be, s->m), s->be->free(s->be, s->v), s->be->free(s->be, s->ema);
+        s->be->free(s->be, s->scratch), s->be->free(s->be, s->gnorm);
+    }
+    free(s->offsets);
+    s->offsets = NULL, s->m = s->v = s->ema = s->scratch = NULL, s->gnorm = NULL;
 }
 
 double optim_lr(const optim_config *c, long step)
@@ -54,49 +67,24 @@ double optim_lr(const optim_config *c, long step)
     return c->lr;
 }
 
-static double norm2(const float *x, size_t n)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * x[i];
-    return sqrt(s);
-}
-
-/* Lamb on one tensor: Adam direction without bias correction, scaled by the
- * trust ratio |w| / |direction| with |w| clamped to [0, 10]. */
-static void lamb_tensor(optim_state *s, float *w, const float *g, size_t off, size_t n, double lr, float *dir)
-{
-    const optim_config *c = &s->cfg;
-    for (size_t i = 0; i < n; i++)
-        dir[i] = vapo_adam_direction(g[i], &s->m[off + i], &s->v[off + i], (float)c->beta1, (float)c->beta2,
-                                     (float)c->eps, 1.0f, 1.0f);
-    double wn = fmin(norm2(w, n), 10.0), an = norm2(dir, n);
-    double trust = (wn == 0 || an == 0) ? 1.0 : wn / an;
-    for (size_t i = 0; i < n; i++)
-        w[i] -= (float)(lr * trust * dir[i]);
-}
-
 double optim_step(optim_state *s, float *params, float *grad, long step)
 {
     const optim_config *c = &s->cfg;
-    const double gnorm = norm2(grad, s->n);
-    if (c->clip > 0 && gnorm > c->clip)
-        for (size_t i = 0; i < s->n; i++)
-            grad[i] *= (float)(c->clip / gnorm);
-    const double lr = optim_lr(c, step);
-    if (c->kind == OPTIM_ADAM) {
-        const float bc1 = (float)(1 - pow(c->beta1, step + 1)), bc2 = (float)(1 - pow(c->beta2, step + 1));
-        for (size_t i = 0; i < s->n; i++)
-            params[i] -= (float)lr * vapo_adam_direction(grad[i], &s->m[i], &s->v[i], (float)c->beta1,
-                                                         (float)c->beta2, (float)c->eps, bc1, bc2);
-    } else {
-        float *dir = grad; /* reuse: each tensor reads its gradient before writing its direction */
-        for (int t = 0; t < s->ntensors; t++)
-            lamb_tensor(s, params + s->tensors[t].offset, grad + s->tensors[t].offset, s->tensors[t].offset,
-                        s->tensors[t].count, lr, dir + s->tensors[t].offset);
-    }
-    const float decay = (float)fmin(c->ema_decay, (1.0 + step) / (10.0 + step));
-    for (size_t i = 0; i < s->n; i++)
-        s->ema[i] = vapo_ema(s->ema[i], params[i], decay);
+    const int adam = c->kind == OPTIM_ADAM;
+    vapo_optim_hyper h = {
+        .lamb = !adam,
+        .lr = (float)optim_lr(c, step),
+        .beta1 = (float)c->beta1,
+        .beta2 = (float)c->beta2,
+        .eps = (float)c->eps,
+        .bc1 = adam ? (float)(1 - pow(c->beta1, step + 1)) : 1.0f,
+        .bc2 = adam ? (float)(1 - pow(c->beta2, step + 1)) : 1.0f,
+        .clip = (float)c->clip,
+        .ema_decay = (float)fmin(c->ema_decay, (1.0 + step) / (10.0 + step)),
+    };
+    vapo_backend *be = s->be;
+    be->optim_update(be, &h, s->ntensors, s->offsets, s->n, params, grad, s->m, s->v, s->ema, s->scratch, s->gnorm);
+    double gnorm;
+    be->download(be, &gnorm, s->gnorm, sizeof gnorm); /* the step's one read-back */
     return gnorm;
 }

@@ -1,7 +1,9 @@
 /* Optimisers for the trainer: Lamb (cybertronai-style, as the paper uses) and
  * Adam, with linear warm-up, global-norm gradient clipping and an EMA of the
- * weights. They work on host copies of the flat parameter buffer; per-tensor
- * quantities (Lamb's trust ratio) use the network's parameter table. */
+ * weights. The update runs on the network's backend (optim_update), over the
+ * flat parameter buffer in backend memory; per-tensor quantities (Lamb's
+ * trust ratio) use the network's parameter table. A step reads back one
+ * double, the gradient norm. */
 #ifndef VAPO_TRAIN_OPTIM_H
 #define VAPO_TRAIN_OPTIM_H
 
@@ -22,20 +24,23 @@ typedef struct {
 
 typedef struct {
     optim_config cfg;
-    const vapo_param *tensors;
+    vapo_backend *be;
     int ntensors;
     size_t n;
-    float *m, *v, *ema; /* host, n floats each */
+    size_t *offsets;              /* host, ntensors + 1: tensor t is [offsets[t], offsets[t + 1]) */
+    float *m, *v, *ema, *scratch; /* backend memory, n floats each */
+    double *gnorm;                /* backend memory, one double */
 } optim_state;
 
 int optim_kind_parse(const char *name, optim_kind *out);
 const char *optim_kind_name(optim_kind k);
 
+/* Zero moments; the EMA starts at params (backend memory, the network's). */
 int optim_init(optim_state *s, const optim_config *cfg, const vapo_net *net, const float *params);
 void optim_free(optim_state *s);
 
-/* One update of params (host) from grad (host, modified by clipping) at step
- * `step` (0-based); returns the gradient norm before clipping. */
+/* One update of params from grad (both backend memory; grad is clipped in
+ * place) at step `step` (0-based); returns the gradient norm before clipping. */
 double optim_step(optim_state *s, float *params, float *grad, long step);
 
 /* The learning rate used at `step`. */

@@ -42,7 +42,7 @@ static const opt_def defs[] = {
     {"sharpness", T_DBL, O(loss.eps), "epsilon of the log-uniform time law (nu^2/omega^2 is geometric)"},
     {"lambda", T_DBL, O(loss.lambda), "spectral-gap (L2) weight"},
     {"innovation-weight", T_STR, O(weighting), "jacobian (tau'/2, default) or constant (1/2)"},
-    {"control-variate", T_INT, O(loss.control_variate), "1: subtract w gc Phi(m xbar) in the gradient (unbiased, less noise; 2x cost)"},
+    {"estimator", T_STR, O(estimator), "pathwise (-grad Phi . dx/dt: same expectation, far less noise) or score (section 3.6 verbatim)"},
     {"save-every", T_LONG, O(save_every), "checkpoint every N steps"},
     {"keep", T_INT, O(keep), "keep the last N step checkpoints"},
     {"sample-every", T_LONG, O(sample_every), "sample grid (EMA weights) every N steps (0: only at the end)"},
@@ -64,7 +64,7 @@ void train_options_default(train_options *o)
     o->opt = (optim_config){.kind = OPTIM_LAMB, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .warmup = 500,
                             .clip = 1.0, .ema_decay = 0.999};
     o->loss = vapo_loss_config_default();
-    o->loss.control_variate = 1;
+    o->estimator = "pathwise";
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 
@@ -178,7 +178,8 @@ static int finish(train_options *o)
     if (strcmp(o->lr_schedule, "constant") && strcmp(o->lr_schedule, "cosine"))
         return vapo_fail("unknown --lr-schedule '%s' (expected constant or cosine)", o->lr_schedule);
     o->opt.decay_steps = strcmp(o->lr_schedule, "cosine") ? 0 : o->steps;
-    if (optim_kind_parse(o->optimizer, &o->opt.kind) || vapo_innovation_weight_parse(o->weighting, &o->loss.weighting))
+    if (optim_kind_parse(o->optimizer, &o->opt.kind) || vapo_innovation_weight_parse(o->weighting, &o->loss.weighting) ||
+        vapo_estimator_parse(o->estimator, &o->loss.estimator))
         return -1;
     if (o->steps < 1 || o->batch < 1 || o->batch > 65536)
         return vapo_fail("--steps must be >= 1 and --batch in 1..65536");

@@ -15,7 +15,7 @@ typedef struct {
     int batch, keep, threads, grid, calib;
     optim_config opt;
     vapo_loss_config loss;
-    const char *optimizer, *weighting, *lr_schedule; /* parsed into opt.kind, loss.weighting, opt.decay_steps */
+    const char *optimizer, *weighting, *estimator, *lr_schedule; /* parsed into opt.kind, loss.*, opt.decay_steps */
     double sample_tol, t_end;
     char *owned[64]; /* option strings copied from JSON, freed by train_options_free */
     int nowned;

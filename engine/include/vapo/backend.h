@@ -22,6 +22,48 @@ typedef struct {
     int batch, h, w; /* N = batch * h * w columns */
 } vapo_conv_shape;
 
+/* Per-sample coefficients of the Gaussian homotopy at the sample's time
+ * (vapo_path_coef_at in loss.c): x = m xbar + sigma z, path velocity
+ * v = vm xbar + vs z, weighted innovation w gc = wz (|z|^2 - d) + wx xbar.z. */
+typedef struct {
+    float m, sigma, vm, vs;
+    double wz, wx;
+} vapo_path_coef;
+
+VAPO_HD double vapo_path_wgc(const vapo_path_coef *c, const double *zx, int d)
+{
+    return c->wz * (zx[0] - d) + c->wx * zx[1];
+}
+
+/* a x + b z for one element of the path (x) or of its velocity (v) */
+VAPO_HD float vapo_path_point(float a, float b, float x, float z) { return fmaf(a, x, b * z); }
+
+enum { VAPO_ROW_TERMS = 6 }; /* per-row loss terms written by loss_seeds */
+
+/* The seeds of loss_seeds for one element (u) and one row (phi_bar), and the row's terms. */
+VAPO_HD float vapo_loss_u(double scale, float g, float v) { return (float)(scale * (g - v)); }
+VAPO_HD float vapo_loss_phi_bar(double scale, double lambda, double wgc, float phi)
+{
+    return (float)(scale * (wgc + 2.0 * lambda * phi));
+}
+VAPO_HD void vapo_loss_row_terms(double scale, double lambda, double gg, double cov, double wgc, float phi,
+                                 double *out)
+{
+    out[0] = scale * 0.5 * gg, out[1] = scale * cov, out[2] = scale * lambda * phi * phi;
+    out[3] = sqrt(gg), out[4] = scale * wgc, out[5] = phi;
+}
+
+/* Hyper-parameters of one optimizer update (optim_update). */
+typedef struct {
+    int lamb;           /* 1: Lamb, 0: Adam */
+    float lr, beta1, beta2, eps;
+    float bc1, bc2;     /* Adam's bias corrections 1 - beta^(t+1); 1 for Lamb */
+    float clip;         /* global gradient-norm clip; 0 = off */
+    float ema_decay;
+} vapo_optim_hyper;
+
+enum { VAPO_RK_MAX_TERMS = 7 }; /* stages in one rk_combine/rk_norm: Dormand-Prince's 6 + FSAL */
+
 typedef struct vapo_backend vapo_backend;
 struct vapo_backend {
     const char *name; /* "cpu" or "cuda" */
@@ -88,6 +130,52 @@ struct vapo_backend {
     /* NCHW <-> CNHW transposes of a batch x c x hw tensor. */
     void (*nchw_to_cnhw)(vapo_backend *be, int batch, int c, int hw, float *dst, const float *src);
     void (*cnhw_to_nchw)(vapo_backend *be, int batch, int c, int hw, float *dst, const float *src);
+
+    /* ---- training and sampling ops: whole steps stay in backend memory ---------- */
+
+    /* standard normals for elements first .. first+n-1 of (seed, stream): vapo_rng_normal's numbers */
+    void (*rng_normal)(vapo_backend *be, uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out);
+
+    /* The VAPO loss (loss.c), B rows of d (row-major, NCHW), coef: B rows.
+     * perturb: x = m xbar + sigma z; v = vm xbar + vs z (skipped when v is NULL);
+     *          zx[2i] = |z_i|^2, zx[2i+1] = xbar_i . z_i (double).
+     * seeds:   with g = grad row i, phi = phi[i], wgc = vapo_path_wgc(coef_i, zx_i, d):
+     *          v != NULL (pathwise): u = scale (g - v), phi_bar = scale 2 lambda phi, cov = -g.v
+     *          v == NULL (score):    u = scale g,       phi_bar = scale (wgc + 2 lambda phi), cov = wgc phi
+     *          terms[VAPO_ROW_TERMS i + ...] = scale 0.5|g|^2, scale cov, scale lambda phi^2, |g|,
+     *          scale wgc, phi (double; vapo_loss_terms_sum adds them up). */
+    void (*loss_perturb)(vapo_backend *be, int batch, int d, const vapo_path_coef *coef, const float *xbar,
+                         const float *z, float *x, float *v, double *zx);
+    void (*loss_seeds)(vapo_backend *be, int batch, int d, double scale, double lambda, const vapo_path_coef *coef,
+                       const double *zx, const float *phi, const float *grad, const float *v, float *u,
+                       float *phi_bar, double *terms);
+
+    /* One optimizer update of the flat parameter buffer (n floats, tensors at
+     * host offsets[0..ntensors], offsets[ntensors] = n): gnorm (backend, one
+     * double) = |grad| before clipping; grad is clipped in place by
+     * min(1, clip / |grad|) (clip > 0); then Lamb (per-tensor trust ratio
+     * |w| / |adam direction|, |w| clamped to [0, 10], no bias correction) or
+     * Adam (bias corrections bc1, bc2); then ema = vapo_ema(ema, params, ema_decay).
+     * scratch: n floats. Per-element arithmetic: vapo_adam_direction, vapo_ema. */
+    void (*optim_update)(vapo_backend *be, const vapo_optim_hyper *h, int ntensors, const size_t *offsets,
+                         size_t n, float *params, float *grad, float *m, float *v, float *ema, float *scratch,
+                         double *gnorm);
+
+    /* Runge-Kutta sampling on backend memory (ode_batch.c): `rows` trajectories
+     * of d floats, row-major. c and k are host arrays of nk <= VAPO_RK_MAX_TERMS
+     * weights and backend pointers; h (backend, per row) may be NULL for 1.
+     *   combine: out[r,:] = y[r,:] + h[r] * sum_j c[j] k[j][r,:]   (vapo_rk_sum, in double)
+     *   norm:    norm[r] = RMS_i of h[r] sum_j c[j] k[j][r,i] scaled by vapo_rk_scaled with
+     *            y and y_new (NULL: y), SciPy's error norm (backend doubles)
+     *   copy:    dst[dst_rows[r],:] = src[src_rows[r],:] for r < rows (NULL index: r);
+     *            a gather or a scatter of whole rows; src and dst must not overlap. */
+    void (*rk_combine)(vapo_backend *be, int rows, int d, const double *h, int nk, const double *c,
+                       const float *const *k, const float *y, float *out);
+    void (*rk_norm)(vapo_backend *be, int rows, int d, const double *h, int nk, const double *c,
+                    const float *const *k, const float *y, const float *y_new, double atol, double rtol,
+                    double *norm);
+    void (*rows_copy)(vapo_backend *be, int rows, int d, float *dst, const int *dst_rows, const float *src,
+                      const int *src_rows);
 
     void (*destroy)(vapo_backend *be);
 };

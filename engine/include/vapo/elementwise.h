@@ -5,6 +5,7 @@
 #define VAPO_ELEMENTWISE_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __CUDACC__
@@ -143,6 +144,28 @@ VAPO_HD void vapo_normal4(uint64_t seed, uint64_t stream, uint64_t block, float 
         out[2 * p + 1] = rad * sinf(ang);
     }
 }
+
+/* ---- Runge-Kutta sampling (engine/ode.c, engine/ode_batch.c) ------------- */
+
+/* sum_j c[j] k[j][i] in double. Zero weights are kept, as in SciPy's dot, so
+ * a non-finite stage poisons the sum whatever its weight. */
+VAPO_HD double vapo_rk_sum(int nk, const double *c, const float *const *k, size_t i)
+{
+    double acc = 0.0;
+    for (int j = 0; j < nk; j++)
+        acc += c[j] * k[j][i];
+    return acc;
+}
+
+/* One component of SciPy's scaled RK45 error, e / (atol + max(|y|, |y_new|) rtol);
+ * select_initial_step's scale atol + |y0| rtol is y_new = y. */
+VAPO_HD double vapo_rk_scaled(double e, double y, double y_new, double atol, double rtol)
+{
+    return e / (atol + fmax(fabs(y), fabs(y_new)) * rtol);
+}
+
+/* SciPy's RMS norm from the sum of squares of n components. */
+VAPO_HD double vapo_rk_rms(double sumsq, int n) { return sqrt(sumsq / n); }
 
 /* ---- optimiser updates (one parameter element) --------------------------- */
 

@@ -60,6 +60,10 @@ json_t *vapo_model_metadata(const vapo_model *m);
 /* Field and energy on host arrays of `count` NCHW images. vapo_model_field has
  * the signature of vapo_field_fn (ctx = the model), for the ODE solvers. */
 int vapo_model_field(void *model, int count, const float *points, float *out);
+/* The same field on backend memory (vapo_field_backend_fn, for
+ * vapo_ode_solve_backend): points and out are count NCHW images on the
+ * model's backend, so nothing crosses to the host. */
+int vapo_model_field_backend(void *model, int count, const float *points, float *out);
 /* Both at once: phi (count) and grad (count x d); either may be NULL. */
 int vapo_model_energy_grad(vapo_model *m, int count, const float *x, float *phi, float *grad);
 int vapo_model_energy(vapo_model *m, int count, const float *x, float *phi);

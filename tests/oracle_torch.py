@@ -1,12 +1,19 @@
 #!/usr/bin/python3
-"""Independent autograd oracle for the energy network and the loss.
+"""Independent autograd oracle for the energy network and the VAPO loss.
 
-Reads a safetensors file written by test_oracle (parameters, the input batch x,
-and metadata: architecture, c, lambda), rebuilds the same network with
-torch.nn.functional in float64, and writes Phi, grad_x Phi, the loss
-    L = mean_b( 1/2 |grad_x Phi_b|^2 + c Phi_b + lambda Phi_b^2 )
-and dL/dtheta for every parameter (through autograd.grad(create_graph=True))
-to a second safetensors file. Uses Debian's python3-torch.
+Reads a safetensors file written by test_oracle (parameters; data xbar, noise
+z and times t of a batch; metadata: architecture and loss options),
+rebuilds the network with torch.nn.functional and the loss from
+VAPO-MATH.md's formulas, all in float64, and writes Phi, grad_x Phi at the
+perturbed points, and for both estimators the loss and dL/dtheta for every
+parameter (autograd.grad with create_graph=True) to a second safetensors
+file:
+    score     (1/Bd) sum_b 1/2|g_b|^2 + w_b gc_b (Phi_b - loo_b) + lambda Phi_b^2
+    pathwise  (1/Bd) sum_b 1/2|g_b|^2 - g_b . v_b + lambda Phi_b^2
+with g = grad_x Phi, loo_b the detached leave-one-out mean of Phi (it moves the
+reported value, not the gradient), and v_b = (2 w_b / tau'_b) dx_b/dt_b, the
+path velocity, taken by forward-mode autograd through x(t) = m xbar + sigma z.
+Uses Debian's python3-torch.
 """
 import json
 import struct
@@ -74,19 +81,53 @@ def energy(p, arch, x):
     return s @ w.t() + b  # [B, 1]
 
 
+def schedule(cfg, t):
+    """tau, tau', m, sigma and the innovation weight w of VAPO-MATH.md 2.3/3.5."""
+    eps, omega2, nu2 = cfg["eps"], cfg["omega"] ** 2, cfg["nu"] ** 2
+    l_eps = torch.log(torch.tensor((1 + eps) / eps, dtype=torch.float64))
+    tau = eps * torch.expm1(t * l_eps)
+    dtau = (tau + eps) * l_eps
+    m = tau * omega2 / (nu2 + tau * omega2)
+    sigma = (omega2 * nu2 / (nu2 + tau * omega2)).sqrt()
+    w = 0.5 * dtau if cfg["innovation_weight"] == "jacobian" else torch.full_like(t, 0.5)
+    return dtau, m, sigma, w
+
+
+def path(cfg, xbar, z, t):
+    """x(t) = m xbar + sigma z, per sample."""
+    _, m, sigma, _ = schedule(cfg, t)
+    return m.view(-1, 1, 1, 1) * xbar + sigma.view(-1, 1, 1, 1) * z
+
+
+def losses(cfg, phi, g, xbar, z, t):
+    d = xbar[0].numel()
+    dtau, m, sigma, w = schedule(cfg, t)
+    zf, xf = z.flatten(1), xbar.flatten(1)
+    gc = (sigma**2 * ((zf * zf).sum(1) - d) - 2 * (1 - m) * sigma * (xf * zf).sum(1)) / cfg["nu"] ** 2
+    _, dxdt = torch.autograd.functional.jvp(lambda tt: path(cfg, xbar, z, tt), t, torch.ones_like(t))
+    v = (2 * w / dtau).view(-1, 1, 1, 1) * dxdt
+    B, lam, dir_ = phi.shape[0], cfg["lambda"], 0.5 * g.pow(2).flatten(1).sum(1)
+    loo = ((phi.sum() - phi) / (B - 1)).detach()
+    score = (dir_ + w * gc * (phi - loo) + lam * phi**2).sum() / (B * d)
+    pathwise = (dir_ - (g * v).flatten(1).sum(1) + lam * phi**2).sum() / (B * d)
+    return {"score": score, "pathwise": pathwise}
+
+
 def main():
     tensors, meta = load(sys.argv[1])
     arch = json.loads(meta["arch"]) if isinstance(meta["arch"], str) else meta["arch"]
-    c, lam = float(meta["c"]), float(meta["lambda"])
-    x = tensors.pop("x").requires_grad_(True)
-    params = {k: t.requires_grad_(True) for k, t in tensors.items()}
+    cfg = json.loads(meta["loss"]) if isinstance(meta["loss"], str) else meta["loss"]
+    xbar, z, t = tensors.pop("xbar"), tensors.pop("z"), tensors.pop("t")
+    x = path(cfg, xbar, z, t).requires_grad_(True)
+    params = {k: p.requires_grad_(True) for k, p in tensors.items()}
     phi = energy(params, arch, x)[:, 0]
     (g,) = torch.autograd.grad(phi.sum(), x, create_graph=True)
-    loss = (0.5 * g.pow(2).flatten(1).sum(1) + c * phi + lam * phi.pow(2)).mean()
+    out = {"phi": phi, "grad_x": g}
     names = list(params)
-    grads = torch.autograd.grad(loss, [params[n] for n in names])
-    out = {"phi": phi, "grad_x": g, "loss": loss.reshape(1)}
-    out.update({"grad." + n: gr for n, gr in zip(names, grads)})
+    for est, loss in losses(cfg, phi, g, xbar, z, t).items():
+        grads = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=True)
+        out[est + ".loss"] = loss.reshape(1)
+        out.update({est + ".grad." + n: gr for n, gr in zip(names, grads)})
     save(sys.argv[2], out)
 
 

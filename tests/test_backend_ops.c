@@ -29,9 +29,6 @@
 #include "vapo/elementwise.h"
 #include "vapo/error.h"
 #include "vapo/rng.h"
-#ifdef VAPO_HAVE_CUDA
-#include "rng_cuda.h"
-#endif
 
 /* Tolerances on nmse, by what an op computes (float32 unit roundoff
  * u = 2^-24 = 6e-8; the smallest plausible bug, one wrong element among
@@ -44,14 +41,19 @@
  *  GEMM   convolutions: float32 sums of cin*k*k (backward-filter: batch*h*w)
  *         products in different orders: expect ~1e-13..1e-11. TF32 tensor
  *         cores (10-bit mantissa) would give ~1e-7, so 1e-8 also catches
- *         TF32 slipping into the "float32" path. */
+ *         TF32 slipping into the "float32" path.
+ *  DOUBLE outputs an op writes as doubles: sums of float products in double
+ *         in another order, rounding ~d 2^-53 relative at worst: nmse
+ *         ~1e-28; a float accumulator gives ~1e-14, a wrong term far more. */
 #define TOL_EXACT 0.0
 #define TOL_ELEM 1e-10
 #define TOL_SUM 1e-9
 #define TOL_GEMM 1e-8
+#define TOL_DOUBLE 1e-24
 
 #define MAX_IN 6
 #define MAX_OUT 5 /* optim_update: params, grad, m, v, ema */
+#define SEED 20240611
 
 typedef struct op_case op_case;
 /* runs the op on backend memory; returns the scalar result of dot, else 0 */
@@ -62,7 +64,7 @@ typedef double (*op_naive)(const op_case *c, float *const *ref);
 struct op_case {
     const char *op;
     char shape[96];
-    double tol;
+    double tol, tol_cuda; /* cpu~naive; cuda~cpu (new_case: the same) */
     int conv; /* also run on the forced-NCHW CUDA backend */
     /* parameters, as the op needs them */
     vapo_conv_shape cs;
@@ -70,13 +72,19 @@ struct op_case {
     size_t n, rows, len;
     int h, w, c, batch, hw;
     float alpha;
+    uint64_t seed, stream, first; /* rng_normal */
+    double scale, lambda;         /* loss_seeds */
+    double atol, rtol;            /* rk_norm */
+    int nk;                       /* rk_*: the stages, one input of nk blocks of n */
+    double rk_c[VAPO_RK_MAX_TERMS];
     /* host tensors: inputs (NULL with size 0 for an absent optional one),
-     * outputs with their initial contents */
+     * outputs with their initial contents; elements of *_size bytes (float,
+     * or double, int, vapo_path_coef; outputs only float or double) */
     int nin, nout, has_scalar;
     float *in[MAX_IN];
-    size_t in_n[MAX_IN];
+    size_t in_n[MAX_IN], in_size[MAX_IN];
     float *out0[MAX_OUT];
-    size_t out_n[MAX_OUT];
+    size_t out_n[MAX_OUT], out_size[MAX_OUT];
     const char *out_name[MAX_OUT];
     op_run run;
     op_naive naive;
@@ -102,7 +110,7 @@ static void *xmalloc(size_t bytes)
 static float *randn(size_t n, float scale)
 {
     float *p = xmalloc(sizeof(float) * n);
-    vapo_rng_normal(20240611, next_stream++, 0, n, p);
+    vapo_rng_normal(SEED, next_stream++, 0, n, p);
     for (size_t i = 0; i < n; i++)
         p[i] *= scale;
     return p;
@@ -116,26 +124,65 @@ static float *filled(size_t n, float v)
     return p;
 }
 
-static float *copy_of(const float *src, size_t n)
+/* n uniforms in [lo, hi), from a stream no other tensor uses */
+static double *uniform(size_t n, double lo, double hi)
 {
-    float *p = xmalloc(sizeof(float) * n);
-    if (n)
-        memcpy(p, src, sizeof(float) * n);
+    const uint64_t stream = next_stream++;
+    double *p = xmalloc(sizeof(double) * n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = lo + (hi - lo) * vapo_rng_uniform(SEED, stream, i);
     return p;
 }
 
-static void add_in(op_case *c, float *p, size_t n)
+static float *uniform_float(size_t n, double lo, double hi)
+{
+    double *u = uniform(n, lo, hi);
+    float *p = xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)u[i];
+    free(u);
+    return p;
+}
+
+static void *copy_of(const void *src, size_t bytes)
+{
+    void *p = xmalloc(bytes);
+    if (bytes)
+        memcpy(p, src, bytes);
+    return p;
+}
+
+/* an input of n elements of `size` bytes */
+static void add_in_of(op_case *c, void *p, size_t n, size_t size)
 {
     c->in[c->nin] = p;
+    c->in_size[c->nin] = size;
     c->in_n[c->nin++] = n;
+}
+
+static void add_in(op_case *c, float *p, size_t n) { add_in_of(c, p, n, sizeof(float)); }
+
+static void add_out_of(op_case *c, const char *name, void *init, size_t n, size_t size)
+{
+    c->out_name[c->nout] = name;
+    c->out0[c->nout] = init;
+    c->out_size[c->nout] = size;
+    c->out_n[c->nout++] = n;
 }
 
 /* init: the output's starting contents (taken over), or NULL for NaN */
 static void add_out(op_case *c, const char *name, float *init, size_t n)
 {
-    c->out_name[c->nout] = name;
-    c->out0[c->nout] = init ? init : filled(n, NAN);
-    c->out_n[c->nout++] = n;
+    add_out_of(c, name, init ? init : filled(n, NAN), n, sizeof(float));
+}
+
+/* an output of n doubles, starting as NaN */
+static void add_out_double(op_case *c, const char *name, size_t n)
+{
+    double *p = xmalloc(sizeof(double) * n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = NAN;
+    add_out_of(c, name, p, n, sizeof(double));
 }
 
 static void case_free(op_case *c)
@@ -156,16 +203,17 @@ static int exec(vapo_backend *be, const op_case *c, float **got, double *scalar)
     int ok = 1;
     for (int i = 0; i < c->nin && ok; i++)
         if (c->in_n[i]) {
-            ok = (din[i] = be->alloc(be, sizeof(float) * c->in_n[i])) != NULL;
+            ok = (din[i] = be->alloc(be, c->in_size[i] * c->in_n[i])) != NULL;
             if (ok)
-                be->upload(be, din[i], c->in[i], sizeof(float) * c->in_n[i]);
+                be->upload(be, din[i], c->in[i], c->in_size[i] * c->in_n[i]);
         }
     for (int o = 0; o < c->nout; o++) {
-        got[o] = xmalloc(sizeof(float) * (c->out_n[o] ? c->out_n[o] : 1));
-        if (ok && c->out_n[o]) {
-            ok = (dout[o] = be->alloc(be, sizeof(float) * c->out_n[o])) != NULL;
+        const size_t bytes = c->out_size[o] * c->out_n[o];
+        got[o] = xmalloc(bytes);
+        if (ok && bytes) {
+            ok = (dout[o] = be->alloc(be, bytes)) != NULL;
             if (ok)
-                be->upload(be, dout[o], c->out0[o], sizeof(float) * c->out_n[o]);
+                be->upload(be, dout[o], c->out0[o], bytes);
         }
     }
     if (ok) {
@@ -173,7 +221,7 @@ static int exec(vapo_backend *be, const op_case *c, float **got, double *scalar)
         be->sync(be);
         for (int o = 0; o < c->nout; o++)
             if (c->out_n[o])
-                be->download(be, got[o], dout[o], sizeof(float) * c->out_n[o]);
+                be->download(be, got[o], dout[o], c->out_size[o] * c->out_n[o]);
     } else {
         printf("%-13s %-26s %s: allocation failed: %s\n", be->name, c->op, c->shape, vapo_last_error());
         failures++;
@@ -185,14 +233,20 @@ static int exec(vapo_backend *be, const op_case *c, float **got, double *scalar)
     return ok;
 }
 
-static double nmse(const float *ref, const float *got, size_t n, size_t *worst)
+/* element i of an array of floats (size 4) or doubles (size 8) */
+static double elem(const float *p, size_t size, size_t i)
+{
+    return size == sizeof(double) ? ((const double *)p)[i] : p[i];
+}
+
+static double nmse(const float *ref, const float *got, size_t n, size_t size, size_t *worst)
 {
     double num = 0.0, den = 0.0, big = -1.0;
     *worst = 0;
     for (size_t i = 0; i < n; i++) {
-        const double d = (double)ref[i] - (double)got[i];
+        const double r = elem(ref, size, i), d = r - elem(got, size, i);
         num += d * d;
-        den += (double)ref[i] * ref[i];
+        den += r * r;
         if (!(fabs(d) <= big)) { /* NaN counts as worst */
             big = isnan(d) ? INFINITY : fabs(d);
             *worst = i;
@@ -209,26 +263,30 @@ static void report(const char *pair, const char *name, const char *shape, double
     failures += !ok;
 }
 
-static void compare(const char *pair, const op_case *c, float *const *ref, double ref_scalar, float *const *got,
-                    double got_scalar)
+/* tol: the case's for this pair; double outputs always at TOL_DOUBLE */
+static void compare(const char *pair, const op_case *c, double tol, float *const *ref, double ref_scalar,
+                    float *const *got, double got_scalar)
 {
     char name[64];
     for (int o = 0; o < c->nout; o++) {
         if (!c->out_n[o])
             continue; /* an absent optional output */
+        const size_t size = c->out_size[o];
+        const double t = size == sizeof(double) ? TOL_DOUBLE : tol;
+        const int digits = size == sizeof(double) ? 17 : 9;
         size_t worst;
-        const double e = nmse(ref[o], got[o], c->out_n[o], &worst);
+        const double e = nmse(ref[o], got[o], c->out_n[o], size, &worst);
         snprintf(name, sizeof name, "%s%s%s", c->op, c->nout > 1 ? "." : "", c->nout > 1 ? c->out_name[o] : "");
-        report(pair, name, c->shape, e, c->tol);
-        if (!(e <= c->tol))
-            printf("    worst element %zu of %zu: want %.9g, got %.9g\n", worst, c->out_n[o], ref[o][worst],
-                   got[o][worst]);
+        report(pair, name, c->shape, e, t);
+        if (!(e <= t))
+            printf("    worst element %zu of %zu: want %.*g, got %.*g\n", worst, c->out_n[o], digits,
+                   elem(ref[o], size, worst), digits, elem(got[o], size, worst));
     }
     if (c->has_scalar) {
         const double d = ref_scalar - got_scalar;
         const double e = ref_scalar != 0.0 ? d * d / (ref_scalar * ref_scalar) : d * d;
-        report(pair, c->op, c->shape, e, c->tol);
-        if (!(e <= c->tol))
+        report(pair, c->op, c->shape, e, tol);
+        if (!(e <= tol))
             printf("    want %.17g, got %.17g\n", ref_scalar, got_scalar);
     }
 }
@@ -245,16 +303,16 @@ static void run_case(op_case *c)
     float *ref[MAX_OUT], *want[MAX_OUT], *got[MAX_OUT];
     double ref_scalar, want_scalar = 0.0, got_scalar = 0.0;
     for (int o = 0; o < c->nout; o++)
-        ref[o] = copy_of(c->out0[o], c->out_n[o]);
+        ref[o] = copy_of(c->out0[o], c->out_size[o] * c->out_n[o]);
     ref_scalar = c->naive(c, ref);
     if (exec(cpu, c, want, &want_scalar)) {
-        compare("cpu~naive", c, ref, ref_scalar, want, want_scalar);
+        compare("cpu~naive", c, c->tol, ref, ref_scalar, want, want_scalar);
         if (cuda && exec(cuda, c, got, &got_scalar)) {
-            compare("cuda~cpu", c, want, want_scalar, got, got_scalar);
+            compare("cuda~cpu", c, c->tol_cuda, want, want_scalar, got, got_scalar);
             free_outs(c, got);
         }
         if (cuda_nchw && c->conv && exec(cuda_nchw, c, got, &got_scalar)) {
-            compare("cuda-nchw~cpu", c, want, want_scalar, got, got_scalar);
+            compare("cuda-nchw~cpu", c, c->tol_cuda, want, want_scalar, got, got_scalar);
             free_outs(c, got);
         }
     }
@@ -268,7 +326,7 @@ static op_case new_case(const char *op, double tol, op_run run, op_naive naive)
     op_case c;
     memset(&c, 0, sizeof c);
     c.op = op;
-    c.tol = tol;
+    c.tol = c.tol_cuda = tol;
     c.run = run;
     c.naive = naive;
     return c;
@@ -1035,44 +1093,174 @@ static void layout_cases(void)
     }
 }
 
-/* ---- GPU noise: vapo_cuda_rng_normal against engine/rng.c ------------------------- */
+/* ---- noise: rng_normal against engine/rng.c -------------------------------------- */
 
-#ifdef VAPO_HAVE_CUDA
+/* Drawn from the start of first's Philox block of 4 and sliced, so an
+ * unaligned first is checked against an aligned one. */
+static double naive_rng_normal(const op_case *c, float *const *ref)
+{
+    const uint64_t lead = c->first % 4;
+    float *all = xmalloc(sizeof(float) * (c->n + lead));
+    vapo_rng_normal(c->seed, c->stream, c->first - lead, c->n + lead, all);
+    memcpy(ref[0], all + lead, sizeof(float) * c->n);
+    free(all);
+    return 0.0;
+}
+
+static double run_rng_normal(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    (void)in;
+    be->rng_normal(be, c->seed, c->stream, c->first, c->n, out[0]);
+    return 0.0;
+}
+
+/* exact on the CPU; CUDA's logf/sinf/cosf may differ in the last ulp (rng_cuda.h) */
 static void rng_case(uint64_t seed, uint64_t stream, uint64_t first, size_t n)
 {
-    float *want = xmalloc(sizeof(float) * n), *got = xmalloc(sizeof(float) * n);
-    char shape[96];
-    snprintf(shape, sizeof shape, "seed=%llu stream=%llu first=%llu n=%zu", (unsigned long long)seed,
+    op_case c = new_case("rng_normal", TOL_EXACT, run_rng_normal, naive_rng_normal);
+    c.tol_cuda = TOL_ELEM;
+    c.seed = seed, c.stream = stream, c.first = first, c.n = n;
+    snprintf(c.shape, sizeof c.shape, "seed=%llu stream=%llu first=%llu n=%zu", (unsigned long long)seed,
              (unsigned long long)stream, (unsigned long long)first, n);
-    vapo_rng_normal(seed, stream, first, n, want);
-    float *d = cuda->alloc(cuda, sizeof(float) * n);
-    if (!d) {
-        printf("%-13s %-26s %s: allocation failed: %s\n", "cuda~cpu", "rng_normal", shape, vapo_last_error());
-        failures++;
-    } else {
-        vapo_cuda_rng_normal(seed, stream, first, n, d);
-        cuda->download(cuda, got, d, sizeof(float) * n); /* ordered after the default-stream kernel */
-        cuda->free(cuda, d);
-        size_t worst;
-        const double e = nmse(want, got, n, &worst);
-        report("cuda~cpu", "rng_normal", shape, e, TOL_ELEM);
-        if (!(e <= TOL_ELEM))
-            printf("    worst element %zu: want %.9g, got %.9g\n", worst, want[worst], got[worst]);
-    }
-    free(want);
-    free(got);
+    add_out(&c, "z", NULL, n);
+    run_case(&c);
 }
-#endif
 
 static void rng_cases(void)
 {
-#ifdef VAPO_HAVE_CUDA
-    if (!cuda)
-        return;
     rng_case(42, VAPO_STREAM_SAMPLE_NOISE, 0, 3072);
     rng_case(0xDEADBEEFCAFEF00Dull, VAPO_STREAM_TRAIN + 5, 3, 1001);      /* unaligned start and end */
     rng_case(7, ((uint64_t)1 << 40) + 3, ((uint64_t)1 << 33) + 1, 65537); /* high counter bits */
-#endif
+    rng_case(9, VAPO_STREAM_TRAIN + 2, 6, 1);                              /* one element, mid-block */
+    rng_case(9, VAPO_STREAM_TRAIN + 2, 8, 1);                              /* one element, a block's first */
+}
+
+/* ---- the VAPO loss: loss_perturb, loss_seeds ------------------------------------ */
+
+/* Coefficient rows in vapo_schedule_at's ranges: m, sigma in [0, 1], vm >= 0,
+ * vs <= 0, wz >= 0, wx <= 0. */
+static vapo_path_coef *random_coefs(int batch)
+{
+    double *u = uniform(6 * (size_t)batch, 0.0, 1.0);
+    vapo_path_coef *p = xmalloc(sizeof *p * batch);
+    for (int i = 0; i < batch; i++) {
+        const double *r = u + 6 * i;
+        p[i] = (vapo_path_coef){.m = (float)r[0], .sigma = (float)(0.01 + 0.99 * r[1]), .vm = (float)(4.0 * r[2]),
+                                .vs = (float)(-4.0 * r[3]), .wz = 10.0 * r[4], .wx = -10.0 * r[5]};
+    }
+    free(u);
+    return p;
+}
+
+/* zx rows as loss_perturb writes them for normal z: |z|^2 ~ d, xbar.z ~ sqrt(d) */
+static double *random_zx(int batch, int d)
+{
+    double *zx = uniform(2 * (size_t)batch, -1.0, 1.0);
+    for (int i = 0; i < batch; i++)
+        zx[2 * i] = d * (1.0 + 0.2 * zx[2 * i]), zx[2 * i + 1] *= 2.0 * sqrt(d);
+    return zx;
+}
+
+static double naive_loss_perturb(const op_case *c, float *const *ref)
+{
+    const vapo_path_coef *coef = (const vapo_path_coef *)c->in[0];
+    const float *xbar = c->in[1], *z = c->in[2];
+    double *zx = (double *)ref[2];
+    for (size_t r = 0; r < c->rows; r++) {
+        const vapo_path_coef k = coef[r];
+        double zz = 0.0, xz = 0.0;
+        for (size_t j = r * c->len; j < (r + 1) * c->len; j++) {
+            ref[0][j] = (float)((double)k.m * xbar[j] + (double)k.sigma * z[j]);
+            if (c->out_n[1])
+                ref[1][j] = (float)((double)k.vm * xbar[j] + (double)k.vs * z[j]);
+            zz += (double)z[j] * z[j];
+            xz += (double)xbar[j] * z[j];
+        }
+        zx[2 * r] = zz, zx[2 * r + 1] = xz;
+    }
+    return 0.0;
+}
+
+/* Pathwise rows (v given) have no weighted innovation: wgc = 0 (loss.c's
+ * vapo_loss_terms_sum relies on it). */
+static double naive_loss_seeds(const op_case *c, float *const *ref)
+{
+    const vapo_path_coef *coef = (const vapo_path_coef *)c->in[0];
+    const double *zx = (const double *)c->in[1];
+    const float *phi = c->in[2], *g = c->in[3], *v = c->in[4];
+    const double s = c->scale, lambda = c->lambda;
+    for (size_t r = 0; r < c->rows; r++) {
+        double gg = 0.0, gv = 0.0;
+        for (size_t j = r * c->len; j < (r + 1) * c->len; j++) {
+            const double vj = v ? v[j] : 0.0;
+            gg += (double)g[j] * g[j];
+            gv += g[j] * vj;
+            ref[0][j] = (float)(s * (g[j] - vj));
+        }
+        const double wgc = v ? 0.0 : coef[r].wz * (zx[2 * r] - (double)c->len) + coef[r].wx * zx[2 * r + 1];
+        const double cov = v ? -gv : wgc * phi[r];
+        double *t = (double *)ref[2] + (size_t)VAPO_ROW_TERMS * r;
+        ref[1][r] = (float)(s * (wgc + 2.0 * lambda * phi[r]));
+        t[0] = s * 0.5 * gg, t[1] = s * cov, t[2] = s * lambda * phi[r] * phi[r];
+        t[3] = sqrt(gg), t[4] = s * wgc, t[5] = phi[r];
+    }
+    return 0.0;
+}
+
+static double run_loss_perturb(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->loss_perturb(be, (int)c->rows, (int)c->len, (const vapo_path_coef *)in[0], in[1], in[2], out[0], out[1],
+                     (double *)out[2]);
+    return 0.0;
+}
+
+static double run_loss_seeds(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->loss_seeds(be, (int)c->rows, (int)c->len, c->scale, c->lambda, (const vapo_path_coef *)in[0],
+                   (const double *)in[1], in[2], in[3], in[4], out[0], out[1], (double *)out[2]);
+    return 0.0;
+}
+
+/* pathwise: with the path velocity v; else v = NULL (the score estimator) */
+static void loss_case(int batch, int d, int pathwise)
+{
+    const size_t n = (size_t)batch * d;
+    char shape[96];
+    snprintf(shape, sizeof shape, "batch=%d d=%d %s", batch, d, pathwise ? "pathwise" : "score");
+
+    op_case c = new_case("loss_perturb", TOL_ELEM, run_loss_perturb, naive_loss_perturb);
+    c.rows = (size_t)batch, c.len = (size_t)d;
+    snprintf(c.shape, sizeof c.shape, "%s", shape);
+    add_in_of(&c, random_coefs(batch), (size_t)batch, sizeof(vapo_path_coef));
+    add_in(&c, uniform_float(n, -1.0, 1.0), n);
+    add_in(&c, randn(n, 1.0f), n);
+    add_out(&c, "x", NULL, n);
+    add_out(&c, "v", NULL, pathwise ? n : 0);
+    add_out_double(&c, "zx", 2 * (size_t)batch);
+    run_case(&c);
+
+    c = new_case("loss_seeds", TOL_ELEM, run_loss_seeds, naive_loss_seeds);
+    c.rows = (size_t)batch, c.len = (size_t)d, c.scale = 1.0 / (double)n, c.lambda = 0.3;
+    snprintf(c.shape, sizeof c.shape, "%s", shape);
+    add_in_of(&c, random_coefs(batch), (size_t)batch, sizeof(vapo_path_coef));
+    add_in_of(&c, random_zx(batch, d), 2 * (size_t)batch, sizeof(double));
+    add_in(&c, randn((size_t)batch, 1.0f), (size_t)batch);
+    add_in(&c, randn(n, 1.0f), n);
+    add_in(&c, pathwise ? randn(n, 1.0f) : NULL, pathwise ? n : 0);
+    add_out(&c, "u", NULL, n);
+    add_out(&c, "phi_bar", NULL, (size_t)batch);
+    add_out_double(&c, "terms", (size_t)VAPO_ROW_TERMS * batch);
+    run_case(&c);
+}
+
+static void loss_cases(void)
+{
+    static const struct {
+        int batch, d;
+    } shapes[] = {{1, 1}, {3, 64}, {17, 784}, {3, 3072}, {17, 1}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
+        for (int pathwise = 1; pathwise >= 0; pathwise--)
+            loss_case(shapes[t].batch, shapes[t].d, pathwise);
 }
 
 /* ---- the optimizer update -------------------------------------------------------- */
@@ -1189,6 +1377,178 @@ static void optim_cases(void)
         }
 }
 
+/* ---- Runge-Kutta sampling: rk_combine, rk_norm, rows_copy ----------------------- */
+
+/* Dormand-Prince's solution weights (rk_combine) and error weights with the
+ * FSAL stage (rk_norm); cases use the first nk */
+static const double rk_b[VAPO_RK_MAX_TERMS] = {35.0 / 384,      0.0,       500.0 / 1113, 125.0 / 192,
+                                               -2187.0 / 6784, 11.0 / 84, 0.0};
+static const double rk_e[VAPO_RK_MAX_TERMS] = {71.0 / 57600,      0.0,        -71.0 / 16695, 71.0 / 1920,
+                                               -17253.0 / 339200, 22.0 / 525, -1.0 / 40};
+
+/* sum_j c[j] k[j][i] for the stages in input 1 */
+static double naive_rk_sum(const op_case *c, size_t i)
+{
+    double acc = 0.0;
+    for (int j = 0; j < c->nk; j++)
+        acc += c->rk_c[j] * c->in[1][(size_t)j * c->n + i];
+    return acc;
+}
+
+/* h (input 0, NULL: 1) of the row of element i */
+static double naive_rk_h(const op_case *c, size_t i)
+{
+    return c->in[0] ? ((const double *)c->in[0])[i / c->len] : 1.0;
+}
+
+static double naive_rk_combine(const op_case *c, float *const *ref)
+{
+    for (size_t i = 0; i < c->n; i++)
+        ref[0][i] = (float)(c->in[2][i] + naive_rk_h(c, i) * naive_rk_sum(c, i));
+    return 0.0;
+}
+
+/* SciPy's RK45 error norm: RMS of e / (atol + max(|y|, |y_new|) rtol) */
+static double naive_rk_norm(const op_case *c, float *const *ref)
+{
+    const float *y = c->in[2], *y_new = c->in[3] ? c->in[3] : y;
+    for (size_t r = 0; r < c->rows; r++) {
+        double ss = 0.0;
+        for (size_t i = r * c->len; i < (r + 1) * c->len; i++) {
+            const double e = naive_rk_h(c, i) * naive_rk_sum(c, i);
+            const double q = e / (c->atol + c->rtol * fmax(fabs(y[i]), fabs(y_new[i])));
+            ss += q * q;
+        }
+        ((double *)ref[0])[r] = sqrt(ss / (double)c->len);
+    }
+    return 0.0;
+}
+
+/* the host array of stage pointers into the one stage tensor k */
+static void rk_stages(const op_case *c, const float *k, const float **stage)
+{
+    for (int j = 0; j < c->nk; j++)
+        stage[j] = k + (size_t)j * c->n;
+}
+
+static double run_rk_combine(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    const float *k[VAPO_RK_MAX_TERMS];
+    rk_stages(c, in[1], k);
+    be->rk_combine(be, (int)c->rows, (int)c->len, (const double *)in[0], c->nk, c->rk_c, k, in[2], out[0]);
+    return 0.0;
+}
+
+static double run_rk_norm(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    const float *k[VAPO_RK_MAX_TERMS];
+    rk_stages(c, in[1], k);
+    be->rk_norm(be, (int)c->rows, (int)c->len, (const double *)in[0], c->nk, c->rk_c, k, in[2], in[3], c->atol,
+                c->rtol, (double *)out[0]);
+    return 0.0;
+}
+
+/* inputs 0..2: h (per row, the first 0, as for a finished row; or NULL), the
+ * nk stages, y */
+static op_case rk_case(const char *op, double tol, op_run run, op_naive naive, size_t rows, size_t d, int nk,
+                       const double *weights, int with_h)
+{
+    op_case c = new_case(op, tol, run, naive);
+    c.rows = rows, c.len = d, c.n = rows * d, c.nk = nk;
+    memcpy(c.rk_c, weights, sizeof(double) * nk);
+    double *h = with_h ? uniform(rows, 0.0, 0.1) : NULL;
+    if (h)
+        h[0] = 0.0;
+    add_in_of(&c, h, with_h ? rows : 0, sizeof(double));
+    add_in(&c, randn((size_t)nk * c.n, 1.0f), (size_t)nk * c.n);
+    add_in(&c, randn(c.n, 1.0f), c.n);
+    return c;
+}
+
+static void rk_cases(void)
+{
+    static const struct {
+        size_t rows, d;
+        int nk, h, y_new;
+    } shapes[] = {{1, 1, 1, 1, 1}, {3, 64, 4, 0, 1}, {17, 784, 7, 1, 0}, {5, 3072, 6, 1, 1}, {70000, 2, 2, 1, 1}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const size_t rows = shapes[t].rows, d = shapes[t].d;
+        const int nk = shapes[t].nk, with_h = shapes[t].h, with_y_new = shapes[t].y_new;
+        char shape[64];
+        snprintf(shape, sizeof shape, "rows=%zu d=%zu nk=%d%s", rows, d, nk, with_h ? "" : " h=NULL");
+
+        op_case c = rk_case("rk_combine", TOL_ELEM, run_rk_combine, naive_rk_combine, rows, d, nk, rk_b, with_h);
+        snprintf(c.shape, sizeof c.shape, "%s", shape);
+        add_out(&c, "out", NULL, c.n);
+        run_case(&c);
+
+        c = rk_case("rk_norm", TOL_DOUBLE, run_rk_norm, naive_rk_norm, rows, d, nk, rk_e, with_h);
+        c.atol = 1e-6, c.rtol = 1e-3;
+        snprintf(c.shape, sizeof c.shape, "%s%s", shape, with_y_new ? "" : " y_new=NULL");
+        add_in(&c, with_y_new ? randn(c.n, 1.0f) : NULL, with_y_new ? c.n : 0);
+        add_out_double(&c, "norm", rows);
+        run_case(&c);
+    }
+}
+
+/* `count` distinct row indices below `total`, in random order */
+static int *random_rows(size_t count, size_t total)
+{
+    const uint64_t stream = next_stream++;
+    int *p = xmalloc(sizeof(int) * total);
+    for (size_t i = 0; i < total; i++)
+        p[i] = (int)i;
+    for (size_t i = 0; i < count; i++) {
+        const size_t j = i + vapo_rng_below(SEED, stream, i, total - i);
+        const int t = p[i];
+        p[i] = p[j], p[j] = t;
+    }
+    return p;
+}
+
+static double naive_rows_copy(const op_case *c, float *const *ref)
+{
+    const int *dst_rows = (const int *)c->in[1], *src_rows = (const int *)c->in[2];
+    for (size_t r = 0; r < c->rows; r++) {
+        const size_t to = dst_rows ? (size_t)dst_rows[r] : r, from = src_rows ? (size_t)src_rows[r] : r;
+        for (size_t j = 0; j < c->len; j++)
+            ref[0][to * c->len + j] = c->in[0][from * c->len + j];
+    }
+    return 0.0;
+}
+
+static double run_rows_copy(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->rows_copy(be, (int)c->rows, (int)c->len, out[0], (const int *)in[1], in[0], (const int *)in[2]);
+    return 0.0;
+}
+
+/* gather: rows picked from 2 rows + 1 source rows; scatter: written to 2 rows
+ * + 1 destination rows, whose other rows must keep their contents */
+static void rows_copy_case(size_t rows, size_t d, int gather, int scatter)
+{
+    const size_t nsrc = gather ? 2 * rows + 1 : rows, ndst = scatter ? 2 * rows + 1 : rows;
+    op_case c = new_case("rows_copy", TOL_EXACT, run_rows_copy, naive_rows_copy);
+    c.rows = rows, c.len = d;
+    snprintf(c.shape, sizeof c.shape, "rows=%zu d=%zu%s%s", rows, d, gather ? " gather" : "",
+             scatter ? " scatter" : "");
+    add_in(&c, randn(nsrc * d, 1.0f), nsrc * d);
+    add_in_of(&c, scatter ? random_rows(rows, ndst) : NULL, scatter ? rows : 0, sizeof(int));
+    add_in_of(&c, gather ? random_rows(rows, nsrc) : NULL, gather ? rows : 0, sizeof(int));
+    add_out(&c, "dst", scatter ? randn(ndst * d, 1.0f) : NULL, ndst * d);
+    run_case(&c);
+}
+
+static void rows_copy_cases(void)
+{
+    static const struct {
+        size_t rows, d;
+        int gather, scatter;
+    } shapes[] = {{1, 1, 0, 0}, {5, 784, 1, 0}, {5, 784, 0, 1}, {17, 64, 1, 1}, {3, 3072, 1, 1}, {1000, 3, 1, 1}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
+        rows_copy_case(shapes[t].rows, shapes[t].d, shapes[t].gather, shapes[t].scatter);
+}
+
 /* ---- main ------------------------------------------------------------------------- */
 
 static void open_cuda(void)
@@ -1245,7 +1605,10 @@ int main(void)
     weightnorm_cases();
     layout_cases();
     rng_cases();
+    loss_cases();
     optim_cases();
+    rk_cases();
+    rows_copy_cases();
 
     printf("%d checks, %d failed%s\n", checks, failures, cuda ? "" : " (CPU only: no CUDA device)");
     if (cuda_nchw)

@@ -1,9 +1,14 @@
-/* The whole network and loss against an independent autograd implementation
- * (oracle_torch.py, PyTorch in float64): Phi, grad_x Phi, the loss
- * L = mean(1/2 |grad_x Phi|^2 + c Phi + lambda Phi^2) and dL/dtheta for every
- * parameter tensor. The weights and inputs travel in a safetensors file.
+/* The whole network and the VAPO loss against an independent autograd
+ * implementation (oracle_torch.py, PyTorch in float64): Phi and grad_x Phi at
+ * the perturbed points, and for both estimators (score, pathwise) the loss
+ * and dL/dtheta for every parameter tensor. Ours come from the loss's host
+ * entry points and the network's four passes (train_step_parity checks that
+ * vapo_loss_step computes exactly this); the oracle rebuilds the schedule,
+ * the innovation and the path velocity from VAPO-MATH.md's formulas. The
+ * weights, data, noise and times travel in a safetensors file.
  * Error metric per tensor: relative L2 error |a - b| / |b| against the float64
- * oracle; our float32 engine must stay below 1e-5 (nmse below 1e-10). */
+ * oracle; our float32 engine must stay below 1e-5 (nmse below 1e-10).
+ * VAPO_ORACLE_VERBOSE=1 prints the error of every tensor. */
 #include <string.h>
 #include <unistd.h>
 
@@ -31,13 +36,119 @@ static void compare(const vapo_ckpt *ref, const char *name, const float *ours, s
     if (count != n)
         return;
     double e = rel_err(ours, t->data, n);
+    if (getenv("VAPO_ORACLE_VERBOSE"))
+        printf("    %-40s %.3g\n", name, e);
     if (e > *worst)
         *worst = e;
     if (e >= MAX_REL)
         CHECK(0, "%s is off: relative error %.3g (limit %.0e)", name, e, MAX_REL);
 }
 
-static void run_case(const char *preset, int batch)
+typedef struct {
+    int batch;
+    size_t d, np;
+    float *xbar, *z, *x, *v, *g, *u, *grad[2], phi[64];
+    double t[64], loss[2];
+} oracle_case;
+
+/* Data in [-1, 1], noise and times, rounded to what the file carries. */
+static void draw_batch(oracle_case *c)
+{
+    const size_t n = c->d * c->batch;
+    fill_normal(c->xbar, n, 77, 1.0f);
+    for (size_t i = 0; i < n; i++)
+        c->xbar[i] = tanhf(c->xbar[i]);
+    vapo_rng_normal(78, 0, 0, n, c->z);
+    for (int b = 0; b < c->batch; b++)
+        c->t[b] = (float)vapo_rng_uniform(79, 0, b);
+}
+
+/* Our loss and theta-gradient for one estimator (host composition). */
+static void our_loss(vapo_net *net, const vapo_loss_config *cfg, oracle_case *c, int e)
+{
+    const int B = c->batch, d = (int)c->d;
+    vapo_path_coef coef[64];
+    double zx[128];
+    float phi_bar[64];
+    float *v = cfg->estimator == VAPO_ESTIMATOR_PATHWISE ? c->v : NULL;
+    vapo_loss_terms terms;
+    vapo_loss_perturb(cfg, B, d, c->xbar, c->t, c->z, c->x, coef, zx, v);
+    vapo_net_forward(net, B, c->x, c->phi);
+    vapo_net_backward(net, c->g);
+    vapo_loss_eval(cfg, B, d, coef, zx, c->phi, c->g, v, &terms, phi_bar, c->u);
+    vapo_net_tangent(net, c->u, NULL);
+    vapo_net_dual_backward(net, phi_bar, NULL, c->grad[e]);
+    c->loss[e] = terms.total;
+}
+
+static int write_input(const char *path, const vapo_arch *a, const vapo_loss_config *cfg, vapo_net *net,
+                       const oracle_case *c)
+{
+    const vapo_param *list;
+    const int count = vapo_net_params_list(net, &list), B = c->batch;
+    float *theta = vapo_net_params(net), t32[64];
+    for (int b = 0; b < B; b++)
+        t32[b] = (float)c->t[b];
+    vapo_tensor_ref *refs = calloc(count + 3, sizeof *refs);
+    for (int i = 0; i < count; i++) {
+        refs[i] = (vapo_tensor_ref){.name = list[i].name, .dtype = VAPO_DT_F32, .ndim = list[i].ndim,
+                                    .data = theta + list[i].offset};
+        for (int k = 0; k < list[i].ndim; k++)
+            refs[i].shape[k] = list[i].shape[k];
+    }
+    const int64_t shape[4] = {B, a->in_c, a->in_h, a->in_w};
+    refs[count] = (vapo_tensor_ref){.name = "xbar", .dtype = VAPO_DT_F32, .ndim = 4, .data = c->xbar};
+    refs[count + 1] = (vapo_tensor_ref){.name = "z", .dtype = VAPO_DT_F32, .ndim = 4, .data = c->z};
+    memcpy(refs[count].shape, shape, sizeof shape), memcpy(refs[count + 1].shape, shape, sizeof shape);
+    refs[count + 2] = (vapo_tensor_ref){.name = "t", .dtype = VAPO_DT_F32, .ndim = 1, .shape = {B}, .data = t32};
+    json_t *loss = json_pack("{s:f, s:f, s:f, s:f, s:s}", "omega", cfg->omega, "nu", cfg->nu, "eps", cfg->eps,
+                             "lambda", cfg->lambda, "innovation_weight",
+                             vapo_innovation_weight_name(cfg->weighting));
+    json_t *meta = json_pack("{s:o, s:o}", "arch", vapo_arch_to_json(a), "loss", loss);
+    int rc = vapo_ckpt_save(path, refs, count + 3, meta);
+    json_decref(meta);
+    free(refs);
+    return rc;
+}
+
+/* Moves gains, biases and ReZero scales away from their init, so every
+ * parameter's gradient is exercised. */
+static void perturb_params(vapo_net *net)
+{
+    const vapo_param *list;
+    const int count = vapo_net_params_list(net, &list);
+    float *theta = vapo_net_params(net);
+    for (int i = 0; i < count; i++)
+        if (strstr(list[i].name, ".v") == NULL) {
+            fill_normal(theta + list[i].offset, list[i].count, 40 + i, 0.3f);
+            for (size_t j = 0; j < list[i].count; j++)
+                theta[list[i].offset + j] += strstr(list[i].name, ".g") ? 1.0f : 0.0f;
+        }
+}
+
+static void compare_outputs(const vapo_ckpt *ref, vapo_net *net, const oracle_case *c, const char *preset)
+{
+    static const char *const est[2] = {"score", "pathwise"};
+    const vapo_param *list;
+    const int count = vapo_net_params_list(net, &list);
+    double worst = 0, worst_grad = 0;
+    compare(ref, "phi", c->phi, c->batch, &worst);
+    compare(ref, "grad_x", c->g, c->d * c->batch, &worst);
+    for (int e = 0; e < 2; e++) {
+        char name[128];
+        float lossf = (float)c->loss[e];
+        snprintf(name, sizeof name, "%s.loss", est[e]);
+        compare(ref, name, &lossf, 1, &worst);
+        for (int i = 0; i < count; i++) {
+            snprintf(name, sizeof name, "%s.grad.%s", est[e], list[i].name);
+            compare(ref, name, c->grad[e] + list[i].offset, list[i].count, &worst_grad);
+        }
+    }
+    printf("  %-12s batch %d: Phi, grad_x Phi, both losses max relative error %.2e; 2 x %d parameter gradients "
+           "max %.2e\n", preset, c->batch, worst, count, worst_grad);
+}
+
+static void run_case(const char *preset, int batch, vapo_innovation_weight weighting)
 {
     char dir[] = "/tmp/vapo-oracle-XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
@@ -49,77 +160,43 @@ static void run_case(const char *preset, int batch)
     vapo_arch a;
     vapo_arch_preset(preset, &a);
     vapo_net *net = vapo_net_create(be, &a);
-    const size_t d = vapo_net_input_size(net), np = vapo_net_param_count(net), nx = d * batch;
-    float *theta = vapo_net_params(net);
     vapo_net_init(net, 3);
-    const vapo_param *list;
-    int count = vapo_net_params_list(net, &list);
-    for (int i = 0; i < count; i++) /* perturb gains, biases and ReZero scales away from their init */
-        if (strstr(list[i].name, ".v") == NULL) {
-            fill_normal(theta + list[i].offset, list[i].count, 40 + i, 0.3f);
-            for (size_t j = 0; j < list[i].count; j++)
-                theta[list[i].offset + j] += strstr(list[i].name, ".g") ? 1.0f : 0.0f;
-        }
-    float *x = malloc(sizeof(float) * nx), *g = malloc(sizeof(float) * nx), *u = malloc(sizeof(float) * nx);
-    float *grad = calloc(np, sizeof(float)), phi[64], phi_bar[64];
-    fill_normal(x, nx, 77, 1.0f);
-    const double c = 0.3, lambda = 0.05;
-
-    /* L = mean(1/2 |g|^2 + c Phi + lambda Phi^2): dL/dPhi = (c + 2 lambda Phi)/B, dL/dg = g/B */
-    vapo_net_forward(net, batch, x, phi);
-    vapo_net_backward(net, g);
-    double loss = 0;
-    for (int b = 0; b < batch; b++) {
-        loss += (0.5 * dotd(g + b * d, g + b * d, d) + c * phi[b] + lambda * phi[b] * phi[b]) / batch;
-        phi_bar[b] = (float)((c + 2 * lambda * phi[b]) / batch);
+    perturb_params(net);
+    oracle_case c = {.batch = batch, .d = vapo_net_input_size(net), .np = vapo_net_param_count(net)};
+    const size_t nx = c.d * batch;
+    float **bufs[] = {&c.xbar, &c.z, &c.x, &c.v, &c.g, &c.u};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        *bufs[i] = malloc(sizeof(float) * nx);
+    draw_batch(&c);
+    vapo_loss_config cfg = vapo_loss_config_default();
+    cfg.lambda = 0.05, cfg.weighting = weighting;
+    for (int e = 0; e < 2; e++) {
+        c.grad[e] = calloc(c.np, sizeof(float));
+        cfg.estimator = e ? VAPO_ESTIMATOR_PATHWISE : VAPO_ESTIMATOR_SCORE;
+        our_loss(net, &cfg, &c, e);
     }
-    for (size_t i = 0; i < nx; i++)
-        u[i] = g[i] / batch;
-    vapo_net_tangent(net, u, NULL);
-    vapo_net_dual_backward(net, phi_bar, NULL, grad);
 
-    /* write weights and input, run the oracle */
-    vapo_tensor_ref *refs = calloc(count + 1, sizeof *refs);
-    for (int i = 0; i < count; i++) {
-        refs[i] = (vapo_tensor_ref){.name = list[i].name, .dtype = VAPO_DT_F32, .ndim = list[i].ndim,
-                                    .data = theta + list[i].offset};
-        for (int k = 0; k < list[i].ndim; k++)
-            refs[i].shape[k] = list[i].shape[k];
-    }
-    refs[count] = (vapo_tensor_ref){.name = "x", .dtype = VAPO_DT_F32, .ndim = 4,
-                                    .shape = {batch, a.in_c, a.in_h, a.in_w}, .data = x};
-    json_t *meta = json_pack("{s:o, s:f, s:f}", "arch", vapo_arch_to_json(&a), "c", c, "lambda", lambda);
-    CHECK(!vapo_ckpt_save(in_path, refs, count + 1, meta), "save: %s", vapo_last_error());
-    json_decref(meta);
+    CHECK(!write_input(in_path, &a, &cfg, net, &c), "save: %s", vapo_last_error());
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 oracle_torch.py %s %s", in_path, out_path);
     int rc = system(cmd);
     CHECK(rc == 0, "the PyTorch oracle failed (exit %d): is python3-torch installed? (scripts/setup.sh)", rc);
     vapo_ckpt *ref = rc == 0 ? vapo_ckpt_load(out_path) : NULL;
     if (ref) {
-        double worst_grad = 0, worst = 0;
-        float lossf = (float)loss;
-        compare(ref, "phi", phi, batch, &worst);
-        compare(ref, "grad_x", g, nx, &worst);
-        compare(ref, "loss", &lossf, 1, &worst);
-        for (int i = 0; i < count; i++) {
-            char name[96];
-            snprintf(name, sizeof name, "grad.%s", list[i].name);
-            compare(ref, name, grad + list[i].offset, list[i].count, &worst_grad);
-        }
-        printf("  %-12s batch %d: Phi, grad_x Phi, loss max relative error %.2e; %d parameter gradients max %.2e\n",
-               preset, batch, worst, count, worst_grad);
+        compare_outputs(ref, net, &c, preset);
         vapo_ckpt_free(ref);
     }
     unlink(in_path), unlink(out_path), rmdir(dir);
-    free(refs), free(x), free(g), free(u), free(grad);
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(*bufs[i]);
+    free(c.grad[0]), free(c.grad[1]);
     vapo_net_free(net);
     be->destroy(be);
 }
 
 int main(void)
 {
-    run_case("tiny", 4);
-    run_case("tiny2d", 6);
-    run_case("fmnist-small", 8);
+    run_case("tiny", 4, VAPO_WEIGHT_CONSTANT);
+    run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN);
+    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN);
     return test_finish("test_oracle");
 }

@@ -139,7 +139,7 @@ struct vapo_backend {
     /* The VAPO loss (loss.c), B rows of d (row-major, NCHW), coef: B rows.
      * perturb: x = m xbar + sigma z; v = vm xbar + vs z (skipped when v is NULL);
      *          zx[2i] = |z_i|^2, zx[2i+1] = xbar_i . z_i (double).
-     * seeds:   with g = grad row i, phi = phi[i], wgc = vapo_path_wgc(coef_i, zx_i, d):
+     * seeds:   with g = grad row i, phi = phi[i], wgc = vapo_path_wgc(coef_i, zx_i, d) (0 when v != NULL):
      *          v != NULL (pathwise): u = scale (g - v), phi_bar = scale 2 lambda phi, cov = -g.v
      *          v == NULL (score):    u = scale g,       phi_bar = scale (wgc + 2 lambda phi), cov = wgc phi
      *          terms[VAPO_ROW_TERMS i + ...] = scale 0.5|g|^2, scale cov, scale lambda phi^2, |g|,

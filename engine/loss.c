@@ -217,3 +217,49 @@ int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cf
         return vapo_fail("the loss is not finite (%g) at step %llu", terms->total, (unsigned long long)step);
     return 0;
 }
+
+/* ---- diagnostic ------------------------------------------------------------------------ */
+
+static void fit_rows(const vapo_loss_work *wk, const float *g, const float *v, const float *z, double vs, double *cos,
+                     double *contraction)
+{
+    double c = 0, k = 0;
+    for (int i = 0; i < wk->batch; i++) {
+        const float *gi = g + (size_t)i * wk->d, *vi = v + (size_t)i * wk->d, *zi = z + (size_t)i * wk->d;
+        double gv = 0, gg = 0, vv = 0, gz = 0, zz = 0;
+        for (int j = 0; j < wk->d; j++) {
+            gv += (double)gi[j] * vi[j], gg += (double)gi[j] * gi[j], vv += (double)vi[j] * vi[j];
+            gz += (double)gi[j] * zi[j], zz += (double)zi[j] * zi[j];
+        }
+        c += gg > 0 && vv > 0 ? gv / sqrt(gg * vv) : 0.0;
+        k += zz > 0 ? gz / zz / vs : 0.0;
+    }
+    *cos = c / wk->batch, *contraction = k / wk->batch;
+}
+
+int vapo_field_fit(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar, int nt,
+                   const double *t, uint64_t seed, double *cosine, double *contraction)
+{
+    vapo_backend *be = wk->be;
+    const int B = wk->batch, d = wk->d;
+    const size_t n = (size_t)B * d;
+    float *host = malloc(sizeof(float) * 3 * n);
+    int rc = host ? 0 : vapo_fail("out of memory");
+    be->upload(be, wk->xbar, xbar, sizeof(float) * n);
+    for (int k = 0; !rc && k < nt; k++) {
+        for (int i = 0; i < B; i++)
+            wk->coef[i] = vapo_path_coef_at(cfg, t[k]);
+        be->upload(be, wk->dev_coef, wk->coef, sizeof(vapo_path_coef) * B);
+        be->rng_normal(be, seed, VAPO_STREAM_TRAIN + 3, (uint64_t)k * n, n, wk->z);
+        be->loss_perturb(be, B, d, wk->dev_coef, wk->xbar, wk->z, wk->x, wk->v, wk->zx);
+        rc = vapo_net_forward(net, B, wk->x, wk->phi) || vapo_net_backward(net, wk->grad);
+        if (!rc) {
+            be->download(be, host, wk->grad, sizeof(float) * n);
+            be->download(be, host + n, wk->v, sizeof(float) * n);
+            be->download(be, host + 2 * n, wk->z, sizeof(float) * n);
+            fit_rows(wk, host, host + n, host + 2 * n, wk->coef[0].vs, cosine + k, contraction + k);
+        }
+    }
+    free(host);
+    return rc ? -1 : 0;
+}

@@ -60,6 +60,9 @@ static void plot(const char *path, const float *data, const float *samples, int 
         fprintf(stderr, "plot: %s\n", vapo_last_error());
 }
 
+enum { NT = 3 };
+static const double FIT_T[NT] = {0.0, 0.5, 0.9};
+
 int main(void)
 {
     vapo_backend *be = vapo_backend_cpu(0);
@@ -80,7 +83,10 @@ int main(void)
     }
     vapo_loss_work *work = vapo_loss_work_create(net, B);
     vapo_loss_terms terms;
-    double first_cov = 0, last_cov = 0;
+    double first_cov = 0, last_cov = 0, fit_before[NT], fit_after[NT], contraction[NT];
+    mixture(3, 0, B, xbar);
+    CHECK(!vapo_field_fit(net, work, &cfg, xbar, NT, FIT_T, 9, fit_before, contraction), "field fit: %s",
+          vapo_last_error());
     for (int step = 0; step < STEPS; step++) {
         mixture(1, (uint64_t)step * B, B, xbar);
         be->zero(be, grad, sizeof(float) * np);
@@ -98,6 +104,17 @@ int main(void)
     CHECK(last_cov < first_cov, "training did not lower the covariance term");
 
     be->copy(be, params, opt.ema, sizeof(float) * np); /* sample with the EMA weights */
+    mixture(3, 0, B, xbar);
+    CHECK(!vapo_field_fit(net, work, &cfg, xbar, NT, FIT_T, 9, fit_after, contraction), "field fit: %s",
+          vapo_last_error());
+    for (int k = 0; k < NT; k++) {
+        printf("  field vs path velocity at t = %.2f: cos %.3f before training, %.3f after (contraction %.2f of the "
+               "path's)\n", FIT_T[k], fit_before[k], fit_after[k], contraction[k]);
+        /* v carries noise that x does not determine (which Gaussian, which z), so
+         * even the best field stays well below cos 1; measured gains 0.45, 0.58, 0.24 */
+        CHECK(fit_after[k] > fit_before[k] + 0.15, "t = %.2f: cos(grad Phi, v) %.3f after, %.3f before",
+              FIT_T[k], fit_after[k], fit_before[k]);
+    }
     vapo_model *m = vapo_model_wrap(net, &cfg);
     float *samples = malloc(sizeof(float) * 2 * NS), *prior = malloc(sizeof(float) * 2 * NS);
     float *data = malloc(sizeof(float) * 2 * NS);

@@ -172,6 +172,40 @@ static int progress_dot(void *ctx, const vapo_ode_progress *p)
     return stop_requested != 0;
 }
 
+/* The EMA field against the path velocity at five noise levels: where the
+ * model is still wrong, which the loss (dominated by sigma ~ 1) hides. */
+static void report_field(run *r)
+{
+    enum { NT = 5 };
+    static const double t[NT] = {0.0, 0.25, 0.5, 0.75, 1.0};
+    double cosine[NT], contraction[NT];
+    if (vapo_loader_batch(r->loader, (uint64_t)r->step, r->batch, NULL) ||
+        vapo_field_fit(r->ema->net, r->work, &r->o.loss, r->batch, NT, t, (uint64_t)r->o.seed, cosine, contraction)) {
+        fprintf(stderr, "vapo-train: field diagnostic failed: %s\n", vapo_last_error());
+        return;
+    }
+    fprintf(stderr, "vapo-train: field vs path velocity (EMA)  sigma:");
+    for (int k = 0; k < NT; k++)
+        fprintf(stderr, " %6.3f", vapo_schedule_at(&r->o.loss, t[k]).sigma);
+    fprintf(stderr, "\n%46s", "cos:");
+    for (int k = 0; k < NT; k++)
+        fprintf(stderr, " %6.3f", cosine[k]);
+    fprintf(stderr, "\n%46s", "contraction / path's:");
+    for (int k = 0; k < NT; k++)
+        fprintf(stderr, " %6.3f", contraction[k]);
+    fputc('\n', stderr);
+    if (r->log) {
+        fprintf(r->log, "{\"step\": %ld, \"field_t\": [0, 0.25, 0.5, 0.75, 1], \"field_cos\": [", r->step);
+        for (int k = 0; k < NT; k++)
+            fprintf(r->log, "%s%.4f", k ? ", " : "", cosine[k]);
+        fprintf(r->log, "], \"field_contraction\": [");
+        for (int k = 0; k < NT; k++)
+            fprintf(r->log, "%s%.4f", k ? ", " : "", contraction[k]);
+        fprintf(r->log, "]}\n");
+        fflush(r->log);
+    }
+}
+
 static int write_grid(run *r, const char *name)
 {
     sync_ema(r);
@@ -211,6 +245,7 @@ static int write_grid(run *r, const char *name)
             total += nfe[i];
         fprintf(stderr, "\nvapo-train: wrote %s (%d samples, mean NFE %.1f, %.1f s)\n", path, n, (double)total / n,
                 now() - t0);
+        report_field(r);
     }
     free(x), free(nfe);
     return rc;

@@ -47,7 +47,7 @@ static int setup(bench *b, const char *preset, int batch, vapo_backend *be)
     vapo_arch a;
     b->be = be, b->batch = batch;
     if (vapo_arch_preset(preset, &a) || !(b->net = vapo_net_create(be, &a)) || vapo_net_init(b->net, 1) ||
-        bench_set_scales(b->net, 0.1f))
+        vapo_net_set_scales(b->net, 0.1f))
         return -1;
     const size_t n = vapo_net_input_size(b->net) * batch, np = vapo_net_param_count(b->net);
     b->x_host = malloc(sizeof(float) * n);

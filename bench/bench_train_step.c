@@ -37,7 +37,7 @@ static int setup(trainer *tr, const char *preset, int batch)
     tr->loss = vapo_loss_config_default();
     tr->loss.estimator = VAPO_ESTIMATOR_PATHWISE;
     if (vapo_arch_preset(preset, &a) || !(tr->net = vapo_net_create(tr->be, &a)) || vapo_net_init(tr->net, 1) ||
-        bench_set_scales(tr->net, 0.1f))
+        vapo_net_set_scales(tr->net, 0.1f))
         return -1;
     if (optim_init(&tr->opt, &oc, tr->net, vapo_net_params(tr->net)))
         return -1;

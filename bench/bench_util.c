@@ -38,25 +38,6 @@ vapo_backend *bench_backend(const char *name, int threads)
 
 int bench_on_device(const vapo_backend *be) { return strcmp(be->name, "cpu") != 0; }
 
-int bench_set_scales(vapo_net *net, float value)
-{
-    vapo_backend *be = vapo_net_backend(net);
-    const size_t np = vapo_net_param_count(net);
-    float *host = malloc(sizeof(float) * np);
-    if (!host)
-        return vapo_fail("out of memory");
-    be->download(be, host, vapo_net_params(net), sizeof(float) * np);
-    const vapo_param *list;
-    const int count = vapo_net_params_list(net, &list);
-    for (int i = 0; i < count; i++)
-        if (strstr(list[i].name, ".scale"))
-            for (size_t j = 0; j < list[i].count; j++)
-                host[list[i].offset + j] = value;
-    be->upload(be, vapo_net_params(net), host, sizeof(float) * np);
-    free(host);
-    return 0;
-}
-
 double bench_peak_rss_mib(void)
 {
     struct rusage ru;

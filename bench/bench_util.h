@@ -19,7 +19,6 @@ int bench_on_device(const vapo_backend *be);
 
 /* Sets every ReZero scale (zero after vapo_net_init) to `value`, on any
  * backend, so that every residual block does real work. */
-int bench_set_scales(vapo_net *net, float value);
 
 double bench_peak_rss_mib(void);
 

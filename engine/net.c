@@ -330,6 +330,26 @@ static void init_conv(vapo_net *n, const conv_mod *c, uint64_t seed, uint64_t st
         host[c->g + o] = 1.0f;
 }
 
+int vapo_net_set_scales(vapo_net *n, float value)
+{
+    float *host = malloc(sizeof(float) * n->nparams);
+    if (!host)
+        return vapo_fail("out of memory");
+    n->be->download(n->be, host, n->theta, sizeof(float) * n->nparams);
+    int found = 0;
+    for (int i = 0; i < n->nparam_tensors; i++) {
+        const size_t len = strlen(n->params[i].name);
+        if (len >= 6 && !strcmp(n->params[i].name + len - 6, ".scale")) {
+            for (size_t k = 0; k < n->params[i].count; k++)
+                host[n->params[i].offset + k] = value;
+            found++;
+        }
+    }
+    n->be->upload(n->be, n->theta, host, sizeof(float) * n->nparams);
+    free(host);
+    return found ? 0 : vapo_fail("the network has no ReZero scale parameters");
+}
+
 int vapo_net_init(vapo_net *n, uint64_t seed)
 {
     float *host = calloc(n->nparams, sizeof *host);

@@ -32,29 +32,6 @@ static const char usage[] =
     "  --no-calib         write no OOD calibration\n"
     "  -h, --help         this text\n";
 
-static int set_scales(vapo_net *net, float value)
-{
-    vapo_backend *be = vapo_net_backend(net);
-    const size_t np = vapo_net_param_count(net);
-    float *host = malloc(sizeof(float) * np);
-    if (!host)
-        return vapo_fail("out of memory");
-    be->download(be, host, vapo_net_params(net), sizeof(float) * np);
-    const vapo_param *list;
-    int count = vapo_net_params_list(net, &list), found = 0;
-    for (int i = 0; i < count; i++) {
-        size_t len = strlen(list[i].name);
-        if (len >= 5 && !strcmp(list[i].name + len - 5, "scale")) {
-            for (size_t k = 0; k < list[i].count; k++)
-                host[list[i].offset + k] = value;
-            found++;
-        }
-    }
-    be->upload(be, vapo_net_params(net), host, sizeof(float) * np);
-    free(host);
-    return found ? 0 : vapo_fail("the network has no ReZero scale parameters");
-}
-
 static int calibrate(vapo_model *m, int n)
 {
     const int d = (int)vapo_net_input_size(m->net);
@@ -128,7 +105,7 @@ int main(int argc, char **argv)
     if (!be)
         return cli_error("cannot open the CPU backend: %s", vapo_last_error());
     vapo_net *net = vapo_net_create(be, &arch);
-    if (!net || vapo_net_init(net, seed) || set_scales(net, (float)scale)) {
+    if (!net || vapo_net_init(net, seed) || vapo_net_set_scales(net, (float)scale)) {
         cli_error("cannot build the network: %s", vapo_last_error());
         vapo_net_free(net);
         be->destroy(be);

@@ -68,6 +68,11 @@ size_t vapo_net_input_size(const vapo_net *net); /* floats per image: in_c*in_h*
 /* Initialisation: v ~ N(0, 1/fan_in), gains 1, biases 0, ReZero scales 0. */
 int vapo_net_init(vapo_net *net, uint64_t seed);
 
+/* Sets every ReZero block scale (".scale" parameters) to value: a fresh
+ * network's blocks start at 0, so tests and benchmarks that want the blocks
+ * to do work set them. -1 if the network has none. */
+int vapo_net_set_scales(vapo_net *net, float value);
+
 int vapo_net_forward(vapo_net *net, int batch, const float *x, float *phi);
 int vapo_net_backward(vapo_net *net, float *grad_x);
 int vapo_net_tangent(vapo_net *net, const float *u, float *phi_dot);

@@ -42,8 +42,13 @@ with tempfile.TemporaryDirectory() as d:
     diff = [k for k in a if a[k] != b[k]]
     if diff:
         sys.exit(f"resumed run differs from the uninterrupted one in: {', '.join(diff)}")
-    steps = [json.loads(l)["step"] for l in open(f"{d}/b/metrics.jsonl")]
+    records = [json.loads(l) for l in open(f"{d}/b/metrics.jsonl")]
+    steps = [r["step"] for r in records if "loss" in r]
     assert steps == [1, 2, 3, 4], steps
+    # each sample grid logs the field diagnostic: at the end of both parts
+    field = [r for r in records if "field_cos" in r]
+    assert [r["step"] for r in field] == [2, 4], field
+    assert all(len(r["field_cos"]) == 5 and len(r["field_contraction"]) == 5 for r in field), field
     print(f"resume: {len(a)} tensors bit-identical after 2 + 2 steps vs 4 steps")
 
     h = subprocess.run([train, "--help"], capture_output=True, text=True)

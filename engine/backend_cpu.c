@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <xmmintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -400,6 +401,17 @@ static void cpu_destroy(vapo_backend *be)
     free(cb);
 }
 
+/* Denormal floats cost microcode assists on x86: a trained fmnist-small
+ * network's training step ran 2.7x slower with them (1.4 s vs 0.51 s). Flush
+ * them to zero in this thread, which new threads inherit, and in the OpenMP
+ * pool's threads, which BLIS shares. Values below 1.2e-38 become 0. */
+static void flush_denormals(void)
+{
+    _mm_setcsr(_mm_getcsr() | 0x8040); /* FTZ | DAZ */
+    #pragma omp parallel
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+}
+
 vapo_backend *vapo_backend_cpu(int threads)
 {
     cpu_backend *cb = calloc(1, sizeof *cb);
@@ -412,6 +424,7 @@ vapo_backend *vapo_backend_cpu(int threads)
         omp_set_num_threads(threads);
     cb->threads = threads > 0 ? threads : omp_get_max_threads();
     bli_thread_set_num_threads(cb->threads); /* BLIS runs single-threaded unless told */
+    flush_denormals();
     cb->base = (vapo_backend){
         .name = "cpu",
         .alloc = cpu_alloc,

@@ -5,6 +5,10 @@
 
 #include "vapo/backend.h"
 
+/* Elements below which an OpenMP region costs more than it saves (waking a
+ * passive pool is tens of microseconds). */
+#define VAPO_CPU_PARALLEL_MIN 32768
+
 /* backend_cpu_loss.c */
 void cpu_rng_normal(vapo_backend *be, uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out);
 void cpu_loss_perturb(vapo_backend *be, int batch, int d, const vapo_path_coef *coef, const float *xbar,

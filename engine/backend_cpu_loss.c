@@ -14,7 +14,7 @@ void cpu_loss_perturb(vapo_backend *be, int batch, int d, const vapo_path_coef *
                       const float *z, float *x, float *v, double *zx)
 {
     (void)be;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)batch * d >= VAPO_CPU_PARALLEL_MIN)
     for (int i = 0; i < batch; i++) {
         const vapo_path_coef c = coef[i];
         const size_t o = (size_t)i * d;
@@ -35,7 +35,7 @@ void cpu_loss_seeds(vapo_backend *be, int batch, int d, double scale, double lam
                     double *terms)
 {
     (void)be;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)batch * d >= VAPO_CPU_PARALLEL_MIN)
     for (int i = 0; i < batch; i++) {
         const size_t o = (size_t)i * d;
         double gg = 0.0, gv = 0.0;

@@ -11,7 +11,7 @@ void cpu_rk_combine(vapo_backend *be, int rows, int d, const double *h, int nk, 
 {
     (void)be;
     const size_t n = (size_t)rows * d;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)rows * d >= VAPO_CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         const double hr = h ? h[i / d] : 1.0;
         out[i] = (float)(y[i] + hr * vapo_rk_sum(nk, c, k, i));
@@ -24,7 +24,7 @@ void cpu_rk_norm(vapo_backend *be, int rows, int d, const double *h, int nk, con
     (void)be;
     if (!y_new)
         y_new = y;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)rows * d >= VAPO_CPU_PARALLEL_MIN)
     for (int r = 0; r < rows; r++) {
         const double hr = h ? h[r] : 1.0;
         double sumsq = 0.0;
@@ -40,7 +40,7 @@ void cpu_rows_copy(vapo_backend *be, int rows, int d, float *dst, const int *dst
                    const int *src_rows)
 {
     (void)be;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if ((size_t)rows * d >= VAPO_CPU_PARALLEL_MIN)
     for (int r = 0; r < rows; r++) {
         const size_t to = dst_rows ? (size_t)dst_rows[r] : (size_t)r;
         const size_t from = src_rows ? (size_t)src_rows[r] : (size_t)r;

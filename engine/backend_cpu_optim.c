@@ -11,14 +11,13 @@
 
 /* Loops over fewer elements stay on one thread: Lamb visits every tensor,
  * most of them small, and waking sleeping threads costs more than they save. */
-#define PARALLEL_MIN 32768
 #define SUM_PARTS 64
 
 /* sum x[i]^2 in double: SUM_PARTS contiguous parts (fixed by n alone), each
  * summed serially, then the parts in order */
 static double sumsq(const float *x, size_t n)
 {
-    const size_t parts = n < PARALLEL_MIN ? 1 : SUM_PARTS, len = (n + parts - 1) / parts;
+    const size_t parts = n < VAPO_CPU_PARALLEL_MIN ? 1 : SUM_PARTS, len = (n + parts - 1) / parts;
     double part[SUM_PARTS];
     #pragma omp parallel for schedule(static) if (parts > 1)
     for (size_t p = 0; p < parts; p++) {
@@ -38,7 +37,7 @@ static double sumsq(const float *x, size_t n)
  * direction of each element into dir */
 static void directions(const vapo_optim_hyper *h, float factor, size_t n, float *g, float *m, float *v, float *dir)
 {
-    #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n >= VAPO_CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         g[i] *= factor;
         dir[i] = vapo_adam_direction(g[i], &m[i], &v[i], h->beta1, h->beta2, h->eps, h->bc1, h->bc2);
@@ -48,7 +47,7 @@ static void directions(const vapo_optim_hyper *h, float factor, size_t n, float 
 /* w -= step * dir, then the EMA of the new weight */
 static void apply(size_t n, double step, const float *dir, float *w, float *ema, float decay)
 {
-    #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n >= VAPO_CPU_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         w[i] -= (float)(step * dir[i]);
         ema[i] = vapo_ema(ema[i], w[i], decay);

@@ -141,6 +141,11 @@ int train_options_apply_json(train_options *o, const json_t *obj, const char *or
         return vapo_fail("%s: expected a JSON object of options", origin);
     json_object_foreach((json_t *)obj, key, val) {
         const opt_def *d = find(key);
+        if (!d && !strcmp(key, "control-variate")) { /* checkpoints before the pathwise estimator */
+            fprintf(stderr, "vapo-train: %s: option 'control-variate' is gone; its successor is --estimator pathwise "
+                            "(the default)\n", origin);
+            continue;
+        }
         if (!d)
             return vapo_fail("%s: unknown option '%s' (see --help)", origin, key);
         char buf[64];

@@ -10,8 +10,8 @@ steps=${1:-30} batch=${2:-64} threads=${3:-$(nproc)}
 out=$(mktemp -d)
 /usr/bin/time -f "%M" -o "$out/rss" build/vapo-train --steps $((steps + 1)) --batch "$batch" --threads "$threads" --estimator score \
   --out "$out/run" --log-every 1 --save-every 100000 --sample-every 0 --grid 1 --calib 2 --sample-tol 1 >/dev/null 2>&1
-rate=$(/usr/bin/python3 -c "import json,sys; print('%.3f' % json.loads(open(sys.argv[1]).readlines()[-1])['steps_per_s'])" \
-  "$out/run/metrics.jsonl")  # includes the first, allocating step
+rate=$(/usr/bin/python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print('%.3f' % [x for x in r if 'steps_per_s' in x][-1]['steps_per_s'])" \
+  "$out/run/metrics.jsonl")  # the last loss record; includes the first, allocating step
 echo "vapo training: $rate steps/s (fmnist-small, batch $batch), peak RSS $(( $(cat "$out/rss") / 1024 )) MiB"
 /usr/bin/python3 bench/bench_train_torch.py "$steps" "$batch" "$threads"
 rm -rf "$out"

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """vapo-train --resume continues bit for bit: 4 steps in one run must equal
 2 steps, stop, resume, 2 more steps (weights, EMA and optimizer moments), on
-the CPU with the same thread count. Also checks --help and a bad option."""
+the CPU with the same thread count. Also checks --help, a bad option, and that
+a checkpoint from before the pathwise estimator (option 'control-variate')
+still resumes."""
 import json
 import os
 import struct
@@ -50,6 +52,20 @@ with tempfile.TemporaryDirectory() as d:
     assert [r["step"] for r in field] == [2, 4], field
     assert all(len(r["field_cos"]) == 5 and len(r["field_contraction"]) == 5 for r in field), field
     print(f"resume: {len(a)} tensors bit-identical after 2 + 2 steps vs 4 steps")
+
+    # an older checkpoint: its saved options carry 'control-variate', which is gone
+    raw = open(f"{d}/b/model.safetensors", "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    vapo = json.loads(header["__metadata__"]["vapo"])
+    vapo["train"]["options"]["control-variate"] = 1
+    header["__metadata__"]["vapo"] = json.dumps(vapo)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(f"{d}/old.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + raw[8 + n:])
+    p = run(["--steps", "5", "--out", f"{d}/c", "--resume", f"{d}/old.safetensors"])
+    assert "'control-variate' is gone" in p.stderr, p.stderr
 
     h = subprocess.run([train, "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--innovation-weight" in h.stdout and "--resume" in h.stdout

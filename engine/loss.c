@@ -183,6 +183,12 @@ oom:
     return NULL;
 }
 
+/* v's buffer when the estimator needs the path velocity, else NULL */
+static float *velocity(const vapo_loss_config *cfg, vapo_loss_work *wk)
+{
+    return cfg->estimator == VAPO_ESTIMATOR_PATHWISE ? wk->v : NULL;
+}
+
 /* x, v and the innovation sums for (seed, step): times on the host (B
  * scalars, uploaded), noise drawn straight into backend memory. */
 static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float *xbar, uint64_t seed, uint64_t step)
@@ -195,8 +201,7 @@ static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float
     be->upload(be, wk->dev_coef, wk->coef, sizeof(vapo_path_coef) * B);
     be->upload(be, wk->xbar, xbar, sizeof(float) * B * d);
     be->rng_normal(be, seed, VAPO_STREAM_TRAIN + 2, first * d, (size_t)B * d, wk->z);
-    float *v = cfg->estimator == VAPO_ESTIMATOR_PATHWISE ? wk->v : NULL;
-    be->loss_perturb(be, B, d, wk->dev_coef, wk->xbar, wk->z, wk->x, v, wk->zx);
+    be->loss_perturb(be, B, d, wk->dev_coef, wk->xbar, wk->z, wk->x, velocity(cfg, wk), wk->zx);
 }
 
 int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar,
@@ -208,7 +213,7 @@ int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cf
     if (vapo_net_forward(net, B, wk->x, wk->phi) || vapo_net_backward(net, wk->grad))
         return -1;
     be->loss_seeds(be, B, d, 1.0 / ((double)B * d), cfg->lambda, wk->dev_coef, wk->zx, wk->phi, wk->grad,
-                   cfg->estimator == VAPO_ESTIMATOR_PATHWISE ? wk->v : NULL, wk->u, wk->phi_bar, wk->dev_rows);
+                   velocity(cfg, wk), wk->u, wk->phi_bar, wk->dev_rows);
     if (vapo_net_tangent(net, wk->u, NULL) || vapo_net_dual_backward(net, wk->phi_bar, NULL, param_grad))
         return -1;
     be->download(be, wk->rows, wk->dev_rows, sizeof(double) * VAPO_ROW_TERMS * B);

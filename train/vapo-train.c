@@ -172,35 +172,42 @@ static int progress_dot(void *ctx, const vapo_ode_progress *p)
     return stop_requested != 0;
 }
 
+static void print_values(FILE *f, const char *sep, const char *fmt, const double *x, int n)
+{
+    for (int k = 0; k < n; k++) {
+        fputs(k ? sep : "", f);
+        fprintf(f, fmt, x[k]);
+    }
+}
+
 /* The EMA field against the path velocity at five noise levels: where the
  * model is still wrong, which the loss (dominated by sigma ~ 1) hides. */
 static void report_field(run *r)
 {
     enum { NT = 5 };
     static const double t[NT] = {0.0, 0.25, 0.5, 0.75, 1.0};
-    double cosine[NT], contraction[NT];
+    double cosine[NT], contraction[NT], sigma[NT];
     if (vapo_loader_batch(r->loader, (uint64_t)r->step, r->batch, NULL) ||
         vapo_field_fit(r->ema->net, r->work, &r->o.loss, r->batch, NT, t, (uint64_t)r->o.seed, cosine, contraction)) {
         fprintf(stderr, "vapo-train: field diagnostic failed: %s\n", vapo_last_error());
         return;
     }
+    for (int k = 0; k < NT; k++)
+        sigma[k] = vapo_schedule_at(&r->o.loss, t[k]).sigma;
     fprintf(stderr, "vapo-train: field vs path velocity (EMA)  sigma:");
-    for (int k = 0; k < NT; k++)
-        fprintf(stderr, " %6.3f", vapo_schedule_at(&r->o.loss, t[k]).sigma);
+    print_values(stderr, "", " %6.3f", sigma, NT);
     fprintf(stderr, "\n%46s", "cos:");
-    for (int k = 0; k < NT; k++)
-        fprintf(stderr, " %6.3f", cosine[k]);
+    print_values(stderr, "", " %6.3f", cosine, NT);
     fprintf(stderr, "\n%46s", "contraction / path's:");
-    for (int k = 0; k < NT; k++)
-        fprintf(stderr, " %6.3f", contraction[k]);
+    print_values(stderr, "", " %6.3f", contraction, NT);
     fputc('\n', stderr);
     if (r->log) {
-        fprintf(r->log, "{\"step\": %ld, \"field_t\": [0, 0.25, 0.5, 0.75, 1], \"field_cos\": [", r->step);
-        for (int k = 0; k < NT; k++)
-            fprintf(r->log, "%s%.4f", k ? ", " : "", cosine[k]);
+        fprintf(r->log, "{\"step\": %ld, \"field_t\": [", r->step);
+        print_values(r->log, ", ", "%g", t, NT);
+        fprintf(r->log, "], \"field_cos\": [");
+        print_values(r->log, ", ", "%.4f", cosine, NT);
         fprintf(r->log, "], \"field_contraction\": [");
-        for (int k = 0; k < NT; k++)
-            fprintf(r->log, "%s%.4f", k ? ", " : "", contraction[k]);
+        print_values(r->log, ", ", "%.4f", contraction, NT);
         fprintf(r->log, "]}\n");
         fflush(r->log);
     }

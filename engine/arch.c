@@ -58,6 +58,8 @@ int vapo_arch_validate(const vapo_arch *a)
         return vapo_fail("architecture: activation must be gelu or silu");
     if (a->head_act != VAPO_ACT_GELU && a->head_act != VAPO_ACT_SILU && a->head_act != VAPO_ACT_RELU)
         return vapo_fail("architecture: head activation must be relu, gelu or silu");
+    if (!(a->quadratic >= 0.0f && a->quadratic <= 1000.0f))
+        return vapo_fail("architecture: quadratic must be in [0, 1000], got %g", a->quadratic);
     for (int l = 0; l < a->levels; l++) {
         if (a->widths[l] < 1 || a->widths[l] > 4096)
             return vapo_fail("architecture: width of level %d must be 1..4096, got %d", l, a->widths[l]);
@@ -89,21 +91,23 @@ json_t *vapo_arch_to_json(const vapo_arch *a)
     json_t *widths = json_array();
     for (int l = 0; l < a->levels; l++)
         json_array_append_new(widths, json_integer(a->widths[l]));
-    return json_pack("{s:s, s:[i,i,i], s:o, s:i, s:i, s:s, s:s}", "preset", a->preset, "input", a->in_c, a->in_h,
-                     a->in_w, "widths", widths, "blocks", a->blocks, "kernel", a->kernel, "act", vapo_act_name(a->act),
-                     "head_act", vapo_act_name(a->head_act));
+    return json_pack("{s:s, s:[i,i,i], s:o, s:i, s:i, s:s, s:s, s:f}", "preset", a->preset, "input", a->in_c,
+                     a->in_h, a->in_w, "widths", widths, "blocks", a->blocks, "kernel", a->kernel, "act",
+                     vapo_act_name(a->act), "head_act", vapo_act_name(a->head_act), "quadratic", (double)a->quadratic);
 }
 
 int vapo_arch_from_json(const json_t *obj, vapo_arch *a)
 {
     json_t *widths = NULL;
     const char *preset = "", *act = "gelu", *head_act = "relu";
+    double quadratic = 0.0; /* absent in checkpoints from before the option: the paper's network */
     json_error_t err;
     memset(a, 0, sizeof *a);
-    if (json_unpack_ex((json_t *)obj, &err, JSON_STRICT, "{s?s, s:[iii], s:o, s:i, s:i, s?s, s?s}", "preset", &preset,
-                       "input", &a->in_c, &a->in_h, &a->in_w, "widths", &widths, "blocks", &a->blocks, "kernel",
-                       &a->kernel, "act", &act, "head_act", &head_act))
+    if (json_unpack_ex((json_t *)obj, &err, JSON_STRICT, "{s?s, s:[iii], s:o, s:i, s:i, s?s, s?s, s?F}", "preset",
+                       &preset, "input", &a->in_c, &a->in_h, &a->in_w, "widths", &widths, "blocks", &a->blocks,
+                       "kernel", &a->kernel, "act", &act, "head_act", &head_act, "quadratic", &quadratic))
         return vapo_fail("architecture metadata: %s", err.text);
+    a->quadratic = (float)quadratic;
     if (!json_is_array(widths) || json_array_size(widths) < 1 || json_array_size(widths) > VAPO_MAX_LEVELS)
         return vapo_fail("architecture metadata: widths must be an array of 1..%d integers", VAPO_MAX_LEVELS);
     a->levels = (int)json_array_size(widths);

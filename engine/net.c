@@ -459,6 +459,18 @@ static int check_batch(int batch)
     return 0;
 }
 
+/* out[b] += a * <x_b, y_b> over sample b of two inputs in the net's CNHW
+ * layout: per-(channel, sample) row dots into scratch, then a sum over channels. */
+static void add_sample_dots(vapo_net *n, float a, const float *x, const float *y, float *out)
+{
+    const int rows = n->arch.in_c * n->batch;
+    float *dots = n->scratch[0];
+    n->be->zero(n->be, dots, sizeof(float) * rows);
+    n->be->scale_backward_param(n->be, rows, (size_t)n->arch.in_h * n->arch.in_w, dots, x, y);
+    for (int c = 0; c < n->arch.in_c; c++)
+        n->be->axpy(n->be, n->batch, a, dots + (size_t)c * n->batch, out);
+}
+
 int vapo_net_forward(vapo_net *n, int batch, const float *x, float *phi)
 {
     if (check_batch(batch) || reserve(n, batch))
@@ -467,6 +479,8 @@ int vapo_net_forward(vapo_net *n, int batch, const float *x, float *phi)
     const vapo_arch *a = &n->arch;
     n->be->nchw_to_cnhw(n->be, batch, a->in_c, a->in_h * a->in_w, n->fwd.x, x);
     walk_forward(n, &n->fwd, 0);
+    if (a->quadratic != 0.0f)
+        add_sample_dots(n, -0.5f * a->quadratic, n->fwd.x, n->fwd.x, n->fwd.phi);
     n->be->copy(n->be, phi, n->fwd.phi, sizeof(float) * batch);
     n->have_forward = 1;
     n->have_tangent = 0;
@@ -480,6 +494,8 @@ int vapo_net_tangent(vapo_net *n, const float *u, float *phi_dot)
     const vapo_arch *a = &n->arch;
     n->be->nchw_to_cnhw(n->be, n->batch, a->in_c, a->in_h * a->in_w, n->tan.x, u);
     walk_forward(n, &n->tan, 1);
+    if (a->quadratic != 0.0f)
+        add_sample_dots(n, -a->quadratic, n->fwd.x, n->tan.x, n->tan.phi);
     if (phi_dot)
         n->be->copy(n->be, phi_dot, n->tan.phi, sizeof(float) * n->batch);
     n->have_tangent = 1;
@@ -598,6 +614,8 @@ int vapo_net_backward(vapo_net *n, float *grad_x)
     vapo_conv_shape s = conv_shape(n, &n->conv_in, 0);
     vapo_conv_bwd(n->be, &s, r.x, r.g, n->weights + n->conv_in.w);
     const vapo_arch *a = &n->arch;
+    if (a->quadratic != 0.0f)
+        n->be->axpy(n->be, (size_t)a->in_c * n->batch * a->in_h * a->in_w, -a->quadratic, n->fwd.x, r.x);
     n->be->cnhw_to_nchw(n->be, n->batch, a->in_c, a->in_h * a->in_w, grad_x, r.x);
     return 0;
 }

@@ -78,7 +78,9 @@ def energy(p, arch, x):
     s = head_act(h).sum(dim=(2, 3))
     v, g, b = p["head.v"], p["head.g"], p["head.b"]
     w = g.view(-1, 1) * v.flatten(1) / v.flatten(1).norm(dim=1).view(-1, 1)
-    return s @ w.t() + b  # [B, 1]
+    phi = s @ w.t() + b  # [B, 1]
+    kappa = arch.get("quadratic", 0.0)  # Phi = net(x) - kappa/2 |x|^2
+    return phi - 0.5 * kappa * x.flatten(1).pow(2).sum(1, keepdim=True) if kappa else phi
 
 
 def schedule(cfg, t):

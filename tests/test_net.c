@@ -1,7 +1,10 @@
-/* Whole-network checks on the CPU: parameter counts of the presets, the four
+/* Whole-network checks on the CPU: parameter counts of the presets, the JSON
+ * form of the architecture, the four
  * passes of Phi against finite differences (tiny and tiny2d), and the
  * consistency of backward and tangent. Tolerances as in test_layers.c. */
 #include <string.h>
+
+#include <jansson.h>
 
 #include "testutil.h"
 #include "vapo/error.h"
@@ -29,6 +32,24 @@ static void check_counts(void)
     CHECK(vapo_arch_preset("nope", &a) && strstr(vapo_last_error(), "fmnist-small"), "unknown preset message: %s",
           vapo_last_error());
     be->destroy(be);
+}
+
+/* The architecture's JSON form: quadratic round-trips, is optional (0 in
+ * checkpoints from before it) and is range-checked. */
+static void check_arch_json(void)
+{
+    vapo_arch a, b;
+    vapo_arch_preset("fmnist-small", &a);
+    a.quadratic = 4.5f;
+    json_t *j = vapo_arch_to_json(&a);
+    CHECK(!vapo_arch_from_json(j, &b) && b.quadratic == 4.5f && b.widths[2] == 64, "round trip: %s", vapo_last_error());
+    json_object_del(j, "quadratic");
+    CHECK(!vapo_arch_from_json(j, &b) && b.quadratic == 0.0f, "quadratic absent: %s", vapo_last_error());
+    json_object_set_new(j, "quadratic", json_real(-1.0));
+    CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "quadratic"), "negative quadratic accepted");
+    json_object_set_new(j, "quadratic", json_string("big"));
+    CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "architecture"), "string quadratic accepted");
+    json_decref(j);
 }
 
 /* A random direction with the norm of a 100-dimensional normal vector, so the
@@ -62,7 +83,7 @@ static double dual_objective(vapo_net *n, int batch, const float *x, const float
     return s;
 }
 
-static void check_passes(const char *preset, int batch)
+static void check_passes(const char *preset, int batch, float quadratic)
 {
     vapo_backend *be = vapo_backend_cpu(0);
     vapo_arch a;
@@ -72,6 +93,7 @@ static void check_passes(const char *preset, int batch)
      * head activation (ReLU's passes are checked in test_layers.c, and the
      * real ReLU head against PyTorch in test_oracle). */
     a.head_act = VAPO_ACT_GELU;
+    a.quadratic = quadratic;
     vapo_net *n = vapo_net_create(be, &a);
     const size_t d = vapo_net_input_size(n), np = vapo_net_param_count(n), nx = d * batch;
     float *theta = vapo_net_params(n);
@@ -134,8 +156,8 @@ static void check_passes(const char *preset, int batch)
         CHECK(fabs(fd - grad[i]) <= 5 * TOL * (fabs(fd) + 1), "%s dual d/d %s[%zu]: analytic %.7g, finite difference %.7g",
               preset, list[t].name, list[t].count / 2, grad[i], fd);
     }
-    printf("  %-8s batch %d: backward, tangent and dual agree with finite differences (%d tensors)\n", preset, batch,
-           count);
+    printf("  %-8s batch %d, quadratic %g: backward, tangent and dual agree with finite differences (%d tensors)\n",
+           preset, batch, quadratic, count);
     free(x), free(u), free(g), free(dir), free(xs), free(grad), free(save);
     vapo_net_free(n);
     be->destroy(be);
@@ -144,7 +166,9 @@ static void check_passes(const char *preset, int batch)
 int main(void)
 {
     check_counts();
-    check_passes("tiny", 3);
-    check_passes("tiny2d", 5);
+    check_arch_json();
+    check_passes("tiny", 3, 0.0f);
+    check_passes("tiny2d", 5, 0.0f);
+    check_passes("tiny", 3, 1.5f); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
     return test_finish("test_net");
 }

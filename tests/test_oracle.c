@@ -148,7 +148,7 @@ static void compare_outputs(const vapo_ckpt *ref, vapo_net *net, const oracle_ca
            "max %.2e\n", preset, c->batch, worst, count, worst_grad);
 }
 
-static void run_case(const char *preset, int batch, vapo_innovation_weight weighting)
+static void run_case(const char *preset, int batch, vapo_innovation_weight weighting, float quadratic)
 {
     char dir[] = "/tmp/vapo-oracle-XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
@@ -159,6 +159,7 @@ static void run_case(const char *preset, int batch, vapo_innovation_weight weigh
     vapo_backend *be = vapo_backend_cpu(0);
     vapo_arch a;
     vapo_arch_preset(preset, &a);
+    a.quadratic = quadratic;
     vapo_net *net = vapo_net_create(be, &a);
     vapo_net_init(net, 3);
     perturb_params(net);
@@ -195,8 +196,9 @@ static void run_case(const char *preset, int batch, vapo_innovation_weight weigh
 
 int main(void)
 {
-    run_case("tiny", 4, VAPO_WEIGHT_CONSTANT);
-    run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN);
-    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN);
+    run_case("tiny", 4, VAPO_WEIGHT_CONSTANT, 0.0f);
+    run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN, 0.0f);
+    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 0.0f);
+    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 4.6f); /* with the fixed quadratic of --quadratic auto */
     return test_finish("test_oracle");
 }

@@ -122,6 +122,7 @@ static int load_resume(run *r, const char *path, int argc, char **argv)
         return vapo_fail("%s: no trainer state (metadata vapo.train.step) to resume from", path);
     }
     const char *out = r->o.out;
+    r->o.quadratic = "0"; /* checkpoints from before the option trained the paper's network */
     int rc = train_options_apply_json(&r->o, json_object_get(train, "options"), path);
     r->o.out = out;
     if (!rc)
@@ -346,7 +347,8 @@ static int train_loop(run *r)
  * sets the head's gain so that |grad Phi| at prior samples matches the speed
  * of the exact Gaussian flow there, |sigma'/sigma| |x| = (L_eps/2) omega sqrt(d).
  * Phi is linear in that gain, so one rescaling is exact. Without it the
- * network starts ~100x too slow and spends thousands of steps growing. */
+ * network starts ~100x too slow and spends thousands of steps growing. With
+ * --quadratic the fixed term already has that speed, so this is skipped. */
 static int init_scale(run *r)
 {
     const int n = r->o.batch, d = (int)vapo_net_input_size(r->net);
@@ -415,6 +417,7 @@ static int setup(run *r, int argc, char **argv)
     vapo_arch arch;
     if (vapo_arch_preset(r->o.preset, &arch))
         return -1;
+    arch.quadratic = (float)r->o.kappa;
     r->be = vapo_backend_open(r->o.device, r->o.threads);
     if (!r->be)
         return -1;
@@ -437,7 +440,7 @@ static int setup(run *r, int argc, char **argv)
     r->work = vapo_loss_work_create(r->net, r->o.batch);
     if (!r->batch || !r->grad || !r->work)
         return vapo_fail("out of memory");
-    if (!resume && init_scale(r))
+    if (!resume && arch.quadratic == 0.0f && init_scale(r))
         return -1;
     if (optim_init(&r->opt, &r->o.opt, r->net, vapo_net_params(r->net)))
         return -1;

@@ -37,6 +37,7 @@ static const opt_def defs[] = {
     {"lr-schedule", T_STR, O(lr_schedule), "constant, or cosine (decays to 0 at --steps)"},
     {"clip", T_DBL, O(opt.clip), "global gradient-norm clip (0: off)"},
     {"ema", T_DBL, O(opt.ema_decay), "EMA decay of the weights"},
+    {"quadratic", T_STR, O(quadratic), "k of the fixed -k/2 |x|^2 in Phi: auto (the path's contraction 1/2 ln(1+omega^2/nu^2)), 0 (the paper's network) or a number"},
     {"omega", T_DBL, O(loss.omega), "prior std"},
     {"nu", T_DBL, O(loss.nu), "likelihood std"},
     {"sharpness", T_DBL, O(loss.eps), "epsilon of the log-uniform time law (nu^2/omega^2 is geometric)"},
@@ -64,7 +65,7 @@ void train_options_default(train_options *o)
     o->opt = (optim_config){.kind = OPTIM_LAMB, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .warmup = 500,
                             .clip = 1.0, .ema_decay = 0.999};
     o->loss = vapo_loss_config_default();
-    o->estimator = "pathwise";
+    o->estimator = "pathwise", o->quadratic = "auto";
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 
@@ -178,6 +179,23 @@ static int load_config(train_options *o, const char *path)
     return rc;
 }
 
+/* --quadratic: auto is the path's sigma'/sigma averaged over t in [0, 1], the
+ * log of sigma(0)/sigma(1); with eps = nu^2/omega^2 it is L_eps/2 at every t,
+ * and the path velocity is exactly -k x plus a pull towards the data. */
+static int parse_quadratic(train_options *o)
+{
+    char *end;
+    if (!strcmp(o->quadratic, "auto")) {
+        o->kappa = 0.5 * log1p(o->loss.omega * o->loss.omega / (o->loss.nu * o->loss.nu));
+        return 0;
+    }
+    errno = 0;
+    o->kappa = strtod(o->quadratic, &end);
+    if (!*o->quadratic || *end || errno || !(o->kappa >= 0 && o->kappa <= 1000))
+        return vapo_fail("--quadratic needs auto or a number in [0, 1000], got '%s'", o->quadratic);
+    return 0;
+}
+
 static int finish(train_options *o)
 {
     if (strcmp(o->lr_schedule, "constant") && strcmp(o->lr_schedule, "cosine"))
@@ -195,7 +213,9 @@ static int finish(train_options *o)
         return vapo_fail("--grid must be 1..1024; --save-every, --log-every and --keep at least 1");
     if (!(o->sample_tol > 0) || !(o->t_end > 0))
         return vapo_fail("--sample-tol and --t-end must be positive");
-    return vapo_loss_config_validate(&o->loss);
+    if (vapo_loss_config_validate(&o->loss))
+        return -1;
+    return parse_quadratic(o);
 }
 
 int train_options_parse(train_options *o, int argc, char **argv)

@@ -16,6 +16,8 @@ typedef struct {
     optim_config opt;
     vapo_loss_config loss;
     const char *optimizer, *weighting, *estimator, *lr_schedule; /* parsed into opt.kind, loss.*, opt.decay_steps */
+    const char *quadratic; /* parsed into kappa: the network's arch.quadratic */
+    double kappa;
     double sample_tol, t_end;
     char *owned[64]; /* option strings copied from JSON, freed by train_options_free */
     int nowned;

@@ -8,7 +8,13 @@
  *   vapo_net_tangent        Phidot = grad_x Phi . u (forward mode along u)
  *   vapo_net_dual_backward  d/dtheta of sum_b [phi_bar_b Phi_b + phidot_bar_b Phidot_b]
  * With u = dL/d(grad_x Phi), phi_bar = dL/dPhi and phidot_bar = 1 the dual
- * backward gives the exact parameter gradient of any loss L(Phi, grad_x Phi). */
+ * backward gives the exact parameter gradient of any loss L(Phi, grad_x Phi).
+ *
+ * An optional fixed quadratic, Phi = net(x) - kappa/2 |x|^2 (arch.quadratic),
+ * gives the field a built-in contraction -kappa x: with kappa = sigma'/sigma of
+ * the path, the network only has to learn the pull towards the data (a
+ * denoiser), not to reproduce the noise it removes (docs/DESIGN.md). It has no
+ * parameters, so the dual backward is unchanged. */
 #ifndef VAPO_NET_H
 #define VAPO_NET_H
 
@@ -28,6 +34,7 @@ typedef struct {
     int kernel;                        /* 3, or 1 for 1x1 "images" such as 2-D points */
     vapo_act act;                      /* GELU by default */
     vapo_act head_act;                 /* before the spatial sum: ReLU as in DRL */
+    float quadratic;                   /* kappa >= 0: Phi = net(x) - kappa/2 |x|^2 (0: the paper's) */
 } vapo_arch;
 
 /* Fills *arch from a preset name (tiny, tiny2d, fmnist-small, fmnist, cifar10,

@@ -28,7 +28,15 @@ int vapo_loss_config_validate(const vapo_loss_config *c)
         return vapo_fail("unknown innovation weighting");
     if (c->estimator != VAPO_ESTIMATOR_SCORE && c->estimator != VAPO_ESTIMATOR_PATHWISE)
         return vapo_fail("unknown estimator");
+    if (!(fabs(c->time_tilt) <= 50))
+        return vapo_fail("time tilt must be a number in [-50, 50], got %g", c->time_tilt);
     return 0;
+}
+
+double vapo_loss_time(const vapo_loss_config *c, double u)
+{
+    const double k = c->time_tilt;
+    return k == 0 ? u : log1p(u * expm1(k)) / k;
 }
 
 int vapo_innovation_weight_parse(const char *name, vapo_innovation_weight *out)
@@ -197,7 +205,7 @@ static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float
     const int B = wk->batch, d = wk->d;
     const uint64_t first = step * (uint64_t)B;
     for (int i = 0; i < B; i++)
-        wk->coef[i] = vapo_path_coef_at(cfg, vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i));
+        wk->coef[i] = vapo_path_coef_at(cfg, vapo_loss_time(cfg, vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i)));
     be->upload(be, wk->dev_coef, wk->coef, sizeof(vapo_path_coef) * B);
     be->upload(be, wk->xbar, xbar, sizeof(float) * B * d);
     be->rng_normal(be, seed, VAPO_STREAM_TRAIN + 2, first * d, (size_t)B * d, wk->z);

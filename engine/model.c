@@ -49,9 +49,9 @@ void vapo_model_free(vapo_model *m)
 
 static json_t *loss_to_json(const vapo_loss_config *l)
 {
-    return json_pack("{s:f, s:f, s:f, s:f, s:s, s:s}", "omega", l->omega, "nu", l->nu, "eps", l->eps, "lambda",
+    return json_pack("{s:f, s:f, s:f, s:f, s:s, s:s, s:f}", "omega", l->omega, "nu", l->nu, "eps", l->eps, "lambda",
                      l->lambda, "innovation_weight", vapo_innovation_weight_name(l->weighting), "estimator",
-                     vapo_estimator_name(l->estimator));
+                     vapo_estimator_name(l->estimator), "time_tilt", l->time_tilt);
 }
 
 static int loss_from_json(const json_t *o, vapo_loss_config *l)
@@ -59,9 +59,9 @@ static int loss_from_json(const json_t *o, vapo_loss_config *l)
     const char *weighting = "jacobian", *estimator = "score";
     json_error_t err;
     *l = vapo_loss_config_default();
-    if (o && json_unpack_ex((json_t *)o, &err, 0, "{s?F, s?F, s?F, s?F, s?s, s?s}", "omega", &l->omega, "nu", &l->nu,
-                            "eps", &l->eps, "lambda", &l->lambda, "innovation_weight", &weighting, "estimator",
-                            &estimator))
+    if (o && json_unpack_ex((json_t *)o, &err, 0, "{s?F, s?F, s?F, s?F, s?s, s?s, s?F}", "omega", &l->omega, "nu",
+                            &l->nu, "eps", &l->eps, "lambda", &l->lambda, "innovation_weight", &weighting, "estimator",
+                            &estimator, "time_tilt", &l->time_tilt))
         return vapo_fail("loss metadata: %s", err.text);
     if (vapo_innovation_weight_parse(weighting, &l->weighting) || vapo_estimator_parse(estimator, &l->estimator))
         return -1;

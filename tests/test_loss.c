@@ -300,8 +300,30 @@ static void check_a3(int pathwise)
            p[2], p[3], b[0], b[1], b[2]);
 }
 
+/* vapo_loss_time: the identity without a tilt; with tilt k the mean of t is
+ * 1/(1 - e^{-k}) - 1/k and P(t < 1/2) = 1/(1 + e^{k/2}); the validator bounds k. */
+static void check_time_law(void)
+{
+    vapo_loss_config c = vapo_loss_config_default();
+    CHECK(vapo_loss_time(&c, 0.3) == 0.3, "no tilt: t = u");
+    const double k = c.time_tilt = 3.0, want_mean = 1 / (1 - exp(-k)) - 1 / k, want_half = 1 / (1 + exp(k / 2));
+    const int n = 200000;
+    double mean = 0, half = 0;
+    for (int i = 0; i < n; i++) {
+        const double t = vapo_loss_time(&c, vapo_rng_uniform(5, 0, i));
+        CHECK(t >= 0 && t <= 1, "tilted t = %g outside [0, 1]", t);
+        mean += t / n, half += (t < 0.5) / (double)n;
+    }
+    CHECK(fabs(mean - want_mean) < 0.003 && fabs(half - want_half) < 0.004,
+          "tilt 3: mean %.4f (want %.4f), P(t < 1/2) %.4f (want %.4f)", mean, want_mean, half, want_half);
+    printf("  time tilt 3: mean t %.4f (exact %.4f), P(t < 1/2) %.4f (exact %.4f)\n", mean, want_mean, half, want_half);
+    c.time_tilt = NAN;
+    CHECK(vapo_loss_config_validate(&c) != 0, "a NaN tilt passes validation");
+}
+
 int main(void)
 {
+    check_time_law();
     check_identities();
     check_a1();
     check_population_loss();

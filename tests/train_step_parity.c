@@ -97,7 +97,7 @@ static float *host_composition(vapo_backend *cpu, const char *preset, const vapo
     double t[B], zx[2 * B];
     vapo_path_coef coef[B];
     for (int i = 0; i < B; i++)
-        t[i] = vapo_rng_uniform(SEED, VAPO_STREAM_TRAIN + 1, STEP * B + i);
+        t[i] = vapo_loss_time(cfg, vapo_rng_uniform(SEED, VAPO_STREAM_TRAIN + 1, STEP * B + i));
     vapo_rng_normal(SEED, VAPO_STREAM_TRAIN + 2, STEP * B * d, n, z);
     const int pathwise = cfg->estimator == VAPO_ESTIMATOR_PATHWISE;
     vapo_loss_perturb(cfg, B, (int)d, xbar, t, z, x, coef, zx, pathwise ? v : NULL);
@@ -160,6 +160,7 @@ int main(void)
         for (int e = 0; e < 2; e++) {
             vapo_loss_config cfg = vapo_loss_config_default();
             cfg.estimator = e ? VAPO_ESTIMATOR_PATHWISE : VAPO_ESTIMATOR_SCORE;
+            cfg.time_tilt = e ? 3.0 : 0.0; /* the step draws its times through vapo_loss_time */
             check_cpu(cpu, presets[p], &cfg, xbar);
             for (int k = 0; cuda && k < 2; k++)
                 check_cuda(cpu, cuda, presets[p], &cfg, k ? OPTIM_ADAM : OPTIM_LAMB, xbar);

@@ -42,6 +42,7 @@ static const opt_def defs[] = {
     {"nu", T_DBL, O(loss.nu), "likelihood std"},
     {"sharpness", T_DBL, O(loss.eps), "epsilon of the log-uniform time law (nu^2/omega^2 is geometric)"},
     {"lambda", T_DBL, O(loss.lambda), "spectral-gap (L2) weight"},
+    {"time-tilt", T_DBL, O(loss.time_tilt), "k: train times t with density ~ exp(k t); k > 0 weights near-data noise levels more (0: U(0,1), the paper's)"},
     {"innovation-weight", T_STR, O(weighting), "jacobian (tau'/2, default) or constant (1/2)"},
     {"estimator", T_STR, O(estimator), "pathwise (-grad Phi . dx/dt: same expectation, far less noise) or score (section 3.6 verbatim)"},
     {"save-every", T_LONG, O(save_every), "checkpoint every N steps"},

@@ -30,6 +30,7 @@ typedef struct {
     double lambda; /* spectral-gap weight (1e-4) */
     vapo_innovation_weight weighting;
     vapo_estimator estimator;
+    double time_tilt; /* k: the density of t is proportional to exp(k t); 0 (default) is the paper's U(0, 1) */
 } vapo_loss_config;
 
 typedef struct {
@@ -52,6 +53,12 @@ int vapo_estimator_parse(const char *name, vapo_estimator *out);
 const char *vapo_estimator_name(vapo_estimator e);
 
 vapo_schedule vapo_schedule_at(const vapo_loss_config *cfg, double t);
+
+/* The training time for a uniform draw u in [0, 1): u itself, or with a time
+ * tilt k the inverse CDF of the density k e^{kt} / (e^k - 1). A tilt k > 0
+ * samples near-data noise levels more (sigma^{-2k/L_eps} relative to the
+ * paper's law): it changes the weighting of the loss over t, not its form. */
+double vapo_loss_time(const vapo_loss_config *cfg, double u);
 
 /* The per-sample coefficients the backend's loss ops use (backend.h). */
 vapo_path_coef vapo_path_coef_at(const vapo_loss_config *cfg, double t);

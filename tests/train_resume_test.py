@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """vapo-train --resume continues bit for bit: 4 steps in one run must equal
 2 steps, stop, resume, 2 more steps (weights, EMA and optimizer moments), on
-the CPU with the same thread count. Also checks --help, a bad option, and that
-a checkpoint from before the pathwise estimator (option 'control-variate')
-still resumes."""
+the CPU with the same thread count, with the non-default --head-act and
+--time-tilt restored from the checkpoint. Also checks --help, bad options, and
+that a checkpoint from before the pathwise estimator (option
+'control-variate') and the fixed quadratic still resumes, as the paper's
+network (quadratic 0)."""
 import json
 import os
 import struct
@@ -33,13 +35,17 @@ def run(args):
 
 
 with tempfile.TemporaryDirectory() as d:
-    run(["--steps", "4", "--out", f"{d}/a"])
-    run(["--steps", "2", "--out", f"{d}/b"])
+    variant = ["--head-act", "gelu", "--time-tilt", "3"]
+    run(["--steps", "4", "--out", f"{d}/a"] + variant)
+    run(["--steps", "2", "--out", f"{d}/b"] + variant)
     run(["--steps", "4", "--out", f"{d}/b", "--resume", f"{d}/b/model.safetensors"])
     a, meta_a = tensors(f"{d}/a/model.safetensors")
     b, meta_b = tensors(f"{d}/b/model.safetensors")
     assert json.loads(meta_a["vapo"])["train"]["step"] == 4, meta_a
     assert json.loads(meta_b["vapo"])["train"]["step"] == 4, meta_b
+    vapo_b = json.loads(meta_b["vapo"])
+    assert vapo_b["arch"]["head_act"] == "gelu" and vapo_b["loss"]["time_tilt"] == 3, vapo_b
+    assert abs(vapo_b["arch"]["quadratic"] - 4.60522) < 1e-4, vapo_b["arch"]  # auto: 1/2 ln(1 + 1e4)
     assert sorted(a) == sorted(b)
     diff = [k for k in a if a[k] != b[k]]
     if diff:
@@ -59,6 +65,7 @@ with tempfile.TemporaryDirectory() as d:
     header = json.loads(raw[8:8 + n])
     vapo = json.loads(header["__metadata__"]["vapo"])
     vapo["train"]["options"]["control-variate"] = 1
+    del vapo["train"]["options"]["quadratic"], vapo["arch"]["quadratic"]
     header["__metadata__"]["vapo"] = json.dumps(vapo)
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
@@ -66,11 +73,18 @@ with tempfile.TemporaryDirectory() as d:
         f.write(struct.pack("<Q", len(h)) + h + raw[8 + n:])
     p = run(["--steps", "5", "--out", f"{d}/c", "--resume", f"{d}/old.safetensors"])
     assert "'control-variate' is gone" in p.stderr, p.stderr
+    _, meta_c = tensors(f"{d}/c/model.safetensors")
+    assert json.loads(meta_c["vapo"])["arch"]["quadratic"] == 0, meta_c
 
     h = subprocess.run([train, "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--innovation-weight" in h.stdout and "--resume" in h.stdout
     bad = subprocess.run([train, "--lr", "fast"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--lr needs a number" in bad.stderr, bad.stderr
+    for args, want in [(["--head-act", "tanh"], "unknown activation 'tanh'"),
+                       (["--quadratic", "-1"], "--quadratic needs auto or a number"),
+                       (["--time-tilt", "nan"], "--time-tilt needs a number")]:
+        bad = subprocess.run([train] + args, capture_output=True, text=True)
+        assert bad.returncode != 0 and want in bad.stderr, (args, bad.stderr)
     bad = subprocess.run([train, "--resume", f"{d}/missing.safetensors"], capture_output=True, text=True)
     assert bad.returncode != 0 and "missing.safetensors" in bad.stderr, bad.stderr
 print("train_resume: all checks passed")

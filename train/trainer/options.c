@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "vapo/error.h"
+#include "vapo/net.h"
 
 typedef enum { T_STR, T_INT, T_LONG, T_DBL } opt_type;
 
@@ -37,6 +38,7 @@ static const opt_def defs[] = {
     {"lr-schedule", T_STR, O(lr_schedule), "constant, or cosine (decays to 0 at --steps)"},
     {"clip", T_DBL, O(opt.clip), "global gradient-norm clip (0: off)"},
     {"ema", T_DBL, O(opt.ema_decay), "EMA decay of the weights"},
+    {"head-act", T_STR, O(head_act), "activation before the head's spatial sum: relu (DRL's), gelu or silu (smooth gates)"},
     {"quadratic", T_STR, O(quadratic), "k of the fixed -k/2 |x|^2 in Phi: auto (the path's contraction 1/2 ln(1+omega^2/nu^2)), 0 (the paper's network) or a number"},
     {"omega", T_DBL, O(loss.omega), "prior std"},
     {"nu", T_DBL, O(loss.nu), "likelihood std"},
@@ -66,7 +68,7 @@ void train_options_default(train_options *o)
     o->opt = (optim_config){.kind = OPTIM_LAMB, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .warmup = 500,
                             .clip = 1.0, .ema_decay = 0.999};
     o->loss = vapo_loss_config_default();
-    o->estimator = "pathwise", o->quadratic = "auto";
+    o->estimator = "pathwise", o->quadratic = "auto", o->head_act = "relu";
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 
@@ -214,7 +216,8 @@ static int finish(train_options *o)
         return vapo_fail("--grid must be 1..1024; --save-every, --log-every and --keep at least 1");
     if (!(o->sample_tol > 0) || !(o->t_end > 0))
         return vapo_fail("--sample-tol and --t-end must be positive");
-    if (vapo_loss_config_validate(&o->loss))
+    vapo_act head;
+    if (vapo_loss_config_validate(&o->loss) || vapo_act_parse(o->head_act, &head))
         return -1;
     return parse_quadratic(o);
 }

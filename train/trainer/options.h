@@ -17,6 +17,7 @@ typedef struct {
     vapo_loss_config loss;
     const char *optimizer, *weighting, *estimator, *lr_schedule; /* parsed into opt.kind, loss.*, opt.decay_steps */
     const char *quadratic; /* parsed into kappa: the network's arch.quadratic */
+    const char *head_act;  /* the network's arch.head_act */
     double kappa;
     double sample_tol, t_end;
     char *owned[64]; /* option strings copied from JSON, freed by train_options_free */

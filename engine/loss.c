@@ -204,8 +204,10 @@ static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float
     vapo_backend *be = wk->be;
     const int B = wk->batch, d = wk->d;
     const uint64_t first = step * (uint64_t)B;
-    for (int i = 0; i < B; i++)
-        wk->coef[i] = vapo_path_coef_at(cfg, vapo_loss_time(cfg, vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i)));
+    for (int i = 0; i < B; i++) {
+        const double u = vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i);
+        wk->coef[i] = vapo_path_coef_at(cfg, vapo_loss_time(cfg, u));
+    }
     be->upload(be, wk->dev_coef, wk->coef, sizeof(vapo_path_coef) * B);
     be->upload(be, wk->xbar, xbar, sizeof(float) * B * d);
     be->rng_normal(be, seed, VAPO_STREAM_TRAIN + 2, first * d, (size_t)B * d, wk->z);

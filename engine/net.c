@@ -494,10 +494,11 @@ int vapo_net_tangent(vapo_net *n, const float *u, float *phi_dot)
     const vapo_arch *a = &n->arch;
     n->be->nchw_to_cnhw(n->be, n->batch, a->in_c, a->in_h * a->in_w, n->tan.x, u);
     walk_forward(n, &n->tan, 1);
-    if (a->quadratic != 0.0f)
-        add_sample_dots(n, -a->quadratic, n->fwd.x, n->tan.x, n->tan.phi);
-    if (phi_dot)
+    if (phi_dot) { /* the dual pass reads the tangent activations, not Phidot: the loss step skips this */
+        if (a->quadratic != 0.0f)
+            add_sample_dots(n, -a->quadratic, n->fwd.x, n->tan.x, n->tan.phi);
         n->be->copy(n->be, phi_dot, n->tan.phi, sizeof(float) * n->batch);
+    }
     n->have_tangent = 1;
     return 0;
 }

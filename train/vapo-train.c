@@ -417,9 +417,7 @@ static int setup(run *r, int argc, char **argv)
     vapo_arch arch;
     if (vapo_arch_preset(r->o.preset, &arch))
         return -1;
-    arch.quadratic = (float)r->o.kappa;
-    if (vapo_act_parse(r->o.head_act, &arch.head_act) || vapo_arch_validate(&arch))
-        return -1;
+    arch.quadratic = (float)r->o.kappa, arch.head_act = r->o.head;
     r->be = vapo_backend_open(r->o.device, r->o.threads);
     if (!r->be)
         return -1;

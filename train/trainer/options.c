@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "vapo/error.h"
-#include "vapo/net.h"
 
 typedef enum { T_STR, T_INT, T_LONG, T_DBL } opt_type;
 
@@ -216,8 +215,7 @@ static int finish(train_options *o)
         return vapo_fail("--grid must be 1..1024; --save-every, --log-every and --keep at least 1");
     if (!(o->sample_tol > 0) || !(o->t_end > 0))
         return vapo_fail("--sample-tol and --t-end must be positive");
-    vapo_act head;
-    if (vapo_loss_config_validate(&o->loss) || vapo_act_parse(o->head_act, &head))
+    if (vapo_loss_config_validate(&o->loss) || vapo_act_parse(o->head_act, &o->head))
         return -1;
     return parse_quadratic(o);
 }

@@ -8,6 +8,7 @@
 
 #include "optim.h"
 #include "vapo/loss.h"
+#include "vapo/net.h"
 
 typedef struct {
     const char *data, *preset, *out, *resume, *device;
@@ -17,8 +18,9 @@ typedef struct {
     vapo_loss_config loss;
     const char *optimizer, *weighting, *estimator, *lr_schedule; /* parsed into opt.kind, loss.*, opt.decay_steps */
     const char *quadratic; /* parsed into kappa: the network's arch.quadratic */
-    const char *head_act;  /* the network's arch.head_act */
+    const char *head_act;  /* parsed into head: the network's arch.head_act */
     double kappa;
+    vapo_act head;
     double sample_tol, t_end;
     char *owned[64]; /* option strings copied from JSON, freed by train_options_free */
     int nowned;

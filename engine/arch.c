@@ -8,19 +8,20 @@
 
 typedef struct {
     const char *name;
-    int c, h, w, levels, widths[VAPO_MAX_LEVELS], blocks;
+    int c, h, w, levels, widths[VAPO_MAX_LEVELS], blocks, multiscale_head;
 } preset;
 
-/* VAPO-MATH.md section 7. tiny2d is the MLP-like variant for 2-D points: a
+/* VAPO-MATH.md section 7 (DRL's single head; vapo-train adds the others and the
+ * anchor by default, docs/DESIGN.md). tiny2d is the MLP-like variant for 2-D points: a
  * 1x1 "image" with two channels, so 1x1 convolutions are dense layers. */
 static const preset presets[] = {
-    {"tiny", 1, 8, 8, 2, {8, 16}, 1},
-    {"tiny2d", 2, 1, 1, 1, {64}, 2},
-    {"fmnist-small", 1, 28, 28, 3, {32, 64, 64}, 1},
-    {"fmnist", 1, 28, 28, 3, {128, 256, 256}, 2},
-    {"cifar10", 3, 32, 32, 4, {128, 256, 256, 256}, 8},
-    {"celeba64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 6},
-    {"lsun64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 2},
+    {"tiny", 1, 8, 8, 2, {8, 16}, 1, 0},
+    {"tiny2d", 2, 1, 1, 1, {64}, 2, 0},
+    {"fmnist-small", 1, 28, 28, 3, {32, 64, 64}, 1, 0},
+    {"fmnist", 1, 28, 28, 3, {128, 256, 256}, 2, 0},
+    {"cifar10", 3, 32, 32, 4, {128, 256, 256, 256}, 8, 0},
+    {"celeba64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 6, 0},
+    {"lsun64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 2, 0},
 };
 
 const char *vapo_arch_preset_list(void) { return "tiny, tiny2d, fmnist-small, fmnist, cifar10, celeba64, lsun64"; }
@@ -34,7 +35,7 @@ int vapo_arch_preset(const char *name, vapo_arch *arch)
         memset(arch, 0, sizeof *arch);
         snprintf(arch->preset, sizeof arch->preset, "%s", p->name);
         arch->in_c = p->c, arch->in_h = p->h, arch->in_w = p->w;
-        arch->levels = p->levels, arch->blocks = p->blocks;
+        arch->levels = p->levels, arch->blocks = p->blocks, arch->multiscale_head = p->multiscale_head;
         memcpy(arch->widths, p->widths, sizeof arch->widths);
         arch->kernel = (p->h == 1 && p->w == 1) ? 1 : 3;
         arch->act = VAPO_ACT_GELU;
@@ -58,6 +59,10 @@ int vapo_arch_validate(const vapo_arch *a)
         return vapo_fail("architecture: activation must be gelu or silu");
     if (a->head_act != VAPO_ACT_GELU && a->head_act != VAPO_ACT_SILU && a->head_act != VAPO_ACT_RELU)
         return vapo_fail("architecture: head activation must be relu, gelu or silu");
+    if (a->multiscale_head != 0 && a->multiscale_head != 1)
+        return vapo_fail("architecture: multiscale_head must be 0 or 1");
+    if (a->anchor != 0 && (a->anchor != 1 || !(a->quadratic > 0.0f)))
+        return vapo_fail("architecture: anchor must be 0 or 1, and 1 needs quadratic > 0");
     if (!(a->quadratic >= 0.0f && a->quadratic <= 1000.0f))
         return vapo_fail("architecture: quadratic must be in [0, 1000], got %g", a->quadratic);
     for (int l = 0; l < a->levels; l++) {
@@ -91,9 +96,10 @@ json_t *vapo_arch_to_json(const vapo_arch *a)
     json_t *widths = json_array();
     for (int l = 0; l < a->levels; l++)
         json_array_append_new(widths, json_integer(a->widths[l]));
-    return json_pack("{s:s, s:[i,i,i], s:o, s:i, s:i, s:s, s:s, s:f}", "preset", a->preset, "input", a->in_c,
-                     a->in_h, a->in_w, "widths", widths, "blocks", a->blocks, "kernel", a->kernel, "act",
-                     vapo_act_name(a->act), "head_act", vapo_act_name(a->head_act), "quadratic", (double)a->quadratic);
+    return json_pack("{s:s, s:[i,i,i], s:o, s:i, s:i, s:s, s:s, s:f, s:b, s:b}", "preset", a->preset, "input",
+                     a->in_c, a->in_h, a->in_w, "widths", widths, "blocks", a->blocks, "kernel", a->kernel, "act",
+                     vapo_act_name(a->act), "head_act", vapo_act_name(a->head_act), "quadratic", (double)a->quadratic,
+                     "multiscale_head", a->multiscale_head, "anchor", a->anchor);
 }
 
 int vapo_arch_from_json(const json_t *obj, vapo_arch *a)
@@ -101,13 +107,16 @@ int vapo_arch_from_json(const json_t *obj, vapo_arch *a)
     json_t *widths = NULL;
     const char *preset = "", *act = "gelu", *head_act = "relu";
     double quadratic = 0.0; /* absent in checkpoints from before the option: the paper's network */
+    int multiscale = 0, anchor = 0; /* absent: as every checkpoint before the options */
     json_error_t err;
     memset(a, 0, sizeof *a);
-    if (json_unpack_ex((json_t *)obj, &err, JSON_STRICT, "{s?s, s:[iii], s:o, s:i, s:i, s?s, s?s, s?F}", "preset",
-                       &preset, "input", &a->in_c, &a->in_h, &a->in_w, "widths", &widths, "blocks", &a->blocks,
-                       "kernel", &a->kernel, "act", &act, "head_act", &head_act, "quadratic", &quadratic))
+    if (json_unpack_ex((json_t *)obj, &err, JSON_STRICT, "{s?s, s:[iii], s:o, s:i, s:i, s?s, s?s, s?F, s?b, s?b}",
+                       "preset", &preset, "input", &a->in_c, &a->in_h, &a->in_w, "widths", &widths, "blocks",
+                       &a->blocks, "kernel", &a->kernel, "act", &act, "head_act", &head_act, "quadratic", &quadratic,
+                       "multiscale_head", &multiscale, "anchor", &anchor))
         return vapo_fail("architecture metadata: %s", err.text);
     a->quadratic = (float)quadratic;
+    a->multiscale_head = multiscale, a->anchor = anchor;
     if (!json_is_array(widths) || json_array_size(widths) < 1 || json_array_size(widths) > VAPO_MAX_LEVELS)
         return vapo_fail("architecture metadata: widths must be an array of 1..%d integers", VAPO_MAX_LEVELS);
     a->levels = (int)json_array_size(widths);

@@ -28,7 +28,10 @@ typedef struct {
     float *x;                                 /* input, CNHW */
     float *c0;                                /* conv_in output */
     float **in, **h1, **c1, **h2, **c2, **y;  /* per block */
-    float *relu, *sum, *phi;                  /* head */
+    float *gated[VAPO_MAX_LEVELS];            /* per head: its activation, */
+    float *sum[VAPO_MAX_LEVELS];              /* spatial sum */
+    float *head_phi[VAPO_MAX_LEVELS];         /* and output (the last head's is phi) */
+    float *phi;
 } act_set;
 
 struct vapo_net {
@@ -40,7 +43,9 @@ struct vapo_net {
     float *theta;   /* parameters (backend) */
     float *weights; /* weight-normalised conv weights (backend) */
     float *wgrad;   /* their gradients during the dual pass (backend) */
-    conv_mod conv_in, head;
+    conv_mod conv_in;
+    conv_mod heads[VAPO_MAX_LEVELS]; /* cout == 0: that level has no head */
+    size_t anchor;                   /* parameter offset of mu (arch.anchor) */
     block_mod *blocks;
     int nblocks;
 
@@ -131,8 +136,22 @@ static int build_structure(vapo_net *n)
             }
             cin = cout;
         }
-    return add_conv(n, "head", cin, 1, 1, &n->head);
+    const int last = a->levels - 1;
+    if (add_conv(n, "head", cin, 1, 1, &n->heads[last]))
+        return -1;
+    /* after every other parameter, so a single-head network keeps its layout */
+    for (int l = 0; l < last && a->multiscale_head; l++) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "levels.%d.head", l);
+        if (add_conv(n, prefix, a->widths[l], 1, 1, &n->heads[l]))
+            return -1;
+    }
+    const int image[3] = {a->in_c, a->in_h, a->in_w};
+    return a->anchor ? add_param(n, "anchor", 3, image, &n->anchor) : 0;
 }
+
+/* Index of the block whose output is level l's output. */
+static int level_output(const vapo_net *n, int l) { return (l + 1) * n->arch.blocks - 1; }
 
 vapo_net *vapo_net_create(vapo_backend *be, const vapo_arch *arch)
 {
@@ -248,10 +267,14 @@ static size_t layout_set(vapo_net *n, act_set *s, float *base, int batch)
         s->c2[i] = take(&b, (size_t)m->cout * cols);
         s->y[i] = prev = take(&b, (size_t)m->cout * cols);
     }
-    const int last = n->arch.levels - 1;
-    s->relu = take(&b, (size_t)a->widths[last] * level_cols(n, last, batch));
-    s->sum = take(&b, (size_t)a->widths[last] * batch);
-    s->phi = take(&b, (size_t)batch);
+    for (int l = 0; l < a->levels; l++) {
+        if (!n->heads[l].cout)
+            continue;
+        s->gated[l] = take(&b, (size_t)a->widths[l] * level_cols(n, l, batch));
+        s->sum[l] = take(&b, (size_t)a->widths[l] * batch);
+        s->head_phi[l] = take(&b, (size_t)batch);
+    }
+    s->phi = s->head_phi[a->levels - 1];
     return b.used;
 }
 
@@ -363,7 +386,9 @@ int vapo_net_init(vapo_net *n, uint64_t seed)
         if (n->blocks[i].sc.cout)
             init_conv(n, &n->blocks[i].sc, seed, stream++, host);
     }
-    init_conv(n, &n->head, seed, stream++, host);
+    for (int l = n->arch.levels - 1; l >= 0; l--) /* the last level's head first: the stream order of one head */
+        if (n->heads[l].cout)
+            init_conv(n, &n->heads[l], seed, stream++, host);
     n->be->upload(n->be, n->theta, host, sizeof(float) * n->nparams);
     free(host);
     return 0;
@@ -391,7 +416,9 @@ static void refresh_weights(vapo_net *n)
         if (n->blocks[i].sc.cout)
             normalise_weights(n, &n->blocks[i].sc);
     }
-    normalise_weights(n, &n->head);
+    for (int l = 0; l < n->arch.levels; l++)
+        if (n->heads[l].cout)
+            normalise_weights(n, &n->heads[l]);
 }
 
 /* A conv of the primal pass adds its bias; the tangent pass has none. */
@@ -412,6 +439,21 @@ static void run_act(vapo_net *n, vapo_act a, size_t count, float *out, const flo
         n->be->act_tangent(n->be, a, count, out, primal_in, tangent_in);
     else
         n->be->act_forward(n->be, a, count, out, primal_in);
+}
+
+/* Head of level l: act -> spatial sum -> linear, into s->head_phi[l]. */
+static void head_forward(vapo_net *n, act_set *s, int l, int tangent)
+{
+    const int c = n->arch.widths[l], out = level_output(n, l);
+    const size_t hw = (size_t)level_h(n, l) * level_w(n, l);
+    run_act(n, n->arch.head_act, c * hw * n->batch, s->gated[l], n->fwd.y[out], s->y[out], tangent);
+    vapo_sum_fwd(n->be, (size_t)c * n->batch, hw, s->sum[l], s->gated[l]);
+    vapo_conv_shape hs = {c, 1, 1, n->batch, 1, 1};
+    if (tangent)
+        vapo_conv_tangent(n->be, &hs, s->head_phi[l], s->sum[l], n->weights + n->heads[l].w);
+    else
+        vapo_conv_fwd(n->be, &hs, s->head_phi[l], s->sum[l], n->weights + n->heads[l].w,
+                      n->theta + n->heads[l].b);
 }
 
 /* One walk for both passes: the tangent pass is the forward pass with each
@@ -440,16 +482,13 @@ static void walk_forward(vapo_net *n, act_set *s, int tangent)
             be->add(be, m->cout * cols, s->y[i], s->in[i], tmp);
         }
     }
-    const int last = n->arch.levels - 1, c = n->arch.widths[last];
-    const size_t hw = (size_t)level_h(n, last) * level_w(n, last);
-    run_act(n, n->arch.head_act, c * hw * n->batch, s->relu, p->y[n->nblocks - 1], s->y[n->nblocks - 1],
-            tangent);
-    vapo_sum_fwd(be, (size_t)c * n->batch, hw, s->sum, s->relu);
-    vapo_conv_shape hs = {c, 1, 1, n->batch, 1, 1};
-    if (tangent)
-        vapo_conv_tangent(be, &hs, s->phi, s->sum, n->weights + n->head.w);
-    else
-        vapo_conv_fwd(be, &hs, s->phi, s->sum, n->weights + n->head.w, n->theta + n->head.b);
+    for (int l = n->arch.levels - 1; l >= 0; l--) {
+        if (!n->heads[l].cout)
+            continue;
+        head_forward(n, s, l, tangent);
+        if (s->head_phi[l] != s->phi)
+            be->axpy(be, n->batch, 1.0f, s->head_phi[l], s->phi);
+    }
 }
 
 static int check_batch(int batch)
@@ -471,6 +510,40 @@ static void add_sample_dots(vapo_net *n, float a, const float *x, const float *y
         n->be->axpy(n->be, n->batch, a, dots + (size_t)c * n->batch, out);
 }
 
+/* The anchor's -kappa/2 |x - mu|^2 = -kappa/2 |x|^2 + kappa <mu, x> - kappa/2 |mu|^2.
+ * Per channel the batch is an N x HW matrix X (CNHW), so <mu, x_b> for every b
+ * is X mu: a 1x1 convolution of the one-pixel "image" mu with X as its filter
+ * bank. The same view gives X^T a (conv_backward_data) and X += a mu^T
+ * (conv_backward_filter), so every backend runs it with its convolutions. */
+static vapo_conv_shape rows_shape(const vapo_net *n)
+{
+    return (vapo_conv_shape){n->arch.in_h * n->arch.in_w, n->batch, 1, 1, 1, 1};
+}
+
+/* out[b] += a <mu, x_b>; tmp holds `batch` floats. */
+static void add_anchor_dots(vapo_net *n, float a, const float *x, float *out, float *tmp)
+{
+    const vapo_conv_shape s = rows_shape(n);
+    const size_t hw = (size_t)s.cin, plane = hw * n->batch;
+    for (int c = 0; c < n->arch.in_c; c++) {
+        n->be->conv_forward(n->be, &s, tmp, n->theta + n->anchor + c * hw, x + c * plane, NULL);
+        n->be->axpy(n->be, n->batch, a, tmp, out);
+    }
+}
+
+/* Phi's quadratic part: -kappa/2 |x|^2, and with the anchor kappa <mu, x> - kappa/2 |mu|^2. */
+static void add_quadratic(vapo_net *n, const float *x, float *phi)
+{
+    const float kappa = n->arch.quadratic;
+    add_sample_dots(n, -0.5f * kappa, x, x, phi);
+    if (!n->arch.anchor)
+        return;
+    const float *mu = n->theta + n->anchor;
+    const double mu2 = n->be->dot(n->be, vapo_net_input_size(n), mu, mu);
+    add_anchor_dots(n, kappa, x, phi, n->scratch[0]);
+    n->be->axpy(n->be, n->batch, (float)(-0.5 * kappa * mu2), n->ones, phi);
+}
+
 int vapo_net_forward(vapo_net *n, int batch, const float *x, float *phi)
 {
     if (check_batch(batch) || reserve(n, batch))
@@ -480,7 +553,7 @@ int vapo_net_forward(vapo_net *n, int batch, const float *x, float *phi)
     n->be->nchw_to_cnhw(n->be, batch, a->in_c, a->in_h * a->in_w, n->fwd.x, x);
     walk_forward(n, &n->fwd, 0);
     if (a->quadratic != 0.0f)
-        add_sample_dots(n, -0.5f * a->quadratic, n->fwd.x, n->fwd.x, n->fwd.phi);
+        add_quadratic(n, n->fwd.x, n->fwd.phi);
     n->be->copy(n->be, phi, n->fwd.phi, sizeof(float) * batch);
     n->have_forward = 1;
     n->have_tangent = 0;
@@ -497,6 +570,8 @@ int vapo_net_tangent(vapo_net *n, const float *u, float *phi_dot)
     if (phi_dot) { /* the dual pass reads the tangent activations, not Phidot: the loss step skips this */
         if (a->quadratic != 0.0f)
             add_sample_dots(n, -a->quadratic, n->fwd.x, n->tan.x, n->tan.phi);
+        if (a->anchor)
+            add_anchor_dots(n, a->quadratic, n->tan.x, n->tan.phi, n->scratch[0]);
         n->be->copy(n->be, phi_dot, n->tan.phi, sizeof(float) * n->batch);
     }
     n->have_tangent = 1;
@@ -567,25 +642,44 @@ static void block_reverse(vapo_net *n, rev *r, int i)
     swap_io(r);
 }
 
-/* Reverse walk from the head down to the adjoint of conv_in's output. */
-static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
+/* Adjoint of level l's output from its head, into dy (and dyd on the dual
+ * pass); r->t and r->u (and their tangents) are scratch. */
+static void head_reverse(vapo_net *n, rev *r, int l, float *dy, float *dyd, const float *phi_bar,
+                         const float *phidot_bar)
 {
     vapo_backend *be = n->be;
     const act_set *p = &n->fwd, *t = &n->tan;
-    const int last = n->arch.levels - 1, c = n->arch.widths[last], dual = r->grad != NULL;
-    const size_t hw = (size_t)level_h(n, last) * level_w(n, last);
+    const conv_mod *h = &n->heads[l];
+    const int c = n->arch.widths[l], out = level_output(n, l), dual = r->grad != NULL;
+    const size_t hw = (size_t)level_h(n, l) * level_w(n, l);
     vapo_conv_shape hs = {c, 1, 1, n->batch, 1, 1};
     if (dual)
-        vapo_conv_dual(be, &hs, r->t, r->td, n->wgrad + n->head.w, r->grad + n->head.b, p->sum, t->sum, phi_bar,
-                       phidot_bar, n->weights + n->head.w);
+        vapo_conv_dual(be, &hs, r->t, r->td, n->wgrad + h->w, r->grad + h->b, p->sum[l], t->sum[l], phi_bar,
+                       phidot_bar, n->weights + h->w);
     else
-        vapo_conv_bwd(be, &hs, r->t, phi_bar, n->weights + n->head.w);
+        vapo_conv_bwd(be, &hs, r->t, phi_bar, n->weights + h->w);
     vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->u, r->t);
     if (dual)
         vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->ud, r->td);
-    act_reverse(n, r, n->arch.head_act, c * hw * n->batch, r->g, r->gd, p->y[n->nblocks - 1],
-                t->y[n->nblocks - 1], r->u, r->ud);
+    act_reverse(n, r, n->arch.head_act, c * hw * n->batch, dy, dyd, p->y[out], t->y[out], r->u, r->ud);
+}
+
+/* Reverse walk from the heads down to the adjoint of conv_in's output. */
+static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
+{
+    vapo_backend *be = n->be;
+    const int dual = r->grad != NULL;
+    head_reverse(n, r, n->arch.levels - 1, r->g, r->gd, phi_bar, phidot_bar);
     for (int i = n->nblocks - 1; i >= 0; i--) {
+        const int l = n->blocks[i].level;
+        if (i == level_output(n, l) && l < n->arch.levels - 1 && n->heads[l].cout) {
+            /* r->x is free until block_reverse writes it */
+            const size_t count = (size_t)n->arch.widths[l] * level_cols(n, l, n->batch);
+            head_reverse(n, r, l, r->x, r->xd, phi_bar, phidot_bar);
+            be->axpy(be, count, 1.0f, r->x, r->g);
+            if (dual)
+                be->axpy(be, count, 1.0f, r->xd, r->gd);
+        }
         block_reverse(n, r, i);
         const block_mod *m = &n->blocks[i];
         if (i > 0 && m->level != n->blocks[i - 1].level) {
@@ -617,6 +711,14 @@ int vapo_net_backward(vapo_net *n, float *grad_x)
     const vapo_arch *a = &n->arch;
     if (a->quadratic != 0.0f)
         n->be->axpy(n->be, (size_t)a->in_c * n->batch * a->in_h * a->in_w, -a->quadratic, n->fwd.x, r.x);
+    if (a->anchor) { /* + kappa mu in every sample: X += (kappa 1) mu^T per channel */
+        const vapo_conv_shape rs = rows_shape(n);
+        const size_t hw = (size_t)rs.cin;
+        n->be->zero(n->be, r.t, sizeof(float) * n->batch);
+        n->be->axpy(n->be, n->batch, a->quadratic, n->ones, r.t);
+        for (int c = 0; c < a->in_c; c++)
+            n->be->conv_backward_filter(n->be, &rs, r.x + c * hw * n->batch, NULL, r.t, n->theta + n->anchor + c * hw);
+    }
     n->be->cnhw_to_nchw(n->be, n->batch, a->in_c, a->in_h * a->in_w, grad_x, r.x);
     return 0;
 }
@@ -625,6 +727,24 @@ static void weightnorm_grad(vapo_net *n, const conv_mod *c, float *grad)
 {
     n->be->weightnorm_backward(n->be, c->cout, c->cin * c->k * c->k, grad + c->v, grad + c->g, n->wgrad + c->w,
                                n->theta + c->v, n->theta + c->g);
+}
+
+/* d/dmu of sum_b [phi_bar_b Phi_b + phidot_bar_b Phidot_b]: Phi_b holds
+ * kappa <mu, x_b - mu/2> and Phidot_b kappa <mu, u_b>, so the gradient is
+ * kappa (X^T phi_bar - (sum phi_bar) mu + U^T phidot_bar); tmp holds an image. */
+static void anchor_grad(vapo_net *n, const float *phi_bar, const float *phidot_bar, float *grad, float *tmp)
+{
+    vapo_backend *be = n->be;
+    const vapo_conv_shape s = rows_shape(n);
+    const size_t hw = (size_t)s.cin, plane = hw * n->batch, d = vapo_net_input_size(n);
+    const float *mu = n->theta + n->anchor;
+    be->zero(be, tmp, sizeof(float) * d);
+    for (int c = 0; c < n->arch.in_c; c++) {
+        be->conv_backward_data(be, &s, tmp + c * hw, phi_bar, n->fwd.x + c * plane);
+        be->conv_backward_data(be, &s, tmp + c * hw, phidot_bar, n->tan.x + c * plane);
+    }
+    be->axpy(be, d, (float)-be->dot(be, n->batch, phi_bar, n->ones), mu, tmp);
+    be->axpy(be, d, n->arch.quadratic, tmp, grad);
 }
 
 int vapo_net_dual_backward(vapo_net *n, const float *phi_bar, const float *phidot_bar, float *param_grad)
@@ -639,12 +759,16 @@ int vapo_net_dual_backward(vapo_net *n, const float *phi_bar, const float *phido
     vapo_conv_dual(n->be, &s, NULL, NULL, n->wgrad + n->conv_in.w, param_grad + n->conv_in.b, n->fwd.x, n->tan.x,
                    r.g, r.gd, n->weights + n->conv_in.w);
     weightnorm_grad(n, &n->conv_in, param_grad);
+    if (n->arch.anchor)
+        anchor_grad(n, phi_bar, phidot_bar ? phidot_bar : n->ones, param_grad + n->anchor, r.t);
     for (int i = 0; i < n->nblocks; i++) {
         weightnorm_grad(n, &n->blocks[i].c1, param_grad);
         weightnorm_grad(n, &n->blocks[i].c2, param_grad);
         if (n->blocks[i].sc.cout)
             weightnorm_grad(n, &n->blocks[i].sc, param_grad);
     }
-    weightnorm_grad(n, &n->head, param_grad);
+    for (int l = 0; l < n->arch.levels; l++)
+        if (n->heads[l].cout)
+            weightnorm_grad(n, &n->heads[l], param_grad);
     return 0;
 }

@@ -65,8 +65,13 @@ def energy(p, arch, x):
         w = g.view(-1, 1, 1, 1) * v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         return F.conv2d(h, w, b, padding=k // 2)
 
-    h = conv("conv_in", x)
-    for l in range(len(arch["widths"])):
+    def head(name, h):  # act -> spatial sum -> linear
+        v, g, b = p[name + ".v"], p[name + ".g"], p[name + ".b"]
+        w = g.view(-1, 1) * v.flatten(1) / v.flatten(1).norm(dim=1).view(-1, 1)
+        return head_act(h).sum(dim=(2, 3)) @ w.t() + b  # [B, 1]
+
+    h, phi, last = conv("conv_in", x), 0, len(arch["widths"]) - 1
+    for l in range(last + 1):
         if l > 0:
             h = F.avg_pool2d(h, 2)
         for j in range(arch["blocks"]):
@@ -75,12 +80,12 @@ def energy(p, arch, x):
             r = r * p[pre + ".scale"].view(1, -1, 1, 1)
             sc = conv(pre + ".shortcut", h) if pre + ".shortcut.v" in p else h
             h = sc + r
-    s = head_act(h).sum(dim=(2, 3))
-    v, g, b = p["head.v"], p["head.g"], p["head.b"]
-    w = g.view(-1, 1) * v.flatten(1) / v.flatten(1).norm(dim=1).view(-1, 1)
-    phi = s @ w.t() + b  # [B, 1]
-    kappa = arch.get("quadratic", 0.0)  # Phi = net(x) - kappa/2 |x|^2
-    return phi - 0.5 * kappa * x.flatten(1).pow(2).sum(1, keepdim=True) if kappa else phi
+        if l < last and arch.get("multiscale_head"):
+            phi = phi + head(f"levels.{l}.head", h)
+    phi = phi + head("head", h)
+    kappa = arch.get("quadratic", 0.0)  # Phi = net(x) - kappa/2 |x - mu|^2 (mu = 0 without the anchor)
+    centred = x - p["anchor"] if arch.get("anchor") else x
+    return phi - 0.5 * kappa * centred.flatten(1).pow(2).sum(1, keepdim=True) if kappa else phi
 
 
 def schedule(cfg, t):

@@ -34,13 +34,13 @@ static void check_counts(void)
     be->destroy(be);
 }
 
-/* The architecture's JSON form: quadratic round-trips, is optional (0 in
- * checkpoints from before it) and is range-checked. */
+/* The architecture's JSON form: quadratic and multiscale_head round-trip, are
+ * optional (0 in checkpoints from before them) and are checked. */
 static void check_arch_json(void)
 {
     vapo_arch a, b;
     vapo_arch_preset("fmnist-small", &a);
-    a.quadratic = 4.5f;
+    a.quadratic = 4.5f, a.multiscale_head = 1;
     json_t *j = vapo_arch_to_json(&a);
     CHECK(!vapo_arch_from_json(j, &b) && b.quadratic == 4.5f && b.widths[2] == 64, "round trip: %s", vapo_last_error());
     json_object_del(j, "quadratic");
@@ -49,6 +49,17 @@ static void check_arch_json(void)
     CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "quadratic"), "negative quadratic accepted");
     json_object_set_new(j, "quadratic", json_string("big"));
     CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "architecture"), "string quadratic accepted");
+    json_object_set_new(j, "quadratic", json_real(1.0));
+    CHECK(!vapo_arch_from_json(j, &b) && b.multiscale_head == 1, "multiscale_head round trip: %s", vapo_last_error());
+    json_object_del(j, "multiscale_head");
+    CHECK(!vapo_arch_from_json(j, &b) && b.multiscale_head == 0, "multiscale_head absent: %s", vapo_last_error());
+    json_object_set_new(j, "multiscale_head", json_string("yes"));
+    CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "architecture"), "string multiscale_head accepted");
+    json_object_set_new(j, "multiscale_head", json_true());
+    json_object_set_new(j, "anchor", json_true());
+    CHECK(!vapo_arch_from_json(j, &b) && b.anchor == 1, "anchor round trip: %s", vapo_last_error());
+    json_object_set_new(j, "quadratic", json_real(0.0));
+    CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "anchor"), "anchor without a quadratic accepted");
     json_decref(j);
 }
 
@@ -83,7 +94,7 @@ static double dual_objective(vapo_net *n, int batch, const float *x, const float
     return s;
 }
 
-static void check_passes(const char *preset, int batch, float quadratic)
+static void check_passes(const char *preset, int batch, float quadratic, int multiscale, int anchor)
 {
     vapo_backend *be = vapo_backend_cpu(0);
     vapo_arch a;
@@ -94,6 +105,7 @@ static void check_passes(const char *preset, int batch, float quadratic)
      * real ReLU head against PyTorch in test_oracle). */
     a.head_act = VAPO_ACT_GELU;
     a.quadratic = quadratic;
+    a.multiscale_head = multiscale, a.anchor = anchor;
     vapo_net *n = vapo_net_create(be, &a);
     const size_t d = vapo_net_input_size(n), np = vapo_net_param_count(n), nx = d * batch;
     float *theta = vapo_net_params(n);
@@ -156,8 +168,8 @@ static void check_passes(const char *preset, int batch, float quadratic)
         CHECK(fabs(fd - grad[i]) <= 5 * TOL * (fabs(fd) + 1), "%s dual d/d %s[%zu]: analytic %.7g, finite difference %.7g",
               preset, list[t].name, list[t].count / 2, grad[i], fd);
     }
-    printf("  %-8s batch %d, quadratic %g: backward, tangent and dual agree with finite differences (%d tensors)\n",
-           preset, batch, quadratic, count);
+    printf("  %-8s batch %d, quadratic %g%s, %s: backward, tangent and dual agree with finite differences (%d tensors)\n",
+           preset, batch, quadratic, anchor ? " with anchor" : "", multiscale ? "a head per level" : "one head", count);
     free(x), free(u), free(g), free(dir), free(xs), free(grad), free(save);
     vapo_net_free(n);
     be->destroy(be);
@@ -167,8 +179,9 @@ int main(void)
 {
     check_counts();
     check_arch_json();
-    check_passes("tiny", 3, 0.0f);
-    check_passes("tiny2d", 5, 0.0f);
-    check_passes("tiny", 3, 1.5f); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
+    check_passes("tiny", 3, 0.0f, 0, 0);
+    check_passes("tiny2d", 5, 0.0f, 0, 0);
+    check_passes("tiny", 3, 1.5f, 0, 0); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
+    check_passes("tiny", 3, 1.5f, 1, 1); /* a head on every level; -k/2 |x - mu|^2 with a learned mu */
     return test_finish("test_net");
 }

@@ -148,7 +148,8 @@ static void compare_outputs(const vapo_ckpt *ref, vapo_net *net, const oracle_ca
            "max %.2e\n", preset, c->batch, worst, count, worst_grad);
 }
 
-static void run_case(const char *preset, int batch, vapo_innovation_weight weighting, float quadratic)
+static void run_case(const char *preset, int batch, vapo_innovation_weight weighting, float quadratic, int multiscale,
+                     int anchor)
 {
     char dir[] = "/tmp/vapo-oracle-XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
@@ -160,6 +161,7 @@ static void run_case(const char *preset, int batch, vapo_innovation_weight weigh
     vapo_arch a;
     vapo_arch_preset(preset, &a);
     a.quadratic = quadratic;
+    a.multiscale_head = multiscale, a.anchor = anchor;
     vapo_net *net = vapo_net_create(be, &a);
     vapo_net_init(net, 3);
     perturb_params(net);
@@ -196,9 +198,9 @@ static void run_case(const char *preset, int batch, vapo_innovation_weight weigh
 
 int main(void)
 {
-    run_case("tiny", 4, VAPO_WEIGHT_CONSTANT, 0.0f);
-    run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN, 0.0f);
-    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 0.0f);
-    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 4.6f); /* with the fixed quadratic of --quadratic auto */
+    run_case("tiny", 4, VAPO_WEIGHT_CONSTANT, 0.0f, 0, 0);
+    run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN, 0.0f, 0, 0);
+    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 0.0f, 0, 0); /* the paper's network: one head */
+    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 4.6f, 1, 1); /* vapo-train's default: kappa auto, heads, anchor */
     return test_finish("test_oracle");
 }

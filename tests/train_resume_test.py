@@ -4,8 +4,8 @@
 the CPU with the same thread count, with the non-default --head-act and
 --time-tilt restored from the checkpoint. Also checks --help, bad options, and
 that a checkpoint from before the pathwise estimator (option
-'control-variate') and the fixed quadratic still resumes, as the paper's
-network (quadratic 0)."""
+'control-variate'), the fixed quadratic, the heads and the anchor still
+resumes, as the paper's network (quadratic 0, one head, no anchor)."""
 import json
 import os
 import struct
@@ -46,6 +46,8 @@ with tempfile.TemporaryDirectory() as d:
     vapo_b = json.loads(meta_b["vapo"])
     assert vapo_b["arch"]["head_act"] == "gelu" and vapo_b["loss"]["time_tilt"] == 3, vapo_b
     assert abs(vapo_b["arch"]["quadratic"] - 4.60522) < 1e-4, vapo_b["arch"]  # auto: 1/2 ln(1 + 1e4)
+    assert vapo_b["arch"]["multiscale_head"] and vapo_b["arch"]["anchor"], vapo_b["arch"]  # the defaults
+    assert "anchor" in a and "levels.0.head.v" in a
     assert sorted(a) == sorted(b)
     diff = [k for k in a if a[k] != b[k]]
     if diff:
@@ -59,13 +61,18 @@ with tempfile.TemporaryDirectory() as d:
     assert all(len(r["field_cos"]) == 5 and len(r["field_contraction"]) == 5 for r in field), field
     print(f"resume: {len(a)} tensors bit-identical after 2 + 2 steps vs 4 steps")
 
-    # an older checkpoint: its saved options carry 'control-variate', which is gone
-    raw = open(f"{d}/b/model.safetensors", "rb").read()
+    # an older checkpoint: its saved options carry 'control-variate', which is gone, and
+    # lack the quadratic, heads and anchor (a network of those days: one head, no anchor)
+    run(["--steps", "1", "--out", f"{d}/o", "--heads", "last", "--anchor", "off"])
+    raw = open(f"{d}/o/model.safetensors", "rb").read()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
     vapo = json.loads(header["__metadata__"]["vapo"])
     vapo["train"]["options"]["control-variate"] = 1
-    del vapo["train"]["options"]["quadratic"], vapo["arch"]["quadratic"]
+    for key in ("quadratic", "heads", "anchor"):
+        del vapo["train"]["options"][key]
+    for key in ("quadratic", "multiscale_head", "anchor"):
+        del vapo["arch"][key]
     header["__metadata__"]["vapo"] = json.dumps(vapo)
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
@@ -74,7 +81,8 @@ with tempfile.TemporaryDirectory() as d:
     p = run(["--steps", "5", "--out", f"{d}/c", "--resume", f"{d}/old.safetensors"])
     assert "'control-variate' is gone" in p.stderr, p.stderr
     _, meta_c = tensors(f"{d}/c/model.safetensors")
-    assert json.loads(meta_c["vapo"])["arch"]["quadratic"] == 0, meta_c
+    arch_c = json.loads(meta_c["vapo"])["arch"]
+    assert arch_c["quadratic"] == 0 and not arch_c["multiscale_head"] and not arch_c["anchor"], arch_c
 
     h = subprocess.run([train, "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--innovation-weight" in h.stdout and "--resume" in h.stdout
@@ -82,6 +90,8 @@ with tempfile.TemporaryDirectory() as d:
     assert bad.returncode != 0 and "--lr needs a number" in bad.stderr, bad.stderr
     for args, want in [(["--head-act", "tanh"], "unknown activation 'tanh'"),
                        (["--quadratic", "-1"], "--quadratic needs auto or a number"),
+                       (["--heads", "some"], "--heads takes all or last"),
+                       (["--quadratic", "0"], "--anchor on centres the quadratic"),
                        (["--time-tilt", "nan"], "--time-tilt needs a number")]:
         bad = subprocess.run([train] + args, capture_output=True, text=True)
         assert bad.returncode != 0 and want in bad.stderr, (args, bad.stderr)

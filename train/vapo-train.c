@@ -122,7 +122,8 @@ static int load_resume(run *r, const char *path, int argc, char **argv)
         return vapo_fail("%s: no trainer state (metadata vapo.train.step) to resume from", path);
     }
     const char *out = r->o.out;
-    r->o.quadratic = "0"; /* checkpoints from before the option trained the paper's network */
+    /* checkpoints from before these options trained the paper's network */
+    r->o.quadratic = "0", r->o.heads = "last", r->o.anchor = "off";
     int rc = train_options_apply_json(&r->o, json_object_get(train, "options"), path);
     r->o.out = out;
     if (!rc)
@@ -383,6 +384,34 @@ static int init_scale(run *r)
     return rc;
 }
 
+/* The anchor mu starts where the t = 0 path puts it: there the velocity is
+ * L_eps E[xbar] - (L_eps/2) x, and -kappa (x - mu) fits it best with mu =
+ * (L_eps/kappa) times the data mean (2x the mean for --quadratic auto). The
+ * mean is of the flip-augmented data, so it is mirror-symmetric. */
+static int init_anchor(run *r)
+{
+    const vapo_dataset *ds = r->data;
+    const size_t hw = (size_t)ds->h * ds->w, d = (size_t)ds->c * hw;
+    double *sum = calloc(d, sizeof *sum);
+    float *mu = malloc(sizeof(float) * d);
+    if (!sum || !mu) {
+        free(sum), free(mu);
+        return vapo_fail("out of memory");
+    }
+    for (size_t i = 0; i < (size_t)ds->n; i++)
+        for (size_t j = 0; j < d; j++)
+            sum[j] += ds->pixels[i * d + j] / 127.5 - 1.0;
+    const double l_eps = log((1 + r->o.loss.eps) / r->o.loss.eps), scale = l_eps / r->o.kappa / ds->n;
+    for (size_t j = 0; j < d; j++) {
+        const size_t x = j % ds->w, mirror = j - x + (ds->w - 1 - x);
+        mu[j] = (float)(0.5 * scale * (sum[j] + sum[mirror]));
+    }
+    const vapo_param *p = vapo_net_param_find(r->net, "anchor");
+    r->be->upload(r->be, vapo_net_params(r->net) + p->offset, mu, sizeof(float) * d);
+    free(sum), free(mu);
+    return 0;
+}
+
 /* A resumed run continues the metrics log from its step: lines of steps the
  * interrupted run logged after its last checkpoint are dropped. */
 static void truncate_log(const char *path, long step)
@@ -418,6 +447,7 @@ static int setup(run *r, int argc, char **argv)
     if (vapo_arch_preset(r->o.preset, &arch))
         return -1;
     arch.quadratic = (float)r->o.kappa, arch.head_act = r->o.head;
+    arch.multiscale_head = !strcmp(r->o.heads, "all"), arch.anchor = !strcmp(r->o.anchor, "on");
     r->be = vapo_backend_open(r->o.device, r->o.threads);
     if (!r->be)
         return -1;
@@ -441,6 +471,8 @@ static int setup(run *r, int argc, char **argv)
     if (!r->batch || !r->grad || !r->work)
         return vapo_fail("out of memory");
     if (!resume && arch.quadratic == 0.0f && init_scale(r))
+        return -1;
+    if (!resume && arch.anchor && init_anchor(r))
         return -1;
     if (optim_init(&r->opt, &r->o.opt, r->net, vapo_net_params(r->net)))
         return -1;

@@ -19,6 +19,8 @@ typedef struct {
     const char *optimizer, *weighting, *estimator, *lr_schedule; /* parsed into opt.kind, loss.*, opt.decay_steps */
     const char *quadratic; /* parsed into kappa: the network's arch.quadratic */
     const char *head_act;  /* parsed into head: the network's arch.head_act */
+    const char *heads;     /* all or last: arch.multiscale_head */
+    const char *anchor;    /* on or off: arch.anchor */
     double kappa;
     vapo_act head;
     double sample_tol, t_end;

@@ -1,6 +1,7 @@
 /* The energy network Phi_theta: a Wide-ResNet (VAPO-MATH.md section 7) with
  * weight-normalised 3x3 convolutions, GELU, ReZero-scaled residual blocks,
- * 2x2 average pooling between levels, and a ReLU -> spatial sum -> linear head.
+ * 2x2 average pooling between levels, and a ReLU -> spatial sum -> linear head
+ * on the last level (or, with arch.multiscale_head, on every level, summed).
  *
  * Passes (x and u are NCHW batches in backend memory, outputs too):
  *   vapo_net_forward        Phi(x) per sample; keeps what later passes need
@@ -14,7 +15,15 @@
  * gives the field a built-in contraction -kappa x: with kappa = sigma'/sigma of
  * the path, the network only has to learn the pull towards the data (a
  * denoiser), not to reproduce the noise it removes (docs/DESIGN.md). It has no
- * parameters, so the dual backward is unchanged. */
+ * parameters, so the dual backward is unchanged. With arch.anchor it is
+ * centred on a learned image mu (parameter "anchor"): -kappa/2 |x - mu|^2
+ * gives the field the position-dependent pull -kappa (x - mu) that a
+ * translation-equivariant network with a spatial sum cannot express.
+ *
+ * The multi-scale head gives small networks energy terms at every resolution:
+ * with the last level's head alone, a 3-level network's grad_x Phi reaches the
+ * pixels only through two average pools, and its samples start as blobs on
+ * the last level's grid (docs/DESIGN.md). */
 #ifndef VAPO_NET_H
 #define VAPO_NET_H
 
@@ -35,6 +44,8 @@ typedef struct {
     vapo_act act;                      /* GELU by default */
     vapo_act head_act;                 /* before the spatial sum: ReLU as in DRL */
     float quadratic;                   /* kappa >= 0: Phi = net(x) - kappa/2 |x|^2 (0: the paper's) */
+    int multiscale_head;               /* 1: every level has a head, their sum is Phi (0: the last only, DRL's) */
+    int anchor;                        /* 1: the quadratic is -kappa/2 |x - mu|^2, mu a learned image "anchor" */
 } vapo_arch;
 
 /* Fills *arch from a preset name (tiny, tiny2d, fmnist-small, fmnist, cifar10,

@@ -91,7 +91,8 @@ with tempfile.TemporaryDirectory() as d:
     for args, want in [(["--head-act", "tanh"], "unknown activation 'tanh'"),
                        (["--quadratic", "-1"], "--quadratic needs auto or a number"),
                        (["--heads", "some"], "--heads takes all or last"),
-                       (["--quadratic", "0"], "--anchor on centres the quadratic"),
+                       (["--quadratic", "0", "--anchor", "on"], "--anchor on centres the quadratic"),
+                       (["--anchor", "maybe"], "--anchor takes on, off or auto"),
                        (["--time-tilt", "nan"], "--time-tilt needs a number")]:
         bad = subprocess.run([train] + args, capture_output=True, text=True)
         assert bad.returncode != 0 and want in bad.stderr, (args, bad.stderr)

@@ -38,8 +38,8 @@ static const opt_def defs[] = {
     {"clip", T_DBL, O(opt.clip), "global gradient-norm clip (0: off)"},
     {"ema", T_DBL, O(opt.ema_decay), "EMA decay of the weights"},
     {"head-act", T_STR, O(head_act), "activation before the head's spatial sum: relu (DRL's), gelu or silu (smooth gates)"},
-    {"heads", T_STR, O(heads), "all (a ReLU-sum-linear head on every level, summed) or last (DRL's single head)"},
-    {"anchor", T_STR, O(anchor), "on: the quadratic is -k/2 |x - mu|^2 with a learned image mu, started at the t = 0 optimum (L_eps/k) x the data mean (needs k > 0); off: -k/2 |x|^2"},
+    {"heads", T_STR, O(heads), "all (an act-sum-linear head on every level, summed) or last (DRL's single head)"},
+    {"anchor", T_STR, O(anchor), "on: the quadratic is -k/2 |x - mu|^2 with a learned image mu, started at the t = 0 optimum (L_eps/k) x the data mean; off: -k/2 |x|^2; auto: on when k > 0"},
     {"quadratic", T_STR, O(quadratic), "k of the fixed -k/2 |x|^2 in Phi: auto (the path's contraction 1/2 ln(1+omega^2/nu^2)), 0 (the paper's network) or a number"},
     {"omega", T_DBL, O(loss.omega), "prior std"},
     {"nu", T_DBL, O(loss.nu), "likelihood std"},
@@ -69,7 +69,7 @@ void train_options_default(train_options *o)
     o->opt = (optim_config){.kind = OPTIM_LAMB, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .warmup = 500,
                             .clip = 1.0, .ema_decay = 0.999};
     o->loss = vapo_loss_config_default();
-    o->estimator = "pathwise", o->quadratic = "auto", o->head_act = "relu", o->heads = "all", o->anchor = "on";
+    o->estimator = "pathwise", o->quadratic = "auto", o->head_act = "relu", o->heads = "all", o->anchor = "auto";
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 
@@ -219,12 +219,16 @@ static int finish(train_options *o)
         return vapo_fail("--sample-tol and --t-end must be positive");
     if (vapo_loss_config_validate(&o->loss) || vapo_act_parse(o->head_act, &o->head))
         return -1;
-    if ((strcmp(o->heads, "all") && strcmp(o->heads, "last")) || (strcmp(o->anchor, "on") && strcmp(o->anchor, "off")))
-        return vapo_fail("--heads takes all or last, --anchor on or off (got '%s', '%s')", o->heads, o->anchor);
+    if (strcmp(o->heads, "all") && strcmp(o->heads, "last"))
+        return vapo_fail("--heads takes all or last, got '%s'", o->heads);
     if (parse_quadratic(o))
         return -1;
+    if (!strcmp(o->anchor, "auto"))
+        o->anchor = o->kappa > 0 ? "on" : "off";
+    if (strcmp(o->anchor, "on") && strcmp(o->anchor, "off"))
+        return vapo_fail("--anchor takes on, off or auto, got '%s'", o->anchor);
     if (!strcmp(o->anchor, "on") && o->kappa == 0)
-        return vapo_fail("--anchor on centres the quadratic: it needs --quadratic > 0 (or --anchor off)");
+        return vapo_fail("--anchor on centres the quadratic: it needs --quadratic > 0");
     return 0;
 }
 

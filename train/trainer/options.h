@@ -20,7 +20,7 @@ typedef struct {
     const char *quadratic; /* parsed into kappa: the network's arch.quadratic */
     const char *head_act;  /* parsed into head: the network's arch.head_act */
     const char *heads;     /* all or last: arch.multiscale_head */
-    const char *anchor;    /* on or off: arch.anchor */
+    const char *anchor;    /* on, off or auto (on when kappa > 0): arch.anchor */
     double kappa;
     vapo_act head;
     double sample_tol, t_end;

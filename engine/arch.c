@@ -61,6 +61,8 @@ int vapo_arch_validate(const vapo_arch *a)
         return vapo_fail("architecture: head activation must be relu, gelu or silu");
     if (a->multiscale_head != 0 && a->multiscale_head != 1)
         return vapo_fail("architecture: multiscale_head must be 0 or 1");
+    if (a->global_head < 0 || a->global_head > 4096)
+        return vapo_fail("architecture: global_head must be 0..4096, got %d", a->global_head);
     if (a->anchor != 0 && (a->anchor != 1 || !(a->quadratic > 0.0f)))
         return vapo_fail("architecture: anchor must be 0 or 1, and 1 needs quadratic > 0");
     if (!(a->quadratic >= 0.0f && a->quadratic <= 1000.0f))
@@ -96,10 +98,10 @@ json_t *vapo_arch_to_json(const vapo_arch *a)
     json_t *widths = json_array();
     for (int l = 0; l < a->levels; l++)
         json_array_append_new(widths, json_integer(a->widths[l]));
-    return json_pack("{s:s, s:[i,i,i], s:o, s:i, s:i, s:s, s:s, s:f, s:b, s:b}", "preset", a->preset, "input",
+    return json_pack("{s:s, s:[i,i,i], s:o, s:i, s:i, s:s, s:s, s:f, s:b, s:b, s:i}", "preset", a->preset, "input",
                      a->in_c, a->in_h, a->in_w, "widths", widths, "blocks", a->blocks, "kernel", a->kernel, "act",
                      vapo_act_name(a->act), "head_act", vapo_act_name(a->head_act), "quadratic", (double)a->quadratic,
-                     "multiscale_head", a->multiscale_head, "anchor", a->anchor);
+                     "multiscale_head", a->multiscale_head, "anchor", a->anchor, "global_head", a->global_head);
 }
 
 int vapo_arch_from_json(const json_t *obj, vapo_arch *a)
@@ -110,10 +112,10 @@ int vapo_arch_from_json(const json_t *obj, vapo_arch *a)
     int multiscale = 0, anchor = 0; /* absent: as every checkpoint before the options */
     json_error_t err;
     memset(a, 0, sizeof *a);
-    if (json_unpack_ex((json_t *)obj, &err, JSON_STRICT, "{s?s, s:[iii], s:o, s:i, s:i, s?s, s?s, s?F, s?b, s?b}",
+    if (json_unpack_ex((json_t *)obj, &err, JSON_STRICT, "{s?s, s:[iii], s:o, s:i, s:i, s?s, s?s, s?F, s?b, s?b, s?i}",
                        "preset", &preset, "input", &a->in_c, &a->in_h, &a->in_w, "widths", &widths, "blocks",
                        &a->blocks, "kernel", &a->kernel, "act", &act, "head_act", &head_act, "quadratic", &quadratic,
-                       "multiscale_head", &multiscale, "anchor", &anchor))
+                       "multiscale_head", &multiscale, "anchor", &anchor, "global_head", &a->global_head))
         return vapo_fail("architecture metadata: %s", err.text);
     a->quadratic = (float)quadratic;
     a->multiscale_head = multiscale, a->anchor = anchor;

@@ -31,6 +31,7 @@ typedef struct {
     float *gated[VAPO_MAX_LEVELS];            /* per head: its activation, */
     float *sum[VAPO_MAX_LEVELS];              /* spatial sum */
     float *head_phi[VAPO_MAX_LEVELS];         /* and output (the last head's is phi) */
+    float *flat, *hidden, *hidden_act, *global_phi; /* global head (arch.global_head) */
     float *phi;
 } act_set;
 
@@ -46,6 +47,7 @@ struct vapo_net {
     conv_mod conv_in;
     conv_mod heads[VAPO_MAX_LEVELS]; /* cout == 0: that level has no head */
     size_t anchor;                   /* parameter offset of mu (arch.anchor) */
+    conv_mod global_hidden, global_out; /* arch.global_head: dense layers on the flat last level */
     block_mod *blocks;
     int nblocks;
 
@@ -147,7 +149,14 @@ static int build_structure(vapo_net *n)
             return -1;
     }
     const int image[3] = {a->in_c, a->in_h, a->in_w};
-    return a->anchor ? add_param(n, "anchor", 3, image, &n->anchor) : 0;
+    if (a->anchor && add_param(n, "anchor", 3, image, &n->anchor))
+        return -1;
+    if (!a->global_head)
+        return 0;
+    const int flat = a->widths[last] * level_h(n, last) * level_w(n, last);
+    if (add_conv(n, "global.hidden", flat, a->global_head, 1, &n->global_hidden))
+        return -1;
+    return add_conv(n, "global.out", a->global_head, 1, 1, &n->global_out);
 }
 
 /* Index of the block whose output is level l's output. */
@@ -274,6 +283,12 @@ static size_t layout_set(vapo_net *n, act_set *s, float *base, int batch)
         s->sum[l] = take(&b, (size_t)a->widths[l] * batch);
         s->head_phi[l] = take(&b, (size_t)batch);
     }
+    if (a->global_head) {
+        s->flat = take(&b, (size_t)n->global_hidden.cin * batch);
+        s->hidden = take(&b, (size_t)a->global_head * batch);
+        s->hidden_act = take(&b, (size_t)a->global_head * batch);
+        s->global_phi = take(&b, (size_t)batch);
+    }
     s->phi = s->head_phi[a->levels - 1];
     return b.used;
 }
@@ -281,6 +296,8 @@ static size_t layout_set(vapo_net *n, act_set *s, float *base, int batch)
 static size_t max_block_tensor(const vapo_net *n, int batch)
 {
     size_t m = (size_t)n->arch.in_c * level_cols(n, 0, batch);
+    if (n->arch.global_head && (size_t)n->global_hidden.cin * batch > m)
+        m = (size_t)n->global_hidden.cin * batch;
     for (int i = 0; i < n->nblocks; i++) {
         const block_mod *b = &n->blocks[i];
         size_t c = (size_t)(b->cin > b->cout ? b->cin : b->cout) * level_cols(n, b->level, batch);
@@ -389,6 +406,10 @@ int vapo_net_init(vapo_net *n, uint64_t seed)
     for (int l = n->arch.levels - 1; l >= 0; l--) /* the last level's head first: the stream order of one head */
         if (n->heads[l].cout)
             init_conv(n, &n->heads[l], seed, stream++, host);
+    if (n->arch.global_head) {
+        init_conv(n, &n->global_hidden, seed, stream++, host);
+        init_conv(n, &n->global_out, seed, stream++, host);
+    }
     n->be->upload(n->be, n->theta, host, sizeof(float) * n->nparams);
     free(host);
     return 0;
@@ -419,6 +440,10 @@ static void refresh_weights(vapo_net *n)
     for (int l = 0; l < n->arch.levels; l++)
         if (n->heads[l].cout)
             normalise_weights(n, &n->heads[l]);
+    if (n->arch.global_head) {
+        normalise_weights(n, &n->global_hidden);
+        normalise_weights(n, &n->global_out);
+    }
 }
 
 /* A conv of the primal pass adds its bias; the tangent pass has none. */
@@ -456,6 +481,44 @@ static void head_forward(vapo_net *n, act_set *s, int l, int tangent)
                       n->theta + n->heads[l].b);
 }
 
+/* The last level's gated features, [C][N][HW], as one column per sample,
+ * [C*HW][N] (the input of a 1x1 convolution over a 1x1 "image"), and back. */
+static void flatten_last(vapo_net *n, float *flat, const float *gated, int back)
+{
+    const int last = n->arch.levels - 1, hw = level_h(n, last) * level_w(n, last);
+    const size_t plane = (size_t)hw * n->batch;
+    for (int c = 0; c < n->arch.widths[last]; c++)
+        if (back)
+            n->be->cnhw_to_nchw(n->be, n->batch, hw, 1, (float *)gated + c * plane, flat + c * plane);
+        else
+            n->be->nchw_to_cnhw(n->be, n->batch, hw, 1, flat + c * plane, gated + c * plane);
+}
+
+static vapo_conv_shape dense_shape(const vapo_net *n, const conv_mod *c)
+{
+    return (vapo_conv_shape){c->cin, c->cout, 1, n->batch, 1, 1};
+}
+
+/* Global head: dense(act(dense(flat))) on the whole last level, so that Phi
+ * can couple distant positions (the spatial sums cannot). */
+static void global_forward(vapo_net *n, act_set *s, int tangent)
+{
+    const int last = n->arch.levels - 1;
+    const vapo_conv_shape hs = dense_shape(n, &n->global_hidden), os = dense_shape(n, &n->global_out);
+    flatten_last(n, s->flat, s->gated[last], 0);
+    if (tangent) {
+        vapo_conv_tangent(n->be, &hs, s->hidden, s->flat, n->weights + n->global_hidden.w);
+        n->be->act_tangent(n->be, n->arch.act, (size_t)hs.cout * n->batch, s->hidden_act, n->fwd.hidden, s->hidden);
+        vapo_conv_tangent(n->be, &os, s->global_phi, s->hidden_act, n->weights + n->global_out.w);
+    } else {
+        vapo_conv_fwd(n->be, &hs, s->hidden, s->flat, n->weights + n->global_hidden.w,
+                      n->theta + n->global_hidden.b);
+        n->be->act_forward(n->be, n->arch.act, (size_t)hs.cout * n->batch, s->hidden_act, s->hidden);
+        vapo_conv_fwd(n->be, &os, s->global_phi, s->hidden_act, n->weights + n->global_out.w,
+                      n->theta + n->global_out.b);
+    }
+}
+
 /* One walk for both passes: the tangent pass is the forward pass with each
  * non-linearity replaced by its derivative at the saved primal point. */
 static void walk_forward(vapo_net *n, act_set *s, int tangent)
@@ -488,6 +551,10 @@ static void walk_forward(vapo_net *n, act_set *s, int tangent)
         head_forward(n, s, l, tangent);
         if (s->head_phi[l] != s->phi)
             be->axpy(be, n->batch, 1.0f, s->head_phi[l], s->phi);
+    }
+    if (n->arch.global_head) {
+        global_forward(n, s, tangent);
+        be->axpy(be, n->batch, 1.0f, s->global_phi, s->phi);
     }
 }
 
@@ -596,15 +663,21 @@ static void swap_io(rev *r)
     r->x = t, r->xd = td;
 }
 
+static void conv_reverse_as(vapo_net *n, rev *r, const conv_mod *c, const vapo_conv_shape *s, float *dx,
+                            float *dxdot, const float *x, const float *xdot, const float *dy, const float *dydot)
+{
+    const float *w = n->weights + c->w;
+    if (r->grad)
+        vapo_conv_dual(n->be, s, dx, dxdot, n->wgrad + c->w, r->grad + c->b, x, xdot, dy, dydot, w);
+    else
+        vapo_conv_bwd(n->be, s, dx, dy, w);
+}
+
 static void conv_reverse(vapo_net *n, rev *r, const conv_mod *c, int level, float *dx, float *dxdot,
                          const float *x, const float *xdot, const float *dy, const float *dydot)
 {
-    vapo_conv_shape s = conv_shape(n, c, level);
-    const float *w = n->weights + c->w;
-    if (r->grad)
-        vapo_conv_dual(n->be, &s, dx, dxdot, n->wgrad + c->w, r->grad + c->b, x, xdot, dy, dydot, w);
-    else
-        vapo_conv_bwd(n->be, &s, dx, dy, w);
+    const vapo_conv_shape s = conv_shape(n, c, level);
+    conv_reverse_as(n, r, c, &s, dx, dxdot, x, xdot, dy, dydot);
 }
 
 static void act_reverse(vapo_net *n, rev *r, vapo_act a, size_t count, float *dx, float *dxdot,
@@ -645,7 +718,7 @@ static void block_reverse(vapo_net *n, rev *r, int i)
 /* Adjoint of level l's output from its head, into dy (and dyd on the dual
  * pass); r->t and r->u (and their tangents) are scratch. */
 static void head_reverse(vapo_net *n, rev *r, int l, float *dy, float *dyd, const float *phi_bar,
-                         const float *phidot_bar)
+                         const float *phidot_bar, int add_global)
 {
     vapo_backend *be = n->be;
     const act_set *p = &n->fwd, *t = &n->tan;
@@ -661,7 +734,27 @@ static void head_reverse(vapo_net *n, rev *r, int l, float *dy, float *dyd, cons
     vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->u, r->t);
     if (dual)
         vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->ud, r->td);
+    if (add_global) { /* the global head reads the same gated features: its adjoint is in r->x */
+        be->axpy(be, c * hw * n->batch, 1.0f, r->x, r->u);
+        if (dual)
+            be->axpy(be, c * hw * n->batch, 1.0f, r->xd, r->ud);
+    }
     act_reverse(n, r, n->arch.head_act, c * hw * n->batch, dy, dyd, p->y[out], t->y[out], r->u, r->ud);
+}
+
+/* Adjoint of the last level's gated features from the global head, into r->x
+ * (r->xd); r->t, r->u, r->g and their tangents are scratch. */
+static void global_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
+{
+    const act_set *p = &n->fwd, *t = &n->tan;
+    const vapo_conv_shape hs = dense_shape(n, &n->global_hidden), os = dense_shape(n, &n->global_out);
+    const int dual = r->grad != NULL;
+    conv_reverse_as(n, r, &n->global_out, &os, r->t, r->td, p->hidden_act, t->hidden_act, phi_bar, phidot_bar);
+    act_reverse(n, r, n->arch.act, (size_t)hs.cout * n->batch, r->u, r->ud, p->hidden, t->hidden, r->t, r->td);
+    conv_reverse_as(n, r, &n->global_hidden, &hs, r->g, r->gd, p->flat, t->flat, r->u, r->ud);
+    flatten_last(n, r->g, r->x, 1);
+    if (dual)
+        flatten_last(n, r->gd, r->xd, 1);
 }
 
 /* Reverse walk from the heads down to the adjoint of conv_in's output. */
@@ -669,13 +762,15 @@ static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float 
 {
     vapo_backend *be = n->be;
     const int dual = r->grad != NULL;
-    head_reverse(n, r, n->arch.levels - 1, r->g, r->gd, phi_bar, phidot_bar);
+    if (n->arch.global_head)
+        global_reverse(n, r, phi_bar, phidot_bar);
+    head_reverse(n, r, n->arch.levels - 1, r->g, r->gd, phi_bar, phidot_bar, n->arch.global_head);
     for (int i = n->nblocks - 1; i >= 0; i--) {
         const int l = n->blocks[i].level;
         if (i == level_output(n, l) && l < n->arch.levels - 1 && n->heads[l].cout) {
             /* r->x is free until block_reverse writes it */
             const size_t count = (size_t)n->arch.widths[l] * level_cols(n, l, n->batch);
-            head_reverse(n, r, l, r->x, r->xd, phi_bar, phidot_bar);
+            head_reverse(n, r, l, r->x, r->xd, phi_bar, phidot_bar, 0);
             be->axpy(be, count, 1.0f, r->x, r->g);
             if (dual)
                 be->axpy(be, count, 1.0f, r->xd, r->gd);
@@ -770,5 +865,9 @@ int vapo_net_dual_backward(vapo_net *n, const float *phi_bar, const float *phido
     for (int l = 0; l < n->arch.levels; l++)
         if (n->heads[l].cout)
             weightnorm_grad(n, &n->heads[l], param_grad);
+    if (n->arch.global_head) {
+        weightnorm_grad(n, &n->global_hidden, param_grad);
+        weightnorm_grad(n, &n->global_out, param_grad);
+    }
     return 0;
 }

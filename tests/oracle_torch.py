@@ -83,6 +83,11 @@ def energy(p, arch, x):
         if l < last and arch.get("multiscale_head"):
             phi = phi + head(f"levels.{l}.head", h)
     phi = phi + head("head", h)
+    if arch.get("global_head"):  # dense -> act -> dense on the flattened gated last level
+        def dense(name, f):
+            v, g, b = p[name + ".v"], p[name + ".g"], p[name + ".b"]
+            return f @ (g.view(-1, 1) * v.flatten(1) / v.flatten(1).norm(dim=1).view(-1, 1)).t() + b
+        phi = phi + dense("global.out", act(dense("global.hidden", head_act(h).flatten(1))))
     kappa = arch.get("quadratic", 0.0)  # Phi = net(x) - kappa/2 |x - mu|^2 (mu = 0 without the anchor)
     centred = x - p["anchor"] if arch.get("anchor") else x
     return phi - 0.5 * kappa * centred.flatten(1).pow(2).sum(1, keepdim=True) if kappa else phi

@@ -94,7 +94,8 @@ static double dual_objective(vapo_net *n, int batch, const float *x, const float
     return s;
 }
 
-static void check_passes(const char *preset, int batch, float quadratic, int multiscale, int anchor)
+/* extras: a head on every level, the anchor and a global head of width 8 */
+static void check_passes(const char *preset, int batch, float quadratic, int extras)
 {
     vapo_backend *be = vapo_backend_cpu(0);
     vapo_arch a;
@@ -105,7 +106,8 @@ static void check_passes(const char *preset, int batch, float quadratic, int mul
      * real ReLU head against PyTorch in test_oracle). */
     a.head_act = VAPO_ACT_GELU;
     a.quadratic = quadratic;
-    a.multiscale_head = multiscale, a.anchor = anchor;
+    a.multiscale_head = a.anchor = extras;
+    a.global_head = extras ? 8 : 0;
     vapo_net *n = vapo_net_create(be, &a);
     const size_t d = vapo_net_input_size(n), np = vapo_net_param_count(n), nx = d * batch;
     float *theta = vapo_net_params(n);
@@ -168,8 +170,8 @@ static void check_passes(const char *preset, int batch, float quadratic, int mul
         CHECK(fabs(fd - grad[i]) <= 5 * TOL * (fabs(fd) + 1), "%s dual d/d %s[%zu]: analytic %.7g, finite difference %.7g",
               preset, list[t].name, list[t].count / 2, grad[i], fd);
     }
-    printf("  %-8s batch %d, quadratic %g%s, %s: backward, tangent and dual agree with finite differences (%d tensors)\n",
-           preset, batch, quadratic, anchor ? " with anchor" : "", multiscale ? "a head per level" : "one head", count);
+    printf("  %-8s batch %d, quadratic %g%s: backward, tangent and dual agree with finite differences (%d tensors)\n",
+           preset, batch, quadratic, extras ? ", anchor, level heads, global head" : "", count);
     free(x), free(u), free(g), free(dir), free(xs), free(grad), free(save);
     vapo_net_free(n);
     be->destroy(be);
@@ -179,9 +181,9 @@ int main(void)
 {
     check_counts();
     check_arch_json();
-    check_passes("tiny", 3, 0.0f, 0, 0);
-    check_passes("tiny2d", 5, 0.0f, 0, 0);
-    check_passes("tiny", 3, 1.5f, 0, 0); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
-    check_passes("tiny", 3, 1.5f, 1, 1); /* a head on every level; -k/2 |x - mu|^2 with a learned mu */
+    check_passes("tiny", 3, 0.0f, 0);
+    check_passes("tiny2d", 5, 0.0f, 0);
+    check_passes("tiny", 3, 1.5f, 0); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
+    check_passes("tiny", 3, 1.5f, 1); /* vapo-train's network: -k/2 |x - mu|^2, level heads, global head */
     return test_finish("test_net");
 }

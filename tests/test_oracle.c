@@ -148,8 +148,8 @@ static void compare_outputs(const vapo_ckpt *ref, vapo_net *net, const oracle_ca
            "max %.2e\n", preset, c->batch, worst, count, worst_grad);
 }
 
-static void run_case(const char *preset, int batch, vapo_innovation_weight weighting, float quadratic, int multiscale,
-                     int anchor)
+/* extras: vapo-train's additions (level heads, anchor, a global head of width 16) */
+static void run_case(const char *preset, int batch, vapo_innovation_weight weighting, float quadratic, int extras)
 {
     char dir[] = "/tmp/vapo-oracle-XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
@@ -161,7 +161,8 @@ static void run_case(const char *preset, int batch, vapo_innovation_weight weigh
     vapo_arch a;
     vapo_arch_preset(preset, &a);
     a.quadratic = quadratic;
-    a.multiscale_head = multiscale, a.anchor = anchor;
+    a.multiscale_head = a.anchor = extras;
+    a.global_head = extras ? 16 : 0;
     vapo_net *net = vapo_net_create(be, &a);
     vapo_net_init(net, 3);
     perturb_params(net);
@@ -198,9 +199,9 @@ static void run_case(const char *preset, int batch, vapo_innovation_weight weigh
 
 int main(void)
 {
-    run_case("tiny", 4, VAPO_WEIGHT_CONSTANT, 0.0f, 0, 0);
-    run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN, 0.0f, 0, 0);
-    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 0.0f, 0, 0); /* the paper's network: one head */
-    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 4.6f, 1, 1); /* vapo-train's default: kappa auto, heads, anchor */
+    run_case("tiny", 4, VAPO_WEIGHT_CONSTANT, 0.0f, 0);
+    run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN, 0.0f, 0);
+    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 0.0f, 0); /* the paper's network: one head */
+    run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 4.6f, 1); /* as vapo-train builds it */
     return test_finish("test_oracle");
 }

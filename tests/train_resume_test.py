@@ -47,7 +47,8 @@ with tempfile.TemporaryDirectory() as d:
     assert vapo_b["arch"]["head_act"] == "gelu" and vapo_b["loss"]["time_tilt"] == 3, vapo_b
     assert abs(vapo_b["arch"]["quadratic"] - 4.60522) < 1e-4, vapo_b["arch"]  # auto: 1/2 ln(1 + 1e4)
     assert vapo_b["arch"]["multiscale_head"] and vapo_b["arch"]["anchor"], vapo_b["arch"]  # the defaults
-    assert "anchor" in a and "levels.0.head.v" in a
+    assert "anchor" in a and "levels.0.head.v" in a and vapo_b["arch"]["global_head"] == 128
+    assert "global.hidden.v" in a
     assert sorted(a) == sorted(b)
     diff = [k for k in a if a[k] != b[k]]
     if diff:
@@ -63,15 +64,15 @@ with tempfile.TemporaryDirectory() as d:
 
     # an older checkpoint: its saved options carry 'control-variate', which is gone, and
     # lack the quadratic, heads and anchor (a network of those days: one head, no anchor)
-    run(["--steps", "1", "--out", f"{d}/o", "--heads", "last", "--anchor", "off"])
+    run(["--steps", "1", "--out", f"{d}/o", "--heads", "last", "--anchor", "off", "--global-head", "0"])
     raw = open(f"{d}/o/model.safetensors", "rb").read()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
     vapo = json.loads(header["__metadata__"]["vapo"])
     vapo["train"]["options"]["control-variate"] = 1
-    for key in ("quadratic", "heads", "anchor"):
+    for key in ("quadratic", "heads", "anchor", "global-head"):
         del vapo["train"]["options"][key]
-    for key in ("quadratic", "multiscale_head", "anchor"):
+    for key in ("quadratic", "multiscale_head", "anchor", "global_head"):
         del vapo["arch"][key]
     header["__metadata__"]["vapo"] = json.dumps(vapo)
     h = json.dumps(header).encode()
@@ -83,6 +84,7 @@ with tempfile.TemporaryDirectory() as d:
     _, meta_c = tensors(f"{d}/c/model.safetensors")
     arch_c = json.loads(meta_c["vapo"])["arch"]
     assert arch_c["quadratic"] == 0 and not arch_c["multiscale_head"] and not arch_c["anchor"], arch_c
+    assert arch_c["global_head"] == 0, arch_c
 
     h = subprocess.run([train, "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--innovation-weight" in h.stdout and "--resume" in h.stdout
@@ -93,6 +95,7 @@ with tempfile.TemporaryDirectory() as d:
                        (["--heads", "some"], "--heads takes all or last"),
                        (["--quadratic", "0", "--anchor", "on"], "--anchor on centres the quadratic"),
                        (["--anchor", "maybe"], "--anchor takes on, off or auto"),
+                       (["--global-head", "5000"], "--global-head must be 0..4096"),
                        (["--time-tilt", "nan"], "--time-tilt needs a number")]:
         bad = subprocess.run([train] + args, capture_output=True, text=True)
         assert bad.returncode != 0 and want in bad.stderr, (args, bad.stderr)

@@ -123,7 +123,7 @@ static int load_resume(run *r, const char *path, int argc, char **argv)
     }
     const char *out = r->o.out;
     /* checkpoints from before these options trained the paper's network */
-    r->o.quadratic = "0", r->o.heads = "last", r->o.anchor = "off";
+    r->o.quadratic = "0", r->o.heads = "last", r->o.anchor = "off", r->o.global_head = 0;
     int rc = train_options_apply_json(&r->o, json_object_get(train, "options"), path);
     r->o.out = out;
     if (!rc)
@@ -448,6 +448,7 @@ static int setup(run *r, int argc, char **argv)
         return -1;
     arch.quadratic = (float)r->o.kappa, arch.head_act = r->o.head;
     arch.multiscale_head = !strcmp(r->o.heads, "all"), arch.anchor = !strcmp(r->o.anchor, "on");
+    arch.global_head = r->o.global_head;
     r->be = vapo_backend_open(r->o.device, r->o.threads);
     if (!r->be)
         return -1;

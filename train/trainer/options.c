@@ -40,6 +40,7 @@ static const opt_def defs[] = {
     {"head-act", T_STR, O(head_act), "activation before the head's spatial sum: relu (DRL's), gelu or silu (smooth gates)"},
     {"heads", T_STR, O(heads), "all (an act-sum-linear head on every level, summed) or last (DRL's single head)"},
     {"anchor", T_STR, O(anchor), "on: the quadratic is -k/2 |x - mu|^2 with a learned image mu, started at the t = 0 optimum (L_eps/k) x the data mean; off: -k/2 |x|^2; auto: on when k > 0"},
+    {"global-head", T_INT, O(global_head), "width of the global head, dense -> act -> dense on the whole flattened last level (0: none)"},
     {"quadratic", T_STR, O(quadratic), "k of the fixed -k/2 |x|^2 in Phi: auto (the path's contraction 1/2 ln(1+omega^2/nu^2)), 0 (the paper's network) or a number"},
     {"omega", T_DBL, O(loss.omega), "prior std"},
     {"nu", T_DBL, O(loss.nu), "likelihood std"},
@@ -70,6 +71,7 @@ void train_options_default(train_options *o)
                             .clip = 1.0, .ema_decay = 0.999};
     o->loss = vapo_loss_config_default();
     o->estimator = "pathwise", o->quadratic = "auto", o->head_act = "relu", o->heads = "all", o->anchor = "auto";
+    o->global_head = 128;
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 
@@ -219,6 +221,8 @@ static int finish(train_options *o)
         return vapo_fail("--sample-tol and --t-end must be positive");
     if (vapo_loss_config_validate(&o->loss) || vapo_act_parse(o->head_act, &o->head))
         return -1;
+    if (o->global_head < 0 || o->global_head > 4096)
+        return vapo_fail("--global-head must be 0..4096, got %d", o->global_head);
     if (strcmp(o->heads, "all") && strcmp(o->heads, "last"))
         return vapo_fail("--heads takes all or last, got '%s'", o->heads);
     if (parse_quadratic(o))

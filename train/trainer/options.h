@@ -14,6 +14,7 @@ typedef struct {
     const char *data, *preset, *out, *resume, *device;
     long steps, seed, save_every, sample_every, log_every;
     int batch, keep, threads, grid, calib;
+    int global_head; /* arch.global_head */
     optim_config opt;
     vapo_loss_config loss;
     const char *optimizer, *weighting, *estimator, *lr_schedule; /* parsed into opt.kind, loss.*, opt.decay_steps */

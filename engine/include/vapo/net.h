@@ -46,6 +46,7 @@ typedef struct {
     float quadratic;                   /* kappa >= 0: Phi = net(x) - kappa/2 |x|^2 (0: the paper's) */
     int multiscale_head;               /* 1: every level has a head, their sum is Phi (0: the last only, DRL's) */
     int anchor;                        /* 1: the quadratic is -kappa/2 |x - mu|^2, mu a learned image "anchor" */
+    int global_head;                   /* > 0: + dense(1, act(dense(global_head, flat last level))) */
 } vapo_arch;
 
 /* Fills *arch from a preset name (tiny, tiny2d, fmnist-small, fmnist, cifar10,

@@ -296,8 +296,10 @@ static size_t layout_set(vapo_net *n, act_set *s, float *base, int batch)
 static size_t max_block_tensor(const vapo_net *n, int batch)
 {
     size_t m = (size_t)n->arch.in_c * level_cols(n, 0, batch);
-    if (n->arch.global_head && (size_t)n->global_hidden.cin * batch > m)
-        m = (size_t)n->global_hidden.cin * batch;
+    const size_t global = (size_t)(n->global_hidden.cin > n->arch.global_head ? n->global_hidden.cin
+                                                                                 : n->arch.global_head);
+    if (global * batch > m) /* the global head's reverse pass runs in these buffers too */
+        m = global * batch;
     for (int i = 0; i < n->nblocks; i++) {
         const block_mod *b = &n->blocks[i];
         size_t c = (size_t)(b->cin > b->cout ? b->cin : b->cout) * level_cols(n, b->level, batch);

@@ -23,10 +23,9 @@ def main():
     reps = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     threads = int(sys.argv[4]) if len(sys.argv) > 4 else os.cpu_count()
     torch.set_num_threads(threads)
-    c, hw, widths, blocks, multiscale = PRESETS[preset]
-    arch = {"act": "gelu", "head_act": "relu", "kernel": 3, "widths": widths, "blocks": blocks,
-            "multiscale_head": multiscale}
-    params = make_params(c, widths, blocks, multiscale)
+    c, hw, widths, blocks = PRESETS[preset]
+    arch = {"act": "gelu", "head_act": "relu", "kernel": 3, "widths": widths, "blocks": blocks}
+    params = make_params(c, widths, blocks)
     x0 = torch.randn(batch, c, hw, hw)
     w_gc = torch.randn(batch)
     times = {"forward": [], "forward+backward": [], "second-order step": []}

@@ -197,8 +197,8 @@ def main():
     device = setup(a.device, a.threads, a.tf32)
     env_line(device)
     arch = preset_arch(a.preset)
-    c, _, widths, blocks, multiscale = PRESETS[a.preset]
-    params = make_params(c, widths, blocks, multiscale, device=device)
+    c, _, widths, blocks = PRESETS[a.preset]
+    params = make_params(c, widths, blocks, device=device)
     draw, data = data_source(a.data, arch["input"], device)
     if a.mode == "compile":
         if not hasattr(torch, "compile"):

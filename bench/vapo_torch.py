@@ -16,21 +16,20 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from oracle_torch import energy, load  # noqa: E402,F401  (re-exported)
 
-PRESETS = {  # (channels, side, widths, blocks, multiscale_head): the same table as engine/arch.c
-    "tiny": (1, 8, [8, 16], 1, False),
-    "fmnist-small": (1, 28, [32, 64, 64], 1, False),
-    "fmnist": (1, 28, [128, 256, 256], 2, False),
-    "cifar10": (3, 32, [128, 256, 256, 256], 8, False),
+PRESETS = {  # (channels, side, widths, blocks): the same table as engine/arch.c
+    "tiny": (1, 8, [8, 16], 1),
+    "fmnist-small": (1, 28, [32, 64, 64], 1),
+    "fmnist": (1, 28, [128, 256, 256], 2),
+    "cifar10": (3, 32, [128, 256, 256, 256], 8),
 }
 
 
 def preset_arch(preset):
-    c, hw, widths, blocks, multiscale = PRESETS[preset]
-    return {"act": "gelu", "head_act": "relu", "kernel": 3, "widths": widths, "blocks": blocks, "input": [c, hw, hw],
-            "multiscale_head": multiscale}
+    c, hw, widths, blocks = PRESETS[preset]
+    return {"act": "gelu", "head_act": "relu", "kernel": 3, "widths": widths, "blocks": blocks, "input": [c, hw, hw]}
 
 
-def make_params(c, widths, blocks, multiscale, scale=0.1, device="cpu"):
+def make_params(c, widths, blocks, scale=0.1, device="cpu"):
     """vapo_net_init's law (v ~ N(0, 1/fan_in), gains 1, biases 0) with ReZero
     scales `scale` instead of 0, so that every block does real work, as
     bench_net.c does."""
@@ -53,8 +52,6 @@ def make_params(c, widths, blocks, multiscale, scale=0.1, device="cpu"):
                 conv(pre + ".shortcut", cin, w)
             cin = w
     conv("head", cin, 1, 1)
-    for l, w in enumerate(widths[:-1] if multiscale else []):
-        conv(f"levels.{l}.head", w, 1, 1)
     return {k: v.requires_grad_(True) for k, v in p.items()}
 
 

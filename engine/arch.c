@@ -8,20 +8,21 @@
 
 typedef struct {
     const char *name;
-    int c, h, w, levels, widths[VAPO_MAX_LEVELS], blocks, multiscale_head;
+    int c, h, w, levels, widths[VAPO_MAX_LEVELS], blocks;
 } preset;
 
-/* VAPO-MATH.md section 7 (DRL's single head; vapo-train adds the others and the
- * anchor by default, docs/DESIGN.md). tiny2d is the MLP-like variant for 2-D points: a
- * 1x1 "image" with two channels, so 1x1 convolutions are dense layers. */
+/* VAPO-MATH.md section 7, with DRL's single head (vapo-train adds the level
+ * heads, the anchor and the global head by default; docs/DESIGN.md). tiny2d is
+ * the MLP-like variant for 2-D points: a 1x1 "image" with two channels, so 1x1
+ * convolutions are dense layers. */
 static const preset presets[] = {
-    {"tiny", 1, 8, 8, 2, {8, 16}, 1, 0},
-    {"tiny2d", 2, 1, 1, 1, {64}, 2, 0},
-    {"fmnist-small", 1, 28, 28, 3, {32, 64, 64}, 1, 0},
-    {"fmnist", 1, 28, 28, 3, {128, 256, 256}, 2, 0},
-    {"cifar10", 3, 32, 32, 4, {128, 256, 256, 256}, 8, 0},
-    {"celeba64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 6, 0},
-    {"lsun64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 2, 0},
+    {"tiny", 1, 8, 8, 2, {8, 16}, 1},
+    {"tiny2d", 2, 1, 1, 1, {64}, 2},
+    {"fmnist-small", 1, 28, 28, 3, {32, 64, 64}, 1},
+    {"fmnist", 1, 28, 28, 3, {128, 256, 256}, 2},
+    {"cifar10", 3, 32, 32, 4, {128, 256, 256, 256}, 8},
+    {"celeba64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 6},
+    {"lsun64", 3, 64, 64, 5, {128, 256, 256, 256, 512}, 2},
 };
 
 const char *vapo_arch_preset_list(void) { return "tiny, tiny2d, fmnist-small, fmnist, cifar10, celeba64, lsun64"; }
@@ -35,7 +36,7 @@ int vapo_arch_preset(const char *name, vapo_arch *arch)
         memset(arch, 0, sizeof *arch);
         snprintf(arch->preset, sizeof arch->preset, "%s", p->name);
         arch->in_c = p->c, arch->in_h = p->h, arch->in_w = p->w;
-        arch->levels = p->levels, arch->blocks = p->blocks, arch->multiscale_head = p->multiscale_head;
+        arch->levels = p->levels, arch->blocks = p->blocks;
         memcpy(arch->widths, p->widths, sizeof arch->widths);
         arch->kernel = (p->h == 1 && p->w == 1) ? 1 : 3;
         arch->act = VAPO_ACT_GELU;

@@ -468,6 +468,21 @@ static void run_act(vapo_net *n, vapo_act a, size_t count, float *out, const flo
         n->be->act_forward(n->be, a, count, out, primal_in);
 }
 
+/* The heads' dense layers: 1x1 convolutions on one column per sample. */
+static vapo_conv_shape dense_shape(const vapo_net *n, const conv_mod *c)
+{
+    return (vapo_conv_shape){c->cin, c->cout, 1, n->batch, 1, 1};
+}
+
+static void run_dense(vapo_net *n, const conv_mod *c, float *y, const float *x, int tangent)
+{
+    const vapo_conv_shape s = dense_shape(n, c);
+    if (tangent)
+        vapo_conv_tangent(n->be, &s, y, x, n->weights + c->w);
+    else
+        vapo_conv_fwd(n->be, &s, y, x, n->weights + c->w, n->theta + c->b);
+}
+
 /* Head of level l: act -> spatial sum -> linear, into s->head_phi[l]. */
 static void head_forward(vapo_net *n, act_set *s, int l, int tangent)
 {
@@ -475,12 +490,7 @@ static void head_forward(vapo_net *n, act_set *s, int l, int tangent)
     const size_t hw = (size_t)level_h(n, l) * level_w(n, l);
     run_act(n, n->arch.head_act, c * hw * n->batch, s->gated[l], n->fwd.y[out], s->y[out], tangent);
     vapo_sum_fwd(n->be, (size_t)c * n->batch, hw, s->sum[l], s->gated[l]);
-    vapo_conv_shape hs = {c, 1, 1, n->batch, 1, 1};
-    if (tangent)
-        vapo_conv_tangent(n->be, &hs, s->head_phi[l], s->sum[l], n->weights + n->heads[l].w);
-    else
-        vapo_conv_fwd(n->be, &hs, s->head_phi[l], s->sum[l], n->weights + n->heads[l].w,
-                      n->theta + n->heads[l].b);
+    run_dense(n, &n->heads[l], s->head_phi[l], s->sum[l], tangent);
 }
 
 /* The last level's gated features, [C][N][HW], as one column per sample,
@@ -496,29 +506,15 @@ static void flatten_last(vapo_net *n, float *flat, const float *gated, int back)
             n->be->nchw_to_cnhw(n->be, n->batch, hw, 1, flat + c * plane, gated + c * plane);
 }
 
-static vapo_conv_shape dense_shape(const vapo_net *n, const conv_mod *c)
-{
-    return (vapo_conv_shape){c->cin, c->cout, 1, n->batch, 1, 1};
-}
-
 /* Global head: dense(act(dense(flat))) on the whole last level, so that Phi
  * can couple distant positions (the spatial sums cannot). */
 static void global_forward(vapo_net *n, act_set *s, int tangent)
 {
-    const int last = n->arch.levels - 1;
-    const vapo_conv_shape hs = dense_shape(n, &n->global_hidden), os = dense_shape(n, &n->global_out);
-    flatten_last(n, s->flat, s->gated[last], 0);
-    if (tangent) {
-        vapo_conv_tangent(n->be, &hs, s->hidden, s->flat, n->weights + n->global_hidden.w);
-        n->be->act_tangent(n->be, n->arch.act, (size_t)hs.cout * n->batch, s->hidden_act, n->fwd.hidden, s->hidden);
-        vapo_conv_tangent(n->be, &os, s->global_phi, s->hidden_act, n->weights + n->global_out.w);
-    } else {
-        vapo_conv_fwd(n->be, &hs, s->hidden, s->flat, n->weights + n->global_hidden.w,
-                      n->theta + n->global_hidden.b);
-        n->be->act_forward(n->be, n->arch.act, (size_t)hs.cout * n->batch, s->hidden_act, s->hidden);
-        vapo_conv_fwd(n->be, &os, s->global_phi, s->hidden_act, n->weights + n->global_out.w,
-                      n->theta + n->global_out.b);
-    }
+    flatten_last(n, s->flat, s->gated[n->arch.levels - 1], 0);
+    run_dense(n, &n->global_hidden, s->hidden, s->flat, tangent);
+    run_act(n, n->arch.act, (size_t)n->arch.global_head * n->batch, s->hidden_act, n->fwd.hidden, s->hidden,
+            tangent);
+    run_dense(n, &n->global_out, s->global_phi, s->hidden_act, tangent);
 }
 
 /* One walk for both passes: the tangent pass is the forward pass with each
@@ -724,15 +720,10 @@ static void head_reverse(vapo_net *n, rev *r, int l, float *dy, float *dyd, cons
 {
     vapo_backend *be = n->be;
     const act_set *p = &n->fwd, *t = &n->tan;
-    const conv_mod *h = &n->heads[l];
     const int c = n->arch.widths[l], out = level_output(n, l), dual = r->grad != NULL;
     const size_t hw = (size_t)level_h(n, l) * level_w(n, l);
-    vapo_conv_shape hs = {c, 1, 1, n->batch, 1, 1};
-    if (dual)
-        vapo_conv_dual(be, &hs, r->t, r->td, n->wgrad + h->w, r->grad + h->b, p->sum[l], t->sum[l], phi_bar,
-                       phidot_bar, n->weights + h->w);
-    else
-        vapo_conv_bwd(be, &hs, r->t, phi_bar, n->weights + h->w);
+    const vapo_conv_shape hs = dense_shape(n, &n->heads[l]);
+    conv_reverse_as(n, r, &n->heads[l], &hs, r->t, r->td, p->sum[l], t->sum[l], phi_bar, phidot_bar);
     vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->u, r->t);
     if (dual)
         vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->ud, r->td);

@@ -49,6 +49,8 @@ with tempfile.TemporaryDirectory() as d:
     assert vapo_b["arch"]["multiscale_head"] and vapo_b["arch"]["anchor"], vapo_b["arch"]  # the defaults
     assert "anchor" in a and "levels.0.head.v" in a and vapo_b["arch"]["global_head"] == 128
     assert "global.hidden.v" in a
+    sampling = vapo_b["sampling"]  # --sample-tol is what the model serves with
+    assert sampling["rtol"] == sampling["atol"] == 1e-2 and sampling["t_end"] == 1.5, sampling
     assert sorted(a) == sorted(b)
     diff = [k for k in a if a[k] != b[k]]
     if diff:

@@ -462,7 +462,8 @@ static int setup(run *r, int argc, char **argv)
     r->ema = vapo_model_wrap(ema_net, &r->o.loss);
     if (!r->ema)
         return -1;
-    r->ema->sampling.t_end = r->o.t_end;
+    r->ema->sampling.t_end = r->o.t_end; /* the served samples look like the training grids */
+    r->ema->sampling.rtol = r->ema->sampling.atol = r->o.sample_tol;
     r->ema->meta = json_object();
     snprintf(r->ema->dataset, sizeof r->ema->dataset, "%s", r->o.data);
     const size_t np = vapo_net_param_count(r->net);

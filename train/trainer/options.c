@@ -54,7 +54,7 @@ static const opt_def defs[] = {
     {"sample-every", T_LONG, O(sample_every), "sample grid (EMA weights) every N steps (0: only at the end)"},
     {"log-every", T_LONG, O(log_every), "metrics line every N steps"},
     {"grid", T_INT, O(grid), "images in the sample grid"},
-    {"sample-tol", T_DBL, O(sample_tol), "RK45 rtol = atol for grids during training"},
+    {"sample-tol", T_DBL, O(sample_tol), "RK45 rtol = atol for the grids during training, stored as the sampling default"},
     {"t-end", T_DBL, O(t_end), "ODE end time stored as the sampling default"},
     {"calib", T_INT, O(calib), "held-out images for the OOD energy calibration"},
 };

@@ -321,18 +321,33 @@ static int alloc_set(vapo_net *n, act_set *s, int batch, int arena)
     if (!n->arena[arena])
         return vapo_fail("out of memory for activations of a batch of %d (%zu MiB)", batch,
                          (sizeof(float) * floats) >> 20);
-    layout_set(n, s, n->arena[arena], batch);
     return 0;
 }
 
-/* Sizes every buffer for `batch`; grows (never shrinks) the capacity. The
- * layout depends on the batch, so a change of batch lays the arenas out anew. */
+/* Points the activation sets and the reverse-pass scratch at the arenas for
+ * `batch` <= capacity: every buffer's size is linear in the batch. */
+static void lay_out(vapo_net *n, int batch)
+{
+    layout_set(n, &n->fwd, n->arena[0], batch);
+    layout_set(n, &n->tan, n->arena[1], batch);
+    const size_t each = (max_block_tensor(n, batch) + 15) & ~(size_t)15;
+    for (int i = 0; i < 8; i++)
+        n->scratch[i] = n->arena[2] + i * each;
+    n->batch = batch;
+}
+
+/* Sizes every buffer for `batch`. The arenas only grow: a smaller batch (the
+ * sampler's, as trajectories finish) reuses them with a new layout. */
 static int reserve(vapo_net *n, int batch)
 {
-    if (batch == n->batch && n->capacity >= batch)
+    if (batch == n->batch)
         return 0;
+    if (batch <= n->capacity) {
+        lay_out(n, batch);
+        return 0;
+    }
     free_acts(n);
-    n->batch = 0;
+    n->batch = n->capacity = 0;
     if (alloc_set(n, &n->fwd, batch, 0) || alloc_set(n, &n->tan, batch, 1))
         return -1;
     const size_t each = (max_block_tensor(n, batch) + 15) & ~(size_t)15;
@@ -343,13 +358,12 @@ static int reserve(vapo_net *n, int batch)
         free(host);
         return vapo_fail("out of memory for the reverse pass of a batch of %d", batch);
     }
-    for (int i = 0; i < 8; i++)
-        n->scratch[i] = n->arena[2] + i * each;
     for (int i = 0; i < batch; i++)
         host[i] = 1.0f;
     n->be->upload(n->be, n->ones, host, sizeof(float) * batch);
     free(host);
-    n->batch = n->capacity = batch;
+    n->capacity = batch;
+    lay_out(n, batch);
     return 0;
 }
 

@@ -168,7 +168,8 @@ struct vapo_backend {
      *   norm:    norm[r] = RMS_i of h[r] sum_j c[j] k[j][r,i] scaled by vapo_rk_scaled with
      *            y and y_new (NULL: y), SciPy's error norm (backend doubles)
      *   copy:    dst[dst_rows[r],:] = src[src_rows[r],:] for r < rows (NULL index: r);
-     *            a gather or a scatter of whole rows; src and dst must not overlap. */
+     *            a gather or a scatter of whole rows; src and dst must not overlap, and
+     *            dst_rows must be distinct (rows are copied in parallel on a device). */
     void (*rk_combine)(vapo_backend *be, int rows, int d, const double *h, int nk, const double *c,
                        const float *const *k, const float *y, float *out);
     void (*rk_norm)(vapo_backend *be, int rows, int d, const double *h, int nk, const double *c,

@@ -88,6 +88,13 @@ with tempfile.TemporaryDirectory() as d:
     assert arch_c["quadratic"] == 0 and not arch_c["multiscale_head"] and not arch_c["anchor"], arch_c
     assert arch_c["global_head"] == 0, arch_c
 
+    # a network other than the preset's: --widths sets the levels, --blocks the depth
+    run(["--steps", "1", "--out", f"{d}/w", "--widths", "8,16", "--blocks", "2"])
+    w, meta_w = tensors(f"{d}/w/model.safetensors")
+    arch_w = json.loads(meta_w["vapo"])["arch"]
+    assert arch_w["widths"] == [8, 16] and arch_w["blocks"] == 2, arch_w
+    assert "levels.1.blocks.1.conv2.v" in w and "levels.2.blocks.0.conv1.v" not in w, sorted(w)
+
     h = subprocess.run([train, "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--innovation-weight" in h.stdout and "--resume" in h.stdout
     bad = subprocess.run([train, "--lr", "fast"], capture_output=True, text=True)
@@ -98,7 +105,12 @@ with tempfile.TemporaryDirectory() as d:
                        (["--quadratic", "0", "--anchor", "on"], "--anchor on centres the quadratic"),
                        (["--anchor", "maybe"], "--anchor takes on, off or auto"),
                        (["--global-head", "5000"], "--global-head must be 0..4096"),
-                       (["--time-tilt", "nan"], "--time-tilt needs a number")]:
+                       (["--time-tilt", "nan"], "--time-tilt needs a number"),
+                       (["--widths", "8,,16"], "--widths needs 1..6 comma-separated"),
+                       (["--widths", "0,8"], "--widths needs"),
+                       (["--widths", "8,16,"], "--widths ends with a comma"),
+                       (["--widths", "8,8,8,8,8,8"], "6 levels are too many for 28x28"),
+                       (["--blocks", "65"], "--blocks must be 0..64")]:
         bad = subprocess.run([train] + args, capture_output=True, text=True)
         assert bad.returncode != 0 and want in bad.stderr, (args, bad.stderr)
     bad = subprocess.run([train, "--resume", f"{d}/missing.safetensors"], capture_output=True, text=True)

@@ -441,14 +441,11 @@ static int setup(run *r, int argc, char **argv)
     const char *resume = r->o.resume;
     if (resume && load_resume(r, resume, argc, argv))
         return -1;
+    vapo_arch arch;
+    if (train_options_arch(&r->o, &arch))
+        return -1;
     if (mkdir(r->o.out, 0755) && errno != EEXIST)
         return vapo_fail("cannot create %s: %s", r->o.out, strerror(errno));
-    vapo_arch arch;
-    if (vapo_arch_preset(r->o.preset, &arch))
-        return -1;
-    arch.quadratic = (float)r->o.kappa, arch.head_act = r->o.head;
-    arch.multiscale_head = !strcmp(r->o.heads, "all"), arch.anchor = !strcmp(r->o.anchor, "on");
-    arch.global_head = r->o.global_head;
     r->be = vapo_backend_open(r->o.device, r->o.threads);
     if (!r->be)
         return -1;

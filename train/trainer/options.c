@@ -37,6 +37,8 @@ static const opt_def defs[] = {
     {"lr-schedule", T_STR, O(lr_schedule), "constant, or cosine (decays to 0 at --steps)"},
     {"clip", T_DBL, O(opt.clip), "global gradient-norm clip (0: off)"},
     {"ema", T_DBL, O(opt.ema_decay), "EMA decay of the weights"},
+    {"widths", T_STR, O(widths), "channels per level, e.g. 48,96,96 (their count sets the levels; empty: the preset's)"},
+    {"blocks", T_INT, O(blocks), "residual blocks per level (0: the preset's)"},
     {"head-act", T_STR, O(head_act), "activation before the head's spatial sum: relu (DRL's), gelu or silu (smooth gates)"},
     {"heads", T_STR, O(heads), "all (an act-sum-linear head on every level, summed) or last (DRL's single head)"},
     {"anchor", T_STR, O(anchor), "on: the quadratic is -k/2 |x - mu|^2 with a learned image mu, started at the t = 0 optimum (L_eps/k) x the data mean; off: -k/2 |x|^2; auto: on when k > 0"},
@@ -71,7 +73,7 @@ void train_options_default(train_options *o)
                             .clip = 1.0, .ema_decay = 0.999};
     o->loss = vapo_loss_config_default();
     o->estimator = "pathwise", o->quadratic = "auto", o->head_act = "relu", o->heads = "all", o->anchor = "auto";
-    o->global_head = 128;
+    o->global_head = 128, o->widths = "";
     o->sample_tol = 1e-3, o->t_end = 1.5;
 }
 
@@ -202,6 +204,40 @@ static int parse_quadratic(train_options *o)
     return 0;
 }
 
+static int parse_widths(train_options *o)
+{
+    const char *p = o->widths;
+    for (o->nwidths = 0; *p;) {
+        char *end;
+        errno = 0;
+        long w = strtol(p, &end, 10);
+        if (end == p || errno || w < 1 || w > 4096 || (*end && *end != ',') || o->nwidths == VAPO_MAX_LEVELS)
+            return vapo_fail("--widths needs 1..%d comma-separated channel counts in 1..4096, got '%s'",
+                             VAPO_MAX_LEVELS, o->widths);
+        o->width_list[o->nwidths++] = (int)w;
+        p = *end ? end + 1 : end;
+        if (*end && !*p)
+            return vapo_fail("--widths ends with a comma: '%s'", o->widths);
+    }
+    return 0;
+}
+
+int train_options_arch(const train_options *o, vapo_arch *arch)
+{
+    if (vapo_arch_preset(o->preset, arch))
+        return -1;
+    if (o->nwidths) {
+        arch->levels = o->nwidths;
+        memcpy(arch->widths, o->width_list, sizeof(int) * o->nwidths);
+    }
+    if (o->blocks)
+        arch->blocks = o->blocks;
+    arch->quadratic = (float)o->kappa, arch->head_act = o->head;
+    arch->multiscale_head = !strcmp(o->heads, "all"), arch->anchor = !strcmp(o->anchor, "on");
+    arch->global_head = o->global_head;
+    return vapo_arch_validate(arch);
+}
+
 static int finish(train_options *o)
 {
     if (strcmp(o->lr_schedule, "constant") && strcmp(o->lr_schedule, "cosine"))
@@ -221,6 +257,10 @@ static int finish(train_options *o)
         return vapo_fail("--sample-tol and --t-end must be positive");
     if (vapo_loss_config_validate(&o->loss) || vapo_act_parse(o->head_act, &o->head))
         return -1;
+    if (parse_widths(o))
+        return -1;
+    if (o->blocks > 64)
+        return vapo_fail("--blocks must be 0..64, got %d", o->blocks);
     if (o->global_head < 0 || o->global_head > 4096)
         return vapo_fail("--global-head must be 0..4096, got %d", o->global_head);
     if (strcmp(o->heads, "all") && strcmp(o->heads, "last"))

@@ -15,6 +15,9 @@ typedef struct {
     long steps, seed, save_every, sample_every, log_every;
     int batch, keep, threads, grid, calib;
     int global_head; /* arch.global_head */
+    const char *widths; /* "48,96,96": arch.widths and levels ("": the preset's) */
+    int blocks;         /* arch.blocks (0: the preset's) */
+    int width_list[VAPO_MAX_LEVELS], nwidths; /* parsed --widths */
     optim_config opt;
     vapo_loss_config loss;
     const char *optimizer, *weighting, *estimator, *lr_schedule; /* parsed into opt.kind, loss.*, opt.decay_steps */
@@ -36,6 +39,10 @@ void train_options_default(train_options *o);
 int train_options_parse(train_options *o, int argc, char **argv);
 
 void train_options_free(train_options *o);
+
+/* The network the options ask for: the preset with the options' changes
+ * (widths, blocks, quadratic, heads, anchor, global head). */
+int train_options_arch(const train_options *o, vapo_arch *arch);
 
 /* Applies a JSON object of option values (config files, resumed checkpoints). */
 int train_options_apply_json(train_options *o, const json_t *obj, const char *origin);

@@ -309,6 +309,12 @@ static size_t max_block_tensor(const vapo_net *n, int batch)
     return m;
 }
 
+/* Floats per reverse-pass scratch buffer (8 of them), 64-byte aligned. */
+static size_t scratch_floats(const vapo_net *n, int batch)
+{
+    return (max_block_tensor(n, batch) + 15) & ~(size_t)15;
+}
+
 static int alloc_set(vapo_net *n, act_set *s, int batch, int arena)
 {
     float **ptrs = calloc(6 * (size_t)n->nblocks, sizeof *ptrs);
@@ -330,7 +336,7 @@ static void lay_out(vapo_net *n, int batch)
 {
     layout_set(n, &n->fwd, n->arena[0], batch);
     layout_set(n, &n->tan, n->arena[1], batch);
-    const size_t each = (max_block_tensor(n, batch) + 15) & ~(size_t)15;
+    const size_t each = scratch_floats(n, batch);
     for (int i = 0; i < 8; i++)
         n->scratch[i] = n->arena[2] + i * each;
     n->batch = batch;
@@ -350,8 +356,7 @@ static int reserve(vapo_net *n, int batch)
     n->batch = n->capacity = 0;
     if (alloc_set(n, &n->fwd, batch, 0) || alloc_set(n, &n->tan, batch, 1))
         return -1;
-    const size_t each = (max_block_tensor(n, batch) + 15) & ~(size_t)15;
-    n->arena[2] = n->be->alloc(n->be, sizeof(float) * each * 8);
+    n->arena[2] = n->be->alloc(n->be, sizeof(float) * scratch_floats(n, batch) * 8);
     n->ones = n->be->alloc(n->be, sizeof(float) * batch);
     float *host = malloc(sizeof(float) * batch);
     if (!n->arena[2] || !n->ones || !host) {
@@ -463,13 +468,19 @@ static void refresh_weights(vapo_net *n)
 }
 
 /* A conv of the primal pass adds its bias; the tangent pass has none. */
+static void run_conv_as(vapo_net *n, const conv_mod *c, const vapo_conv_shape *s, float *y, const float *x,
+                        int tangent)
+{
+    if (tangent)
+        vapo_conv_tangent(n->be, s, y, x, n->weights + c->w);
+    else
+        vapo_conv_fwd(n->be, s, y, x, n->weights + c->w, n->theta + c->b);
+}
+
 static void run_conv(vapo_net *n, const conv_mod *c, int level, float *y, const float *x, int tangent)
 {
-    vapo_conv_shape s = conv_shape(n, c, level);
-    if (tangent)
-        vapo_conv_tangent(n->be, &s, y, x, n->weights + c->w);
-    else
-        vapo_conv_fwd(n->be, &s, y, x, n->weights + c->w, n->theta + c->b);
+    const vapo_conv_shape s = conv_shape(n, c, level);
+    run_conv_as(n, c, &s, y, x, tangent);
 }
 
 /* y = f(x) on the primal pass; ydot = f'(x) xdot on the tangent pass. */
@@ -491,10 +502,7 @@ static vapo_conv_shape dense_shape(const vapo_net *n, const conv_mod *c)
 static void run_dense(vapo_net *n, const conv_mod *c, float *y, const float *x, int tangent)
 {
     const vapo_conv_shape s = dense_shape(n, c);
-    if (tangent)
-        vapo_conv_tangent(n->be, &s, y, x, n->weights + c->w);
-    else
-        vapo_conv_fwd(n->be, &s, y, x, n->weights + c->w, n->theta + c->b);
+    run_conv_as(n, c, &s, y, x, tangent);
 }
 
 /* Head of level l: act -> spatial sum -> linear, into s->head_phi[l]. */

@@ -19,13 +19,14 @@ import json
 import os
 import re
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import pngio  # noqa: E402
 
 
 def percentile(xs, p):
@@ -64,13 +65,7 @@ def metrics(port):
 
 
 def gray_png(w, h):
-    raw = b"".join(b"\x00" + bytes((x * 37 + y * 11) % 256 for x in range(w)) for y in range(h))
-
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) +
-            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return pngio.encode([bytes((x * 37 + y * 11) % 256 for x in range(w)) for y in range(h)], w, h)
 
 
 def concurrent_run(port, clients, per_client, seed0, body_extra):

@@ -1,6 +1,6 @@
 """Helpers for the vapo-serve integration tests: start a server on a free
 loopback port with the tiny test model, talk HTTP to it, read and write PNGs
-(zlib + struct, no PIL), and check responses against openapi/openapi.yaml.
+(tests/pngio.py, no PIL), and check responses against openapi/openapi.yaml.
 
 Every server started here is killed when the test exits, pass or fail."""
 
@@ -14,14 +14,14 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 
 import yaml
+
+from pngio import decode as png_decode, encode as png_encode  # noqa: F401  (re-exported to the tests)
 
 FAILURES = []
 
@@ -195,69 +195,6 @@ def stop_cleanly(server, what="server"):
 
 
 # ---- PNG ------------------------------------------------------------------------------------
-
-def png_decode(data):
-    """(channels, height, width, rows as a list of bytes) for 8-bit PNGs without
-    palette or interlace: what vapo-serve writes."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    pos, idat, ihdr = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        chunk = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        if zlib.crc32(kind + chunk) & 0xFFFFFFFF != crc:
-            raise ValueError("bad CRC")
-        if kind == b"IHDR":
-            ihdr = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat += chunk
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    w, h, depth, ctype, _, _, interlace = ihdr
-    if depth != 8 or interlace or ctype not in (0, 2, 4, 6):
-        raise ValueError(f"unsupported PNG: depth {depth}, colour type {ctype}, interlace {interlace}")
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
-    raw = zlib.decompress(idat)
-    stride = w * channels
-    rows, prev = [], bytearray(stride)
-    for y in range(h):
-        f = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - channels] if i >= channels else 0
-            b = prev[i]
-            c = prev[i - channels] if i >= channels else 0
-            if f == 1:
-                line[i] = (line[i] + a) & 255
-            elif f == 2:
-                line[i] = (line[i] + b) & 255
-            elif f == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                line[i] = (line[i] + pred) & 255
-        rows.append(bytes(line))
-        prev = line
-    return channels, h, w, rows
-
-
-def png_encode(rows, w, h, channels=1):
-    """8-bit PNG from rows of bytes (channels interleaved)."""
-    ctype = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    raw = b"".join(b"\x00" + bytes(r) for r in rows)
-
-    def chunk(kind, payload):
-        return (struct.pack(">I", len(payload)) + kind + payload +
-                struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0)) +
-            chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
 
 def gray_png(w, h, value=lambda x, y: (x * 29 + y * 13) % 256):
     return png_encode([bytes(value(x, y) for x in range(w)) for y in range(h)], w, h, 1)

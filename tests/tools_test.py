@@ -5,8 +5,8 @@ random `tiny` model written by make-test-model (1x8x8 images).
     tools_test.py GROUP --model M --sample S --interpolate I --score SC --make-model MK --work DIR
 
 GROUP is one of: sample, interpolate, score, errors (each a ctest entry).
-PNG files are checked with a small decoder written here (struct + zlib), so
-the check does not share code with the engine's libpng wrapper.
+PNG files are checked with tests/pngio.py (plain Python), so the check does
+not share code with the engine's libpng wrapper.
 """
 import argparse
 import gzip
@@ -16,7 +16,8 @@ import shutil
 import struct
 import subprocess
 import sys
-import zlib
+
+import pngio
 
 FAILURES = []
 H = W = 8  # the tiny preset
@@ -32,78 +33,18 @@ def check(cond, msg):
 
 # ---- PNG encode/decode (independent of the engine) ---------------------------------
 
-def png_chunks(data):
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("bad PNG signature")
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
-            raise ValueError("bad CRC in chunk %r" % kind)
-        chunks.append((kind, body))
-        pos += 12 + length
-        if kind == b"IEND":
-            break
-    return chunks
-
-
 def png_decode(path):
-    """-> (width, height, channels, rows of bytes). 8-bit gray/RGB, non-interlaced."""
+    """-> (width, height, channels, rows of bytes)."""
     with open(path, "rb") as f:
-        chunks = png_chunks(f.read())
-    kind, ihdr = chunks[0]
-    if kind != b"IHDR":
-        raise ValueError("first chunk is not IHDR")
-    w, h, depth, ctype, _comp, _filt, interlace = struct.unpack(">IIBBBBB", ihdr)
-    if depth != 8 or ctype not in (0, 2) or interlace != 0:
-        raise ValueError("unexpected PNG format depth=%d type=%d interlace=%d" % (depth, ctype, interlace))
-    if chunks[-1][0] != b"IEND":
-        raise ValueError("no IEND chunk")
-    bpp = 1 if ctype == 0 else 3
-    raw = zlib.decompress(b"".join(body for k, body in chunks if k == b"IDAT"))
-    stride = w * bpp
-    if len(raw) != h * (stride + 1):
-        raise ValueError("IDAT holds %d bytes, want %d" % (len(raw), h * (stride + 1)))
-    rows, prev = [], bytearray(stride)
-    for y in range(h):
-        ftype = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for x in range(stride):
-            a = line[x - bpp] if x >= bpp else 0
-            b = prev[x]
-            c = prev[x - bpp] if x >= bpp else 0
-            if ftype == 1:
-                line[x] = (line[x] + a) & 255
-            elif ftype == 2:
-                line[x] = (line[x] + b) & 255
-            elif ftype == 3:
-                line[x] = (line[x] + (a + b) // 2) & 255
-            elif ftype == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                line[x] = (line[x] + pred) & 255
-            elif ftype != 0:
-                raise ValueError("bad filter type %d" % ftype)
-        rows.append(bytes(line))
-        prev = line
-    return w, h, bpp, rows
+        channels, h, w, rows = pngio.decode(f.read())
+    return w, h, channels, rows
 
 
 def png_encode(path, w, h, pixels, channels=1):
     """pixels: bytes of h rows of w*channels values."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    ctype = 0 if channels == 1 else 2
     stride = w * channels
-    raw = b"".join(b"\x00" + pixels[y * stride:(y + 1) * stride] for y in range(h))
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     with open(path, "wb") as f:
-        f.write(data)
+        f.write(pngio.encode([pixels[y * stride:(y + 1) * stride] for y in range(h)], w, h, channels))
 
 
 def tile(rows, r, c, h=H, w=W, pad=PAD):

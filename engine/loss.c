@@ -235,25 +235,34 @@ int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cf
 
 /* ---- diagnostic ------------------------------------------------------------------------ */
 
-static void fit_rows(const vapo_loss_work *wk, const float *g, const float *v, const float *z, double vs, double *cos,
-                     double *contraction)
+/* Per row: cos(g, v); the noise contraction (g.z / |z|^2) / vs; and the RMS
+ * error of the denoiser the field implies. The best field is E[v | x] =
+ * vm D + vs (x - m D) / sigma with D = E[xbar | x], so D can be read back from
+ * g, and its error is in pixel units: the scale of what the samples get wrong. */
+static void fit_rows(const vapo_loss_work *wk, const float *g, const float *v, const float *z, const float *xbar,
+                     vapo_path_coef c, vapo_field_fit_result *out)
 {
-    double c = 0, k = 0;
+    const double a = c.vs / c.sigma, b = c.vm - c.vs * c.m / c.sigma; /* g = b D + a x */
+    double cs = 0, k = 0, e = 0;
     for (int i = 0; i < wk->batch; i++) {
-        const float *gi = g + (size_t)i * wk->d, *vi = v + (size_t)i * wk->d, *zi = z + (size_t)i * wk->d;
+        const size_t row = (size_t)i * wk->d;
+        const float *gi = g + row, *vi = v + row, *zi = z + row, *xi = xbar + row;
         double gv = 0, gg = 0, vv = 0, gz = 0, zz = 0;
         for (int j = 0; j < wk->d; j++) {
+            const double x = c.m * xi[j] + c.sigma * zi[j], err = (gi[j] - a * x) / b - xi[j];
             gv += (double)gi[j] * vi[j], gg += (double)gi[j] * gi[j], vv += (double)vi[j] * vi[j];
-            gz += (double)gi[j] * zi[j], zz += (double)zi[j] * zi[j];
+            gz += (double)gi[j] * zi[j], zz += (double)zi[j] * zi[j], e += err * err;
         }
-        c += gg > 0 && vv > 0 ? gv / sqrt(gg * vv) : 0.0;
-        k += zz > 0 ? gz / zz / vs : 0.0;
+        cs += gg > 0 && vv > 0 ? gv / sqrt(gg * vv) : 0.0;
+        k += zz > 0 ? gz / zz / c.vs : 0.0;
     }
-    *cos = c / wk->batch, *contraction = k / wk->batch;
+    out->cosine = cs / wk->batch, out->contraction = k / wk->batch;
+    out->denoiser_rms = sqrt(e / ((double)wk->batch * wk->d));
+    out->input_rms = c.m > 0 ? c.sigma / c.m : INFINITY;
 }
 
 int vapo_field_fit(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar, int nt,
-                   const double *t, uint64_t seed, double *cosine, double *contraction)
+                   const double *t, uint64_t seed, vapo_field_fit_result *out)
 {
     vapo_backend *be = wk->be;
     const int B = wk->batch, d = wk->d;
@@ -272,7 +281,7 @@ int vapo_field_fit(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cf
             be->download(be, host, wk->grad, sizeof(float) * n);
             be->download(be, host + n, wk->v, sizeof(float) * n);
             be->download(be, host + 2 * n, wk->z, sizeof(float) * n);
-            fit_rows(wk, host, host + n, host + 2 * n, wk->coef[0].vs, cosine + k, contraction + k);
+            fit_rows(wk, host, host + n, host + 2 * n, xbar, wk->coef[0], out + k);
         }
     }
     free(host);

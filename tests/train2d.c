@@ -83,9 +83,10 @@ int main(void)
     }
     vapo_loss_work *work = vapo_loss_work_create(net, B);
     vapo_loss_terms terms;
-    double first_cov = 0, last_cov = 0, fit_before[NT], fit_after[NT], contraction[NT];
+    double first_cov = 0, last_cov = 0;
+    vapo_field_fit_result before[NT], after[NT];
     mixture(3, 0, B, xbar);
-    CHECK(!vapo_field_fit(net, work, &cfg, xbar, NT, FIT_T, 9, fit_before, contraction), "field fit: %s",
+    CHECK(!vapo_field_fit(net, work, &cfg, xbar, NT, FIT_T, 9, before), "field fit: %s",
           vapo_last_error());
     for (int step = 0; step < STEPS; step++) {
         mixture(1, (uint64_t)step * B, B, xbar);
@@ -105,15 +106,20 @@ int main(void)
 
     be->copy(be, params, opt.ema, sizeof(float) * np); /* sample with the EMA weights */
     mixture(3, 0, B, xbar);
-    CHECK(!vapo_field_fit(net, work, &cfg, xbar, NT, FIT_T, 9, fit_after, contraction), "field fit: %s",
+    CHECK(!vapo_field_fit(net, work, &cfg, xbar, NT, FIT_T, 9, after), "field fit: %s",
           vapo_last_error());
     for (int k = 0; k < NT; k++) {
         printf("  field vs path velocity at t = %.2f: cos %.3f before training, %.3f after (contraction %.2f of the "
-               "path's)\n", FIT_T[k], fit_before[k], fit_after[k], contraction[k]);
+               "path's); implied denoiser RMS error %.3f before, %.3f after\n", FIT_T[k], before[k].cosine,
+               after[k].cosine, after[k].contraction, before[k].denoiser_rms, after[k].denoiser_rms);
         /* v carries noise that x does not determine (which Gaussian, which z), so
-         * even the best field stays well below cos 1; measured gains 0.45, 0.58, 0.24 */
-        CHECK(fit_after[k] > fit_before[k] + 0.15, "t = %.2f: cos(grad Phi, v) %.3f after, %.3f before",
-              FIT_T[k], fit_after[k], fit_before[k]);
+         * even the best field stays well below cos 1; measured gains 0.45, 0.58, 0.24.
+         * The denoiser error fell to 0.77, 0.67 and 0.34 of its start (at t = 0 the
+         * best is the mixture's mean, far from every point). */
+        CHECK(after[k].cosine > before[k].cosine + 0.15, "t = %.2f: cos(grad Phi, v) %.3f after, %.3f before",
+              FIT_T[k], after[k].cosine, before[k].cosine);
+        CHECK(after[k].denoiser_rms < 0.85 * before[k].denoiser_rms, "t = %.2f: denoiser error %.3f after, %.3f before",
+              FIT_T[k], after[k].denoiser_rms, before[k].denoiser_rms);
     }
     vapo_model *m = vapo_model_wrap(net, &cfg);
     float *samples = malloc(sizeof(float) * 2 * NS), *prior = malloc(sizeof(float) * 2 * NS);

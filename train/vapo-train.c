@@ -188,20 +188,28 @@ static void report_field(run *r)
 {
     enum { NT = 5 };
     static const double t[NT] = {0.0, 0.25, 0.5, 0.75, 1.0};
-    double cosine[NT], contraction[NT], sigma[NT];
+    vapo_field_fit_result fit[NT];
+    double sigma[NT], cosine[NT], contraction[NT], denoiser[NT], input[NT];
     if (vapo_loader_batch(r->loader, (uint64_t)r->step, r->batch, NULL) ||
-        vapo_field_fit(r->ema->net, r->work, &r->o.loss, r->batch, NT, t, (uint64_t)r->o.seed, cosine, contraction)) {
+        vapo_field_fit(r->ema->net, r->work, &r->o.loss, r->batch, NT, t, (uint64_t)r->o.seed, fit)) {
         fprintf(stderr, "vapo-train: field diagnostic failed: %s\n", vapo_last_error());
         return;
     }
-    for (int k = 0; k < NT; k++)
+    for (int k = 0; k < NT; k++) {
         sigma[k] = vapo_schedule_at(&r->o.loss, t[k]).sigma;
+        cosine[k] = fit[k].cosine, contraction[k] = fit[k].contraction;
+        denoiser[k] = fit[k].denoiser_rms, input[k] = fit[k].input_rms;
+    }
     fprintf(stderr, "vapo-train: field vs path velocity (EMA)  sigma:");
     print_values(stderr, "", " %6.3f", sigma, NT);
     fprintf(stderr, "\n%46s", "cos:");
     print_values(stderr, "", " %6.3f", cosine, NT);
     fprintf(stderr, "\n%46s", "contraction / path's:");
     print_values(stderr, "", " %6.3f", contraction, NT);
+    fprintf(stderr, "\n%46s", "implied denoiser, RMS error:");
+    print_values(stderr, "", " %6.3f", denoiser, NT);
+    fprintf(stderr, "\n%46s", "(the noisy input's own):");
+    print_values(stderr, "", " %6.3f", input, NT);
     fputc('\n', stderr);
     if (r->log) {
         fprintf(r->log, "{\"step\": %ld, \"field_t\": [", r->step);
@@ -210,6 +218,8 @@ static void report_field(run *r)
         print_values(r->log, ", ", "%.4f", cosine, NT);
         fprintf(r->log, "], \"field_contraction\": [");
         print_values(r->log, ", ", "%.4f", contraction, NT);
+        fprintf(r->log, "], \"field_denoiser_rms\": [");
+        print_values(r->log, ", ", "%.4f", denoiser, NT);
         fprintf(r->log, "]}\n");
         fflush(r->log);
     }

@@ -91,14 +91,20 @@ void vapo_loss_work_free(vapo_loss_work *w);
 int vapo_loss_step(vapo_net *net, vapo_loss_work *work, const vapo_loss_config *cfg, const float *xbar,
                    uint64_t seed, uint64_t step, float *param_grad, vapo_loss_terms *terms);
 
-/* How well the field follows the path, a training diagnostic: for the data
- * batch xbar (host, the work's batch size) perturbed to each time t[k] with
- * noise of (seed), the batch means of cos(grad Phi(x), v) in cosine[k] and of
- * (grad Phi . z / |z|^2) / vs in contraction[k] (1: noise shrinks at the
- * path's rate). v also carries noise that x does not determine, so even the
- * best field stays below cos 1. Reads gradients back to the host; not for the
- * training loop. */
+/* How well the field follows the path at one noise level (vapo_field_fit). */
+typedef struct {
+    double cosine;       /* batch mean of cos(grad Phi(x), v); v also carries noise that x does not
+                            determine, so even the best field stays below 1 */
+    double contraction;  /* batch mean of (grad Phi . z / |z|^2) / vs: 1 when noise shrinks at the path's rate */
+    double denoiser_rms; /* RMS pixel error of the denoiser the field implies (grad Phi = E[v | x] holds
+                            for D = E[xbar | x] = (grad Phi - (vs / sigma) x) / (vm - vs m / sigma)) */
+    double input_rms;    /* the same for D = x / m, the noisy input itself: sigma / m (infinite at m = 0) */
+} vapo_field_fit_result;
+
+/* A training diagnostic: for the data batch xbar (host, the work's batch
+ * size) perturbed to each time t[k] with noise of (seed), out[k]. Reads
+ * gradients back to the host; not for the training loop. */
 int vapo_field_fit(vapo_net *net, vapo_loss_work *work, const vapo_loss_config *cfg, const float *xbar, int nt,
-                   const double *t, uint64_t seed, double *cosine, double *contraction);
+                   const double *t, uint64_t seed, vapo_field_fit_result *out);
 
 #endif

@@ -15,6 +15,8 @@ def chunks(data):
     pos, out = 8, []
     while pos + 12 <= len(data):
         (length,) = struct.unpack(">I", data[pos:pos + 4])
+        if pos + 12 + length > len(data):
+            raise ValueError("truncated chunk")
         kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
         (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
         if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:

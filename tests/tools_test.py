@@ -34,9 +34,11 @@ def check(cond, msg):
 # ---- PNG encode/decode (independent of the engine) ---------------------------------
 
 def png_decode(path):
-    """-> (width, height, channels, rows of bytes)."""
+    """-> (width, height, channels, rows of bytes); the tools write gray or RGB only."""
     with open(path, "rb") as f:
         channels, h, w, rows = pngio.decode(f.read())
+    if channels not in (1, 3):
+        raise ValueError("unexpected PNG with %d channels (the tools write gray or RGB)" % channels)
     return w, h, channels, rows
 
 

@@ -46,36 +46,40 @@ static void cpu_sync(vapo_backend *be) { (void)be; }
 /* Columns [j0, j0+nc) of the CNHW input, unrolled for a 3x3 kernel:
  * col[(ci*9 + ky*3 + kx) * nc + j] = x[ci, pixel j shifted by (ky-1, kx-1)].
  * j0 and nc are whole images, so shifts never cross an image boundary. Each
- * output row is a shifted copy of an input row with a zero at one end. */
+ * output plane is one shifted copy of the input plane (pixel p reads p + dy w
+ * + dx), after which the rows that fell off the top or bottom and the column
+ * that wrapped around are zeroed: one long copy instead of one per row. */
+static void shifted_plane(int h, int w, int dy, int dx, const float *src, float *dst)
+{
+    const int y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? h - dy : h; /* rows that read inside the image */
+    const ptrdiff_t shift = (ptrdiff_t)dy * w + dx;
+    if (y1 <= y0 || (dx != 0 && w == 1)) { /* nothing reads inside (tiny images) */
+        memset(dst, 0, sizeof(float) * h * w);
+        return;
+    }
+    size_t first = (size_t)y0 * w, count = (size_t)(y1 - y0) * w;
+    if (dx < 0) /* p + dx leaves the plane at p = 0 */
+        first++, count--;
+    else if (dx > 0)
+        count--;
+    memset(dst, 0, sizeof(float) * first);
+    memcpy(dst + first, src + first + shift, sizeof(float) * count);
+    memset(dst + first + count, 0, sizeof(float) * ((size_t)h * w - first - count));
+    if (dx != 0) /* the column whose neighbour lies across the image edge */
+        for (int y = y0; y < y1; y++)
+            dst[(size_t)y * w + (dx < 0 ? 0 : w - 1)] = 0.0f;
+}
+
 static void im2col3(const vapo_conv_shape *s, int channels, const float *x, size_t j0, size_t nc, float *col)
 {
-    const int h = s->h, w = s->w;
-    const size_t n = (size_t)s->batch * h * w, hw = (size_t)h * w;
+    const size_t n = (size_t)s->batch * s->h * s->w, hw = (size_t)s->h * s->w;
     #pragma omp parallel for collapse(2) schedule(static)
     for (int ci = 0; ci < channels; ci++)
         for (int kk = 0; kk < 9; kk++) {
-            const int dy = kk / 3 - 1, dx = kk % 3 - 1;
             float *dst = col + ((size_t)ci * 9 + kk) * nc;
             const float *src = x + (size_t)ci * n + j0;
             for (size_t img = 0; img < nc / hw; img++)
-                for (int yy = 0; yy < h; yy++) {
-                    float *d = dst + img * hw + (size_t)yy * w;
-                    const int sy = yy + dy;
-                    if (sy < 0 || sy >= h) {
-                        memset(d, 0, sizeof(float) * w);
-                        continue;
-                    }
-                    const float *sr = src + img * hw + (size_t)sy * w;
-                    if (dx == 0) {
-                        memcpy(d, sr, sizeof(float) * w);
-                    } else if (dx < 0) {
-                        d[0] = 0.0f;
-                        memcpy(d + 1, sr, sizeof(float) * (w - 1));
-                    } else {
-                        memcpy(d, sr + 1, sizeof(float) * (w - 1));
-                        d[w - 1] = 0.0f;
-                    }
-                }
+                shifted_plane(s->h, s->w, kk / 3 - 1, kk % 3 - 1, src + img * hw, dst + img * hw);
         }
 }
 
@@ -204,44 +208,73 @@ static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s,
 
 /* ---- element-wise ------------------------------------------------------------ */
 
-static void cpu_act_forward(vapo_backend *be, vapo_act a, size_t n, float *y, const float *x)
+/* The activation passes run in chunks, each through a span function called
+ * with the activation as a literal, so every span's loop is specialised and
+ * vectorised; a per-element branch on the activation keeps the loop scalar.
+ * The passes may run in place (y == x), which is safe element by element:
+ * `omp simd` says so, where gcc's overlap check would pick the scalar loop. */
+#define ACT_CHUNK ((size_t)4096)
+#define ACT_DISPATCH(a, span, ...)                                                                      \
+    switch (a) {                                                                                        \
+    case VAPO_ACT_GELU: span(VAPO_ACT_GELU, __VA_ARGS__); break;                                        \
+    case VAPO_ACT_SILU: span(VAPO_ACT_SILU, __VA_ARGS__); break;                                        \
+    default: span(VAPO_ACT_RELU, __VA_ARGS__); break;                                                   \
+    }
+#define ACT_PASS(a, n, span, ...)                                                                       \
+    _Pragma("omp parallel for schedule(static)") for (size_t c = 0; c < (n); c += ACT_CHUNK)            \
+        ACT_DISPATCH(a, span, (n) - c < ACT_CHUNK ? (n) - c : ACT_CHUNK, c, __VA_ARGS__)
+
+static inline void forward_span(vapo_act a, size_t m, size_t c, float *y, const float *x)
 {
-    (void)be;
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
+    #pragma omp simd
+    for (size_t i = c; i < c + m; i++)
         y[i] = vapo_act_value(a, x[i]);
 }
-
-static void cpu_act_tangent(vapo_backend *be, vapo_act a, size_t n, float *ydot, const float *x,
-                            const float *xdot)
+static inline void tangent_span(vapo_act a, size_t m, size_t c, float *ydot, const float *x, const float *xdot)
 {
-    (void)be;
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
+    #pragma omp simd
+    for (size_t i = c; i < c + m; i++)
         ydot[i] = vapo_act_d1(a, x[i]) * xdot[i];
 }
-
-static void cpu_act_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, const float *x,
-                             const float *dy)
+static inline void dual_span(vapo_act a, size_t m, size_t c, float *dx, float *dxdot, const float *x,
+                             const float *xdot, const float *dy, const float *dydot)
 {
-    (void)be;
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        dx[i] = vapo_act_d1(a, x[i]) * dy[i];
-}
-
-static void cpu_act_dual_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, float *dxdot,
-                                  const float *x, const float *xdot, const float *dy, const float *dydot)
-{
-    (void)be;
-    #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
+    #pragma omp simd
+    for (size_t i = c; i < c + m; i++) {
         float d1, d2;
         vapo_act_d12(a, x[i], &d1, &d2);
         const float dyd = dydot[i];
         dx[i] = d1 * dy[i] + d2 * xdot[i] * dyd;
         dxdot[i] = d1 * dyd;
     }
+}
+
+static void cpu_act_forward(vapo_backend *be, vapo_act a, size_t n, float *y, const float *x)
+{
+    (void)be;
+    ACT_PASS(a, n, forward_span, y, x);
+}
+
+static void cpu_act_tangent(vapo_backend *be, vapo_act a, size_t n, float *ydot, const float *x,
+                            const float *xdot)
+{
+    (void)be;
+    ACT_PASS(a, n, tangent_span, ydot, x, xdot);
+}
+
+/* dx = f'(x) dy: the tangent pass with dy in place of xdot */
+static void cpu_act_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, const float *x,
+                             const float *dy)
+{
+    (void)be;
+    ACT_PASS(a, n, tangent_span, dx, x, dy);
+}
+
+static void cpu_act_dual_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, float *dxdot,
+                                  const float *x, const float *xdot, const float *dy, const float *dydot)
+{
+    (void)be;
+    ACT_PASS(a, n, dual_span, dx, dxdot, x, xdot, dy, dydot);
 }
 
 static void cpu_avgpool2_forward(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x)

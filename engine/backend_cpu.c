@@ -1,6 +1,7 @@
 /* The CPU backend: BLIS GEMMs (through its CBLAS interface) for convolutions, OpenMP for the rest.
- * Convolutions use im2col over column chunks so the scratch matrix stays
- * bounded (VAPO_COL_BUDGET floats) while each GEMM stays large. */
+ * Convolutions use im2col over chunks of whole images, each chunk's column
+ * matrix about the size of a core's L2 cache (VAPO_COL_BUDGET floats), so the
+ * GEMM reads it back from cache rather than from memory. */
 #include <blis.h>
 #include <cblas.h>
 #include <math.h>
@@ -12,13 +13,13 @@
 #include "backend_cpu.h"
 #include "vapo/error.h"
 
-#define VAPO_COL_BUDGET (4u << 20) /* floats in one im2col chunk (16 MiB) */
+#define VAPO_COL_BUDGET ((size_t)1 << 18) /* floats in one im2col chunk (1 MiB), unless one image needs more */
 
 typedef struct {
     vapo_backend base;
-    float *col;   /* im2col scratch, VAPO_COL_BUDGET floats */
+    float *col;   /* im2col scratch */
     float *wflip; /* flipped kernel of the backward data pass */
-    size_t wflip_cap;
+    size_t col_cap, wflip_cap;
     int threads;
 } cpu_backend;
 
@@ -83,6 +84,23 @@ static void im2col3(const vapo_conv_shape *s, int channels, const float *x, size
         }
 }
 
+/* A scratch buffer of at least `need` floats, grown (contents lost) when
+ * short; NULL with the error set when memory runs out. */
+static float *scratch(float **buf, size_t *cap, size_t need, const char *what)
+{
+    if (need > *cap) {
+        free(*buf);
+        *cap = 0;
+        if (posix_memalign((void **)buf, 64, sizeof(float) * need)) {
+            *buf = NULL;
+            vapo_fail("out of memory for the %s (%zu MiB)", what, (sizeof(float) * need) >> 20);
+            return NULL;
+        }
+        *cap = need;
+    }
+    return *buf;
+}
+
 /* Columns per chunk: whole images, as many as fit the scratch budget. */
 static size_t chunk_cols(const vapo_conv_shape *s, int channels)
 {
@@ -119,10 +137,11 @@ static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *
         return;
     }
     const size_t step = chunk_cols(s, s->cin), K = (size_t)s->cin * 9;
-    for (size_t j0 = 0; j0 < n; j0 += step) {
+    float *col = scratch(&cb->col, &cb->col_cap, step * K, "im2col scratch");
+    for (size_t j0 = 0; col && j0 < n; j0 += step) {
         const size_t nc = j0 + step <= n ? step : n - j0;
-        im2col3(s, s->cin, x, j0, nc, cb->col);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, nc, K, 1.0f, w, K, cb->col, nc,
+        im2col3(s, s->cin, x, j0, nc, col);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, nc, K, 1.0f, w, K, col, nc,
                     1.0f, y + j0, n);
     }
 }
@@ -130,16 +149,8 @@ static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *
 /* w'[ci][co*9 + k] = w[co][ci*9 + 8 - k], in a scratch buffer that grows. */
 static float *flipped_weights(cpu_backend *cb, const vapo_conv_shape *s, const float *w)
 {
-    const size_t size = (size_t)s->cin * s->cout * 9;
-    if (size > cb->wflip_cap) {
-        free(cb->wflip);
-        cb->wflip = malloc(sizeof(float) * size);
-        cb->wflip_cap = cb->wflip ? size : 0;
-        if (!cb->wflip) {
-            vapo_fail("out of memory in the convolution backward pass");
-            return NULL;
-        }
-    }
+    if (!scratch(&cb->wflip, &cb->wflip_cap, (size_t)s->cin * s->cout * 9, "flipped convolution kernel"))
+        return NULL;
     for (int ci = 0; ci < s->cin; ci++)
         for (int co = 0; co < s->cout; co++)
             for (int k = 0; k < 9; k++)
@@ -165,10 +176,11 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
     if (!wf)
         return;
     const size_t step = chunk_cols(s, s->cout);
-    for (size_t j0 = 0; j0 < n; j0 += step) {
+    float *col = scratch(&cb->col, &cb->col_cap, step * K, "im2col scratch");
+    for (size_t j0 = 0; col && j0 < n; j0 += step) {
         const size_t nc = j0 + step <= n ? step : n - j0;
-        im2col3(s, s->cout, dy, j0, nc, cb->col);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cin, nc, K, 1.0f, wf, K, cb->col, nc, 1.0f,
+        im2col3(s, s->cout, dy, j0, nc, col);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cin, nc, K, 1.0f, wf, K, col, nc, 1.0f,
                     dx + j0, n);
     }
 }
@@ -198,10 +210,11 @@ static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s,
         return;
     }
     const size_t step = chunk_cols(s, s->cin), K = (size_t)s->cin * 9;
-    for (size_t j0 = 0; j0 < n; j0 += step) {
+    float *col = scratch(&cb->col, &cb->col_cap, step * K, "im2col scratch");
+    for (size_t j0 = 0; col && j0 < n; j0 += step) {
         const size_t nc = j0 + step <= n ? step : n - j0;
-        im2col3(s, s->cin, x, j0, nc, cb->col);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, nc, 1.0f, dy + j0, n, cb->col, nc,
+        im2col3(s, s->cin, x, j0, nc, col);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, K, nc, 1.0f, dy + j0, n, col, nc,
                     1.0f, dw, K);
     }
 }
@@ -448,8 +461,7 @@ static void flush_denormals(void)
 vapo_backend *vapo_backend_cpu(int threads)
 {
     cpu_backend *cb = calloc(1, sizeof *cb);
-    if (!cb || posix_memalign((void **)&cb->col, 64, sizeof(float) * VAPO_COL_BUDGET)) {
-        free(cb);
+    if (!cb) {
         vapo_fail("out of memory creating the CPU backend");
         return NULL;
     }

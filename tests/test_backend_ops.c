@@ -515,11 +515,13 @@ static double run_conv_backward_filter(vapo_backend *be, const op_case *c, float
 static void conv_cases(void)
 {
     /* odd sizes, one image and several, k = 1 and 3, cin != cout, 1x1 and
-     * 2x3 images (every tap hits padding), and a shape big enough that the
-     * CPU's im2col works in two chunks (18 images, then 1) */
+     * 2x3 images (every tap hits padding), a shape whose CPU im2col works in
+     * chunks (19 images, one per chunk), and one whose single image needs more
+     * than the CPU's chunk budget (the scratch grows) */
     static const vapo_conv_shape shapes[] = {
         {3, 8, 3, 1, 5, 7}, {4, 6, 3, 3, 9, 6},   {8, 5, 1, 2, 7, 5},   {5, 7, 3, 2, 1, 1},
         {2, 3, 3, 2, 2, 3}, {16, 32, 3, 4, 8, 8}, {32, 16, 1, 3, 8, 8}, {24, 20, 3, 19, 32, 32},
+        {32, 8, 3, 2, 40, 40},
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         const vapo_conv_shape s = shapes[t];

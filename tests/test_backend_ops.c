@@ -695,6 +695,24 @@ static void act_cases(void)
         }
 }
 
+/* elementwise.h's polynomial exp, which every GELU and SiLU pass uses on both
+ * backends: against libm's double exp over its whole range, 0 below it, NaN
+ * through. The error column is the worst relative error. */
+static void exp_cases(void)
+{
+    double worst = 0.0;
+    for (int i = 0; i <= 1000000; i++) {
+        const float x = -87.0f + 175.0f * (float)i / 1000000.0f;
+        const double want = exp((double)x), e = fabs(vapo_exp(x) - want) / want;
+        if (!(e <= worst)) /* NaN counts as worst */
+            worst = isnan(e) ? INFINITY : e;
+    }
+    report("host~libm", "vapo_exp", "x in [-87, 88], 1e6 points", worst, 2e-7);
+    const int edges = vapo_exp(-90.0f) == 0.0f && vapo_exp(-INFINITY) == 0.0f && isnan(vapo_exp(NAN)) &&
+                      isfinite(vapo_exp(1000.0f)) && vapo_exp(0.0f) == 1.0f;
+    report("host~libm", "vapo_exp", "-90, -inf -> 0; NaN -> NaN; 0 -> 1", edges ? 0.0 : 1.0, 0.0);
+}
+
 /* ---- pooling ---------------------------------------------------------------------- */
 
 static double naive_avgpool2_forward(const op_case *c, float *const *ref)
@@ -1601,6 +1619,7 @@ int main(void)
     memory_cases();
     conv_cases();
     act_cases();
+    exp_cases();
     pool_cases();
     row_cases();
     vector_cases();

@@ -15,11 +15,11 @@
 #define VAPO_HD static inline
 #endif
 
-/* exp(x) for x <= 88 in plain arithmetic (Cephes' expf polynomial after a
+/* exp(x) in plain arithmetic (Cephes' expf polynomial after a
  * 2^k ln 2 range reduction, relative error < 2e-7), so the activation loops
  * vectorise (with -fno-trapping-math, which lets gcc turn its selects into
  * blends): a libm call per element would not, and it cost a quarter of a CPU
- * network pass. Below -87 it returns 0; NaN stays NaN. */
+ * network pass. Below -87 it returns 0, above 88 e^88 (1.7e38); NaN stays NaN. */
 VAPO_HD float vapo_exp(float x)
 {
     const float xc = x > 88.0f ? 88.0f : x < -87.0f ? -87.0f : x;

@@ -74,12 +74,13 @@ check(r.returncode == 2 and "--max-batch" in r.stderr, f"a bad flag value is a u
 
 # ---- in-flight work finishes within the grace period -------------------------------------------------
 
-srv = Server(args.serve, model, "--grace-s", "20", "--max-batch", "4")
+# the request must outlast the probes below by a wide margin, whatever the CPU's speed
+srv = Server(args.serve, model, "--grace-s", "20", "--max-batch", "4", "--max-steps", "5000", "--max-nfe", "20000")
 keep = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
 keep.request("GET", "/healthz")
 keep.getresponse().read()
 out = {}
-t = in_background(srv, {"seed": 9, "n": 4, "format": "json", "solver": "rk4", "steps": 150}, out)
+t = in_background(srv, {"seed": 9, "n": 4, "format": "json", "solver": "rk4", "steps": 1000}, out)
 check(wait_for(lambda: srv.metrics()["vapo_queue_images"] == 4, 5), "the request is running")
 t0 = time.time()
 srv.proc.send_signal(signal.SIGTERM)

@@ -28,6 +28,8 @@
  * it (or with Expect: 100-continue) the reply goes out at once and the
  * connection closes. */
 #define DISCARD_EXTRA (16u << 20)
+/* How often the watcher looks for connections past their request deadline. */
+#define REAP_PERIOD_MS 200
 
 typedef enum { RQ_READING, RQ_WAITING } rq_state;
 
@@ -47,7 +49,8 @@ typedef struct http_request {
 
     unsigned char *body;
     size_t len, cap, received;
-    int overflow; /* body past max_body_bytes: discarded, 413 */
+    size_t limit; /* the route's body limit (routes_body_limit) */
+    int overflow; /* body past the limit: discarded, 413 */
     char content_type[128];
 
     /* the job, once submitted; mu orders suspend (handler) before resume (done) */
@@ -55,10 +58,12 @@ typedef struct http_request {
     route_work *work;
     int job_done, suspended, orphaned;
     int fd;
-    int watch_data; /* the client sent more bytes: its socket is no longer polled */
+    int http11;     /* HTTP/1.1: an interim 100 may be sent (the half-close probe) */
+    int probed;     /* the client half-closed and was sent the probe; only an error or reset ends it now */
 
     /* for the log line */
     int status, images;
+    long long nfe; /* evaluations of the job's images; -1: no job ran */
     size_t bytes_out;
     double queue_wait;
 } http_request;
@@ -70,6 +75,10 @@ struct http_server {
     atomic_int active;
     atomic_uint_fast64_t next_id;
 
+    /* every open connection, for the deadline of a whole request */
+    pthread_mutex_t conn_mu;
+    struct conn_slot *conns;
+
     /* suspended requests whose sockets the watcher polls */
     pthread_mutex_t watch_mu;
     http_request **watched;
@@ -78,6 +87,90 @@ struct http_server {
     int watch_stop;
     pthread_t watcher;
 };
+
+/* ---- the request deadline -------------------------------------------------------------- */
+
+/* One per connection (MHD's socket context). A connection must deliver a
+ * whole request, headers and body, within --request-timeout-s of opening or
+ * of its previous reply: libmicrohttpd's own timeout only catches silence,
+ * so a client sending a byte now and then (slowloris) would hold a slot
+ * forever. */
+typedef struct conn_slot {
+    int fd;
+    double deadline; /* clock_now() seconds; 0 while a request is being answered */
+    struct conn_slot *prev, *next;
+} conn_slot;
+
+static conn_slot *slot_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Arms (the connection now owes a request) or disarms (one is in) the deadline. */
+static void slot_arm(http_server *s, struct MHD_Connection *conn, int arm)
+{
+    conn_slot *c = slot_of(conn);
+    if (!c)
+        return;
+    pthread_mutex_lock(&s->conn_mu);
+    c->deadline = arm ? clock_now() + s->app->cfg->request_timeout_s : 0;
+    pthread_mutex_unlock(&s->conn_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    http_server *s = cls;
+    conn_slot *c = *socket_context;
+    pthread_mutex_lock(&s->conn_mu);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c = calloc(1, sizeof *c);
+        if (c && ci) {
+            c->fd = ci->connect_fd;
+            c->deadline = clock_now() + s->app->cfg->request_timeout_s;
+            c->next = s->conns;
+            if (s->conns)
+                s->conns->prev = c;
+            s->conns = c;
+        } else {
+            free(c), c = NULL;
+        }
+        *socket_context = c;
+    } else if (c) {
+        /* libmicrohttpd closes the socket after this returns: the reaper,
+         * which holds conn_mu while it shuts sockets down, never sees a
+         * reused descriptor */
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            s->conns = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        free(c);
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&s->conn_mu);
+}
+
+/* Shuts down the sockets of connections past their deadline; libmicrohttpd
+ * then reads the end of the stream and closes them. */
+static void reap_slow(http_server *s)
+{
+    double now = clock_now();
+    int reaped = 0;
+    pthread_mutex_lock(&s->conn_mu);
+    for (conn_slot *c = s->conns; c; c = c->next)
+        if (c->deadline > 0 && now > c->deadline) {
+            shutdown(c->fd, SHUT_RDWR);
+            c->deadline = 0;
+            reaped++;
+        }
+    pthread_mutex_unlock(&s->conn_mu);
+    for (int i = 0; i < reaped; i++)
+        metrics_rejected(s->app->mx, "request_timeout");
+}
 
 /* ---- the disconnect watcher ------------------------------------------------------------- */
 
@@ -123,17 +216,25 @@ static void watch_remove(http_server *s, http_request *rq)
     pthread_mutex_unlock(&s->watch_mu);
 }
 
-/* 1 when the peer closed or reset the connection, 0 when it sent data, -1 if
- * nothing can be said yet. */
-static int peer_gone(int fd)
+/* The client of a suspended request sent a FIN. It may have closed (gone)
+ * or only shut down its sending side and still wait for the reply (a
+ * half-close); TCP tells them apart only when data arrives: a closed socket
+ * answers with a reset. So send data that HTTP/1.1 clients must skip, an
+ * interim "100 Continue", and keep watching for the reset. HTTP/1.0 knows
+ * no interim replies: its FIN counts as gone. Returns 1 if the client is
+ * gone. Under watch_mu (the connection is suspended: nothing else writes). */
+static int probe_half_close(http_request *rq)
 {
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0)
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (!rq->http11)
         return 1;
-    if (n > 0)
+    rq->probed = 1;
+    ssize_t n = send(rq->fd, probe, sizeof probe - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n == (ssize_t)(sizeof probe - 1))
         return 0;
-    return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? -1 : 1;
+    /* a full send buffer: nothing was written, the request runs to its end;
+     * an error or a partial write: the stream is over */
+    return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
 }
 
 static void *watch_main(void *arg)
@@ -168,15 +269,18 @@ static void *watch_main(void *arg)
         pfd[0] = (struct pollfd){.fd = s->wake[0], .events = POLLIN};
         for (int i = 0; i < s->nwatched && n < cap; i++) {
             http_request *rq = s->watched[i];
-            if (rq->watch_data)
-                continue;
-            pfd[n] = (struct pollfd){.fd = rq->fd, .events = POLLIN | POLLRDHUP};
+            /* not POLLIN: unread bytes (a pipelined request) would wake us
+             * forever; errors and hang-ups are reported whatever is asked */
+            pfd[n] = (struct pollfd){.fd = rq->fd, .events = rq->probed ? 0 : POLLRDHUP};
             ids[n] = rq->id;
             n++;
         }
         pthread_mutex_unlock(&s->watch_mu);
 
-        if (poll(pfd, n, 1000) <= 0)
+        /* wake at least every REAP_PERIOD_MS for the request deadlines */
+        int ready = poll(pfd, n, REAP_PERIOD_MS);
+        reap_slow(s);
+        if (ready <= 0)
             continue;
         if (pfd[0].revents) {
             char buf[64];
@@ -194,12 +298,11 @@ static void *watch_main(void *arg)
                     rq = s->watched[i];
             if (!rq)
                 continue;
-            int gone = peer_gone(rq->fd);
-            if (gone == 1) {
+            int gone = (pfd[k].revents & (POLLERR | POLLHUP | POLLNVAL)) ||
+                       ((pfd[k].revents & POLLRDHUP) && !rq->probed && probe_half_close(rq));
+            if (gone) {
                 watch_remove_locked(s, rq);
                 batcher_cancel(s->app->b, route_work_job(rq->work));
-            } else if (gone == 0) {
-                rq->watch_data = 1;
             }
         }
         pthread_mutex_unlock(&s->watch_mu);
@@ -278,8 +381,8 @@ static int bearer_matches(const char *header, const char *key)
 
 static int accepts_media(const route *rt, const char *ct)
 {
-    if (!ct || !*ct)
-        return rt->json_optional;
+    if (!ct)
+        return 0;
     for (int i = 0; rt->accepts[i]; i++) {
         size_t n = strlen(rt->accepts[i]);
         const char *p = ct;
@@ -304,8 +407,58 @@ static void remote_address(struct MHD_Connection *conn, char *out, size_t len)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)len);
 }
 
-/* What the headers alone decide: 404, OPTIONS, 401, 405, 413, 415. Returns 1
- * if the early reply must go out now rather than after the body. */
+/* Whether the bearer token opens the route. */
+static int authorized(const serve_config *cfg, const route *rt, const char *authorization)
+{
+    if (rt->access == ACCESS_OPEN)
+        return 1;
+    if (rt->access == ACCESS_METRICS) {
+        if (cfg->metrics_open || (!cfg->api_key && !cfg->metrics_key))
+            return 1;
+        return (cfg->api_key && bearer_matches(authorization, cfg->api_key)) ||
+               (cfg->metrics_key && bearer_matches(authorization, cfg->metrics_key));
+    }
+    return !cfg->api_key || bearer_matches(authorization, cfg->api_key);
+}
+
+/* DNS rebinding: a web page on evil.example whose name comes to resolve to
+ * this server's address can read its replies, but its requests then say
+ * "Host: evil.example". Without a key, only an IP address, localhost or a
+ * name from --allowed-hosts may be named. No Host at all is no browser. */
+static int host_allowed(const serve_config *cfg, const char *host)
+{
+    if (cfg->api_key || !host)
+        return 1;
+    char name[256];
+    size_t n;
+    if (host[0] == '[') /* [IPv6]:port */
+        return strchr(host, ']') != NULL;
+    n = strcspn(host, ":");
+    if (n == 0 || n >= sizeof name)
+        return 0;
+    memcpy(name, host, n);
+    name[n] = 0;
+    struct in_addr a4;
+    if (inet_pton(AF_INET, name, &a4) == 1 || !strcasecmp(name, "localhost"))
+        return 1;
+    for (const char *p = cfg->allowed_hosts; p && *p;) {
+        size_t k = strcspn(p, ",");
+        while (k > 0 && *p == ' ')
+            p++, k--;
+        size_t kk = k;
+        while (kk > 0 && p[kk - 1] == ' ')
+            kk--;
+        if ((kk == 1 && *p == '*') || (kk == n && !strncasecmp(p, name, n)))
+            return 1;
+        p += k;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+/* What the headers alone decide: 404, OPTIONS, 403, 401, 405, 413, 415.
+ * Returns 1 if the early reply must go out now rather than after the body. */
 static int precheck(http_request *rq, const char *url, const char *method)
 {
     http_server *s = rq->srv;
@@ -314,10 +467,21 @@ static int precheck(http_request *rq, const char *url, const char *method)
     reply *r = &rq->early;
     const route *rt = rq->rt = routes_find(url);
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
+    int has_body = declared > 0 || (te && *te);
     snprintf(rq->content_type, sizeof rq->content_type, "%s", ct ? ct : "");
+    rq->limit = rt ? routes_body_limit(s->app, rt, ct) : 0;
     rq->has_early = 1;
     if (!rt) {
         reply_error(r, 404, NULL, "no such route (see GET /openapi.yaml)");
+    } else if (rt->access != ACCESS_OPEN && !host_allowed(cfg, host)) {
+        reply_error(r, 403, NULL,
+                    "Host '%.100s' is not allowed without an API key (DNS rebinding protection): name the "
+                    "server by its IP address or localhost, or add the name with --allowed-hosts",
+                    host);
     } else if (!strcmp(method, "OPTIONS")) {
         r->status = 204;
         reply_header(r, "Allow", "%s, OPTIONS", rt->allow);
@@ -326,29 +490,26 @@ static int precheck(http_request *rq, const char *url, const char *method)
             reply_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
             reply_header(r, "Access-Control-Max-Age", "600");
         }
-    } else if (cfg->api_key && !rt->open &&
-               !bearer_matches(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
-                               cfg->api_key)) {
+    } else if (!authorized(cfg, rt, MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION))) {
         reply_error(r, 401, NULL, "missing or wrong bearer token");
         reply_header(r, "WWW-Authenticate", "Bearer");
     } else if (!route_allows(rt, method)) {
         reply_error(r, 405, NULL, "%s is not allowed on %s", method, rt->path);
         reply_header(r, "Allow", "%s, OPTIONS", rt->allow);
+    } else if (!rt->post && has_body) {
+        /* nothing to read: refuse before a byte of it is buffered */
+        reply_error(r, 413, NULL, "%s %s takes no request body", method, rt->path);
+        return 1;
+    } else if (rt->post && declared > rq->limit) {
+        reply_error(r, 413, NULL, "the body has %llu bytes, more than the limit of %zu for %s", declared, rq->limit,
+                    rt->path);
+    } else if (rt->post && !accepts_media(rt, ct)) {
+        reply_error(r, 415, NULL, "send the header 'Content-Type: %s'%s%s%s (got %s%.60s%s)", rt->accepts[0],
+                    rt->accepts[1] ? " or 'Content-Type: " : "", rt->accepts[1] ? rt->accepts[1] : "",
+                    rt->accepts[1] ? "'" : "", ct ? "'" : "none", ct ? ct : "", ct ? "'" : "");
     } else {
         rq->has_early = 0;
-    }
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
-    if (!rq->has_early && rt->post) {
-        if (declared > cfg->max_body_bytes) {
-            reply_error(r, 413, NULL, "the body has %llu bytes, more than the limit of %zu", declared,
-                        cfg->max_body_bytes);
-            rq->has_early = 1;
-        } else if (!accepts_media(rt, ct)) {
-            reply_error(r, 415, NULL, "Content-Type must be %s%s%s", rt->accepts[0],
-                        rt->accepts[1] ? " or " : "", rt->accepts[1] ? rt->accepts[1] : "");
-            rq->has_early = 1;
-        } else if (declared > 0) {
+        if (declared > 0) {
             /* not all of it up front: a client can declare much and send little */
             size_t first = declared < (64u << 10) ? (size_t)declared : (64u << 10);
             rq->body = malloc(first);
@@ -358,12 +519,12 @@ static int precheck(http_request *rq, const char *url, const char *method)
     if (!rq->has_early)
         return 0;
     const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
-    return (expect && strcasestr(expect, "100-continue")) || declared > cfg->max_body_bytes + DISCARD_EXTRA;
+    return (expect && strcasestr(expect, "100-continue")) || declared > rq->limit + DISCARD_EXTRA;
 }
 
 static int body_append(http_request *rq, const char *data, size_t n)
 {
-    const size_t max = rq->srv->app->cfg->max_body_bytes;
+    const size_t max = rq->limit;
     rq->received += n;
     if (rq->has_early || rq->overflow)
         return rq->received <= max + DISCARD_EXTRA ? 0 : -1;
@@ -413,7 +574,7 @@ static enum MHD_Result dispatch(http_request *rq)
     http_server *s = rq->srv;
     reply r = {0};
     if (rq->overflow) {
-        reply_error(&r, 413, NULL, "the body is larger than the limit of %zu bytes", s->app->cfg->max_body_bytes);
+        reply_error(&r, 413, NULL, "the body is larger than the limit of %zu bytes for %s", rq->limit, rq->rt->path);
         return send_reply(rq, &r);
     }
     route_input in = {.method = rq->method,
@@ -461,6 +622,7 @@ static enum MHD_Result finish(http_request *rq)
     rq->work = NULL;
     job *j = route_work_job(w);
     rq->queue_wait = j->t_first > 0 ? j->t_first - j->t_submit : -1;
+    rq->nfe = route_work_nfe(w);
     rq->rt->finish(rq->srv->app, w, &r);
     return send_reply(rq, &r);
 }
@@ -469,7 +631,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls)
 {
-    (void)version;
     http_server *s = cls;
     http_request *rq = *con_cls;
     if (!rq) {
@@ -481,13 +642,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         rq->id = atomic_fetch_add(&s->next_id, 1) + 1;
         rq->t_start = clock_now();
         rq->queue_wait = -1;
+        rq->nfe = -1;
         rq->fd = -1;
         pthread_mutex_init(&rq->mu, NULL);
         snprintf(rq->method, sizeof rq->method, "%s", method);
+        rq->http11 = version && !strcmp(version, MHD_HTTP_VERSION_1_1);
         remote_address(conn, rq->remote, sizeof rq->remote);
         *con_cls = rq;
         atomic_fetch_add(&s->active, 1);
         if (precheck(rq, url, method)) {
+            slot_arm(s, conn, 0);
             reply early = rq->early;
             memset(&rq->early, 0, sizeof rq->early);
             rq->has_early = 0;
@@ -502,6 +666,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (rq->state == RQ_WAITING)
         return finish(rq);
+    slot_arm(s, conn, 0); /* the whole request is in */
     if (rq->has_early) {
         reply early = rq->early;
         memset(&rq->early, 0, sizeof rq->early);
@@ -514,9 +679,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     http_server *s = cls;
     http_request *rq = *con_cls;
+    slot_arm(s, conn, 1); /* a kept-alive connection owes its next request in time */
     if (!rq)
         return;
     *con_cls = NULL;
@@ -531,6 +696,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                                       .remote = rq->remote,
                                       .status = status,
                                       .images = rq->images,
+                                      .nfe = rq->nfe,
                                       .queue_wait_s = rq->queue_wait,
                                       .latency_s = latency,
                                       .bytes_in = rq->received,
@@ -586,6 +752,7 @@ http_server *http_start(app *a, char *err, size_t errlen)
     }
     s->app = a;
     pthread_mutex_init(&s->watch_mu, NULL);
+    pthread_mutex_init(&s->conn_mu, NULL);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -596,7 +763,8 @@ http_server *http_start(app *a, char *err, size_t errlen)
         MHD_OPTION_THREAD_POOL_SIZE, cfg->http_threads > 1 ? (unsigned)cfg->http_threads : 0u,
         MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->conn_timeout_s,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_per_ip,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->daemon) {
@@ -604,6 +772,7 @@ http_server *http_start(app *a, char *err, size_t errlen)
                  errno ? strerror(errno) : "port in use?");
         close(s->wake[0]), close(s->wake[1]);
         pthread_mutex_destroy(&s->watch_mu);
+        pthread_mutex_destroy(&s->conn_mu);
         free(s);
         return NULL;
     }
@@ -637,5 +806,6 @@ void http_stop(http_server *s)
     close(s->wake[0]), close(s->wake[1]);
     free(s->watched);
     pthread_mutex_destroy(&s->watch_mu);
+    pthread_mutex_destroy(&s->conn_mu); /* stopping the daemon closed every connection and freed its slot */
     free(s);
 }

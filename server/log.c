@@ -66,6 +66,8 @@ void log_request(const log_request_fields *f)
     json_object_set_new(line, "route", json_string(f->route ? f->route : "?"));
     json_object_set_new(line, "status", json_integer(f->status));
     json_object_set_new(line, "images", json_integer(f->images));
+    if (f->nfe >= 0)
+        json_object_set_new(line, "nfe", json_integer((json_int_t)f->nfe));
     if (f->queue_wait_s >= 0)
         json_object_set_new(line, "queue_ms", json_real((double)(long long)(f->queue_wait_s * 1e6) / 1e3));
     json_object_set_new(line, "latency_ms", json_real((double)(long long)(f->latency_s * 1e6) / 1e3));

@@ -1,6 +1,7 @@
 /* Structured logs: one JSON object per line on stderr, e.g.
  *   {"ts":"2024-05-01T12:00:00.123Z","level":"info","msg":"listening","url":"http://127.0.0.1:8080"}
- * Request lines carry method, route, status, images, queue wait and latency. */
+ * Request lines carry method, route, status, images, evaluations, queue wait
+ * and latency. */
 #ifndef SERVE_LOG_H
 #define SERVE_LOG_H
 
@@ -19,6 +20,7 @@ typedef struct {
     const char *method, *route, *remote;
     int status;
     int images;
+    long long nfe;       /* evaluations of all the request's images; < 0: none ran */
     double queue_wait_s; /* < 0: the request did not queue */
     double latency_s;
     size_t bytes_in, bytes_out;

@@ -60,6 +60,24 @@ static void drain(app *a, http_server *http, const sigset_t *set)
         wait_signal(set, 0.01);
 }
 
+/* Says once how requests are authenticated when it is not the obvious
+ * (loopback) case: a generated key is printed here and nowhere else, as
+ * notebook servers do, so that `docker run -p 8080:8080 vapo` is one command
+ * and still not open to everyone. */
+static void announce_auth(const serve_config *cfg)
+{
+    if (cfg->api_key_generated) {
+        log_line("warn", json_pack("{s:s}", "api_key_generated", cfg->api_key),
+                 "no API key given and --host %s is beyond loopback: generated a key", cfg->host);
+        fprintf(stderr,
+                "vapo-serve: no API key given; generated one: %s (send 'Authorization: Bearer %s'; "
+                "--api-key or VAPO_API_KEY to choose one, --insecure-no-auth to serve without a key)\n",
+                cfg->api_key, cfg->api_key);
+    } else if (!cfg->api_key && cfg->insecure_no_auth && !config_host_is_loopback(cfg->host)) {
+        log_warn("--insecure-no-auth: serving %s without an API key: anyone who reaches it can use it", cfg->host);
+    }
+}
+
 int main(int argc, char **argv)
 {
     serve_config cfg;
@@ -67,6 +85,12 @@ int main(int argc, char **argv)
     if (config_parse(argc, argv, &cfg, &code))
         return code;
     log_set_requests(!cfg.quiet);
+    char err[512];
+    if (config_auth(&cfg, err, sizeof err)) {
+        log_error("%s", err);
+        return 1;
+    }
+    announce_auth(&cfg);
 
     char model_path[PATH_MAX];
     if (config_model_path(&cfg, model_path, sizeof model_path)) {
@@ -97,7 +121,6 @@ int main(int argc, char **argv)
         return 1;
     }
     /* Listen while the model loads: /healthz answers, /readyz says 503. */
-    char err[512];
     http_server *http = http_start(&a, err, sizeof err);
     if (!http) {
         log_error("%s", err);
@@ -124,6 +147,15 @@ int main(int argc, char **argv)
         return sig ? 0 : 1;
     }
     const model_info *mi = batcher_model(a.b);
+    if (mi->c != 1 && mi->c != 3) {
+        /* images go out as gray or RGB PNGs: anything else would load and then fail every request */
+        log_error("cannot serve the model %s: it has %d input channels; vapo-serve serves images with 1 "
+                  "(gray) or 3 (RGB) channels", model_path, mi->c);
+        http_stop(http);
+        batcher_stop(a.b);
+        metrics_free(mx);
+        return 1;
+    }
     log_line("info",
              json_pack("{s:s, s:s, s:s, s:[i,i,i], s:I, s:s, s:i, s:i, s:i}", "model", model_path, "preset",
                        mi->preset, "backend", mi->backend, "shape", mi->c, mi->h, mi->w, "parameters",

@@ -39,7 +39,7 @@ struct metrics {
     int nreq;
     duration_series dur[16];
     int ndur;
-    long long rejected_full, rejected_not_ready, rejected_shutdown;
+    long long rejected_full, rejected_not_ready, rejected_shutdown, rejected_slow;
     int queue_images, queue_requests;
     histogram wait, batch;
     long long calls, rows, nfe, generated, scored, cancelled;
@@ -129,6 +129,8 @@ void metrics_rejected(metrics *mx, const char *reason)
         mx->rejected_full++;
     else if (!strcmp(reason, "not_ready"))
         mx->rejected_not_ready++;
+    else if (!strcmp(reason, "request_timeout"))
+        mx->rejected_slow++;
     else
         mx->rejected_shutdown++;
     pthread_mutex_unlock(&mx->mu);
@@ -276,6 +278,7 @@ char *metrics_render(metrics *mx, size_t *len)
     put(&t, "vapo_requests_rejected_total{reason=\"queue_full\"} %lld\n", mx->rejected_full);
     put(&t, "vapo_requests_rejected_total{reason=\"not_ready\"} %lld\n", mx->rejected_not_ready);
     put(&t, "vapo_requests_rejected_total{reason=\"shutting_down\"} %lld\n", mx->rejected_shutdown);
+    put(&t, "vapo_requests_rejected_total{reason=\"request_timeout\"} %lld\n", mx->rejected_slow);
     header(&t, "vapo_queue_images", "gauge", "Images (trajectories and energy inputs) queued or in flight.");
     put(&t, "vapo_queue_images %d\n", mx->queue_images);
     header(&t, "vapo_queue_requests", "gauge", "Requests queued or in flight in the scheduler.");

@@ -12,7 +12,8 @@ void metrics_free(metrics *mx);
 
 /* A finished HTTP request: route is one of the server's routes or "other". */
 void metrics_request(metrics *mx, const char *route, int status, double seconds);
-/* A request refused before it queued: reason "queue_full", "not_ready", "shutting_down". */
+/* A request refused before it queued: reason "queue_full", "not_ready", "shutting_down",
+ * or "request_timeout" (a connection that did not deliver a whole request in time). */
 void metrics_rejected(metrics *mx, const char *reason);
 
 /* Scheduler side. */

@@ -27,6 +27,14 @@
 #define SEED_RANDOM_BITS 53 /* random seeds stay exact in JavaScript numbers */
 #define GRID_PAD 2
 #define GRID_PAD_VALUE 1.0f /* white lines between tiles */
+/* Bodies: /generate and /interpolate need a few hundred bytes of JSON; the
+ * limit leaves room for pretty-printing. /energy's JSON is a list of base64
+ * PNGs plus this much per image (quotes, a data: prefix, indentation) and in
+ * all. Parsing allocates per JSON value, so the value count is bounded too. */
+#define JSON_BODY_MAX (8u << 10)
+#define ENERGY_JSON_PER_IMAGE 64u
+#define ENERGY_JSON_EXTRA 1024u
+#define JSON_VALUES_MAX 64 /* beyond the images */
 
 enum { FMT_PNG, FMT_GRID, FMT_JSON };
 
@@ -38,6 +46,14 @@ struct route_work {
 
 job *route_work_job(route_work *w) { return w->j; }
 int route_work_images(const route_work *w) { return w->j ? w->j->n : 0; }
+
+long long route_work_nfe(const route_work *w)
+{
+    long long total = 0;
+    for (int i = 0; w && w->j && w->j->nfe && i < w->j->n; i++)
+        total += w->j->nfe[i];
+    return total;
+}
 
 void route_work_free(route_work *w)
 {
@@ -53,10 +69,37 @@ void route_work_free(route_work *w)
  * JSON does not have but some encoders write, come back as the strings "NaN",
  * "Infinity", "-Infinity", so that the field check can say what is wrong with
  * the value (422) rather than call the whole body malformed. */
-static json_t *parse_object(const route_input *in, reply *out)
+/* An upper bound on the values a JSON text holds: its containers and commas
+ * outside strings, plus one. Cheap, and run before the parser allocates. */
+static size_t json_values_bound(const unsigned char *p, size_t len)
+{
+    size_t n = 1;
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in_string) {
+            if (p[i] == '\\')
+                i++;
+            else if (p[i] == '"')
+                in_string = 0;
+        } else if (p[i] == '"') {
+            in_string = 1;
+        } else {
+            n += p[i] == ',' || p[i] == '{' || p[i] == '[';
+        }
+    }
+    return n;
+}
+
+static json_t *parse_object(const route_input *in, size_t max_values, reply *out)
 {
     if (in->body_len == 0)
         return json_object();
+    size_t values = json_values_bound(in->body, in->body_len);
+    if (values > max_values) {
+        reply_error(out, 422, NULL, "the body holds %zu JSON values or more; this route takes at most %zu", values,
+                    max_values);
+        return NULL;
+    }
     json_error_t err;
     json_t *root = json_parse_lenient((const char *)in->body, in->body_len, &err);
     if (!root) {
@@ -328,6 +371,20 @@ static route_work *get_metrics(app *a, const route_input *in, reply *out)
     return NULL;
 }
 
+/* The dataset's name without where it was on the trainer's machine: the
+ * trainer records its --data argument ("fashion-mnist", "cifar10:DIR",
+ * "folder:DIR", or a path). */
+static void dataset_name(const char *data, char *out, size_t len)
+{
+    size_t n = strcspn(data, ":");
+    if (n == 0 || memchr(data, '/', n)) { /* a bare path: its last component */
+        const char *slash = strrchr(data, '/');
+        snprintf(out, len, "%s", slash ? slash + 1 : data);
+    } else {
+        snprintf(out, len, "%.*s", (int)n, data);
+    }
+}
+
 static route_work *get_model(app *a, const route_input *in, reply *out)
 {
     (void)in;
@@ -335,8 +392,10 @@ static route_work *get_model(app *a, const route_input *in, reply *out)
     if (!mi)
         return NULL;
     const serve_config *c = a->cfg;
+    char dataset[sizeof mi->dataset];
+    dataset_name(mi->dataset, dataset, sizeof dataset);
     json_t *o = json_pack("{s:s, s:s, s:s, s:[i,i,i], s:I, s:I, s:f, s:o, s:s, s:{s:b, s:f, s:i}}", "preset",
-                          mi->preset, "dataset", mi->dataset, "file", mi->file, "shape", mi->c, mi->h, mi->w,
+                          mi->preset, "dataset", dataset, "file", mi->file, "shape", mi->c, mi->h, mi->w,
                           "parameters", (json_int_t)mi->params, "training_step", (json_int_t)mi->step, "omega",
                           mi->omega, "sampling", solver_json(&mi->sampling), "backend", mi->backend, "ood",
                           "calibrated", mi->calibrated, "keep", mi->ood_keep, "count", mi->calib_count);
@@ -374,7 +433,7 @@ static const char *const generate_fields[] = {"n", "seed", "first", "format", "c
 static route_work *post_generate(app *a, const route_input *in, reply *out)
 {
     const model_info *mi = ready_model(a, out);
-    json_t *req = mi ? parse_object(in, out) : NULL;
+    json_t *req = mi ? parse_object(in, JSON_VALUES_MAX, out) : NULL;
     if (!req)
         return NULL;
     route_work *w = NULL;
@@ -458,7 +517,7 @@ static const char *const interpolate_fields[] = {"seed_a", "seed_b", "frames", "
 static route_work *post_interpolate(app *a, const route_input *in, reply *out)
 {
     const model_info *mi = ready_model(a, out);
-    json_t *req = mi ? parse_object(in, out) : NULL;
+    json_t *req = mi ? parse_object(in, JSON_VALUES_MAX, out) : NULL;
     if (!req)
         return NULL;
     route_work *w = NULL;
@@ -525,6 +584,15 @@ done:
 }
 
 /* ---- POST /energy ---------------------------------------------------------------------------- */
+
+/* The largest PNG of a model-sized image: stored (uncompressed) 16-bit RGBA
+ * rows with their filter bytes, plus 1/64 for deflate blocks and chunk
+ * headers, plus 16 KiB of other chunks (an ICC profile, text). */
+static size_t png_size_bound(const model_info *mi)
+{
+    size_t raw = (size_t)mi->h * (1 + (size_t)mi->w * 4 * 2);
+    return raw + raw / 64 + (16u << 10);
+}
 
 /* Width and height from a PNG's IHDR without decoding it; -1 if not a PNG. */
 static int png_peek_size(const unsigned char *p, size_t len, int *w, int *h)
@@ -594,7 +662,7 @@ static route_work *post_energy(app *a, const route_input *in, reply *out)
         }
         return w;
     }
-    json_t *req = parse_object(in, out);
+    json_t *req = parse_object(in, JSON_VALUES_MAX + (size_t)a->cfg->max_images, out);
     if (!req)
         return NULL;
     static const char *const fields[] = {"images", NULL};
@@ -659,15 +727,15 @@ done:
 /* ---- table -------------------------------------------------------------------------------------- */
 
 static const route table[] = {
-    {"/generate", "POST", 1, 0, {"application/json"}, 1, post_generate, finish_generate},
-    {"/interpolate", "POST", 1, 0, {"application/json"}, 1, post_interpolate, finish_interpolate},
-    {"/energy", "POST", 1, 0, {"image/png", "application/json"}, 0, post_energy, finish_energy},
-    {"/healthz", "GET, HEAD", 0, 1, {NULL}, 0, get_healthz, NULL},
-    {"/readyz", "GET, HEAD", 0, 1, {NULL}, 0, get_readyz, NULL},
-    {"/metrics", "GET, HEAD", 0, 0, {NULL}, 0, get_metrics, NULL},
-    {"/v1/model", "GET, HEAD", 0, 0, {NULL}, 0, get_model, NULL},
-    {"/openapi.yaml", "GET, HEAD", 0, 0, {NULL}, 0, get_openapi, NULL},
-    {"/", "GET, HEAD", 0, 0, {NULL}, 0, get_page, NULL},
+    {"/generate", "POST", 1, ACCESS_KEY, {"application/json"}, post_generate, finish_generate},
+    {"/interpolate", "POST", 1, ACCESS_KEY, {"application/json"}, post_interpolate, finish_interpolate},
+    {"/energy", "POST", 1, ACCESS_KEY, {"image/png", "application/json"}, post_energy, finish_energy},
+    {"/healthz", "GET, HEAD", 0, ACCESS_OPEN, {NULL}, get_healthz, NULL},
+    {"/readyz", "GET, HEAD", 0, ACCESS_OPEN, {NULL}, get_readyz, NULL},
+    {"/metrics", "GET, HEAD", 0, ACCESS_METRICS, {NULL}, get_metrics, NULL},
+    {"/v1/model", "GET, HEAD", 0, ACCESS_KEY, {NULL}, get_model, NULL},
+    {"/openapi.yaml", "GET, HEAD", 0, ACCESS_KEY, {NULL}, get_openapi, NULL},
+    {"/", "GET, HEAD", 0, ACCESS_KEY, {NULL}, get_page, NULL},
 };
 
 const route *routes_find(const char *path)
@@ -686,6 +754,23 @@ int route_allows(const route *r, const char *method)
 }
 
 const char *routes_label(const route *r) { return r ? r->path : "other"; }
+
+size_t routes_body_limit(app *a, const route *r, const char *content_type)
+{
+    size_t limit = 0, cap = a->cfg->max_body_bytes;
+    const model_info *mi = batcher_model(a->b);
+    if (!r->post)
+        return 0;
+    if (r->start != post_energy)
+        limit = JSON_BODY_MAX;
+    else if (!mi) /* still loading: the route answers 503 before reading anything */
+        limit = cap;
+    else if (media_is(content_type, "image/png"))
+        limit = png_size_bound(mi);
+    else
+        limit = ENERGY_JSON_EXTRA + (size_t)a->cfg->max_images * (4 * ((png_size_bound(mi) + 2) / 3) + ENERGY_JSON_PER_IMAGE);
+    return limit < cap ? limit : cap;
+}
 
 void routes_submit_error(app *a, submit_result res, reply *out)
 {

@@ -8,7 +8,7 @@ if(TARGET vapo-serve AND EXISTS /usr/bin/python3)
       --make-model $<TARGET_FILE:make-test-model>
       --openapi ${CMAKE_SOURCE_DIR}/openapi/openapi.yaml
       --artefacts ${CMAKE_BINARY_DIR}/test-artefacts)
-  foreach(name server_api server_load server_shutdown server_page)
+  foreach(name server_api server_load server_shutdown server_page server_security server_slow)
     add_test(NAME ${name}
              COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/${name}.py ${VAPO_SERVER_TEST_ARGS}
              WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})

@@ -240,12 +240,12 @@ status, h, data = call("POST", "/energy", {"images": [b64png(big)]})
 check("8x8" in error_of(data).get("message", ""), f"wrong size says what the model expects: {data!r}")
 
 # a declared body far over the limit with Expect: 100-continue is refused before it is sent
-reply = raw_request(srv.port, b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+reply = raw_request(srv.port, b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                               b"Content-Length: 100000000\r\nExpect: 100-continue\r\n\r\n")
 check(reply.startswith(b"HTTP/1.1 413"), f"Expect: 100-continue with a huge body gets 413 at once: {reply[:80]!r}")
 # garbage on the wire does not hurt the server
 raw_request(srv.port, b"\x00\x01\x02 NOT HTTP\r\n\r\n", timeout=0.3)
-raw_request(srv.port, b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{", timeout=0.3)
+raw_request(srv.port, b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\n{", timeout=0.3)
 status, _, _ = srv.request("GET", "/healthz")
 check(status == 200, "still healthy after garbage requests")
 

@@ -110,7 +110,7 @@ lim = Server(args.serve, model, "--max-queue", "16", "--max-images", "16", "--ma
              "--timeout-s", "2", "--max-nfe", "5000", "--max-connections", "8", "--http-threads", "1", "--conn-timeout-s", "2")
 slow = {"seed": 5, "n": 16, "format": "json", "solver": "rk4", "steps": 1000}  # ~2.5x the 2 s deadline even on an idle machine
 body = json.dumps(slow).encode()
-sock = raw_request(lim.port, b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+sock = raw_request(lim.port, b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body), read=False)
 check(wait_for(lambda: lim.metrics()["vapo_queue_images"] == 16, 5), "the slow request fills the queue")
 

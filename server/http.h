@@ -5,8 +5,9 @@
  * completion callback, so no HTTP thread waits on the device. While a
  * connection is suspended libmicrohttpd does not look at its socket, so a
  * watcher thread polls the sockets of suspended requests and cancels the job
- * of a client that hung up (it sees the FIN/RST; a client that pipelines a
- * further request on the same connection is not watched). */
+ * of a client that hung up (a reset, or a FIN that an interim reply shows to
+ * be a close rather than a half-close), and cuts connections that do not
+ * deliver a whole request within --request-timeout-s. */
 #ifndef SERVE_HTTP_H
 #define SERVE_HTTP_H
 

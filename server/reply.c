@@ -36,6 +36,7 @@ const char *reply_error_type(int status)
     switch (status) {
     case 400: return "bad_request";
     case 401: return "unauthorized";
+    case 403: return "forbidden_host";
     case 404: return "not_found";
     case 405: return "method_not_allowed";
     case 413: return "payload_too_large";

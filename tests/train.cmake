@@ -12,3 +12,8 @@ endforeach()
 add_test(NAME train_resume COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/train_resume_test.py
          $<TARGET_FILE:vapo-train>)
 set_tests_properties(train_resume PROPERTIES ENVIRONMENT "OMP_WAIT_POLICY=passive" TIMEOUT 600)
+
+# vapo-train saves its last steps before the final grid and calibration (a tiny folder dataset).
+add_test(NAME train_final_save COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/train_final_save_test.py
+         $<TARGET_FILE:vapo-train>)
+set_tests_properties(train_final_save PROPERTIES ENVIRONMENT "OMP_WAIT_POLICY=passive" TIMEOUT 120)

@@ -537,7 +537,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "vapo-train: interrupted at step %ld; saved %s (resume with --resume %s)\n", r.step, path, path);
     } else if (!rc) {
         char path[1024];
-        rc = write_grid(&r, "samples.png") || calibrate(&r);
+        /* The last steps first: sampling the grid and calibrating can fail (a
+         * diverged model at max NFE, a full disk), and that must not lose up
+         * to save_every - 1 steps. */
+        if (r.step % r.o.save_every != 0)
+            rc = save_step_checkpoint(&r);
+        rc = rc || write_grid(&r, "samples.png") || calibrate(&r);
         out_path(&r, path, sizeof path, "model.safetensors");
         if (!rc)
             rc = save_checkpoint(&r, path);

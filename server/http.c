@@ -499,7 +499,6 @@ static int precheck(http_request *rq, const char *url, const char *method)
     } else if (!rt->post && has_body) {
         /* nothing to read: refuse before a byte of it is buffered */
         reply_error(r, 413, NULL, "%s %s takes no request body", method, rt->path);
-        return 1;
     } else if (rt->post && declared > rq->limit) {
         reply_error(r, 413, NULL, "the body has %llu bytes, more than the limit of %zu for %s", declared, rq->limit,
                     rt->path);
@@ -519,7 +518,8 @@ static int precheck(http_request *rq, const char *url, const char *method)
     if (!rq->has_early)
         return 0;
     const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
-    return (expect && strcasestr(expect, "100-continue")) || declared > rq->limit + DISCARD_EXTRA;
+    return (expect && strcasestr(expect, "100-continue")) || declared > rq->limit + DISCARD_EXTRA ||
+           (has_body && !(rt && rt->post)); /* a body no route reads is not read to say so */
 }
 
 static int body_append(http_request *rq, const char *data, size_t n)
@@ -718,14 +718,39 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&s->active, 1);
 }
 
+/* libmicrohttpd's messages, one line each, except that a message repeated
+ * within a second of its last line (one per refused connection, when a
+ * client floods) is counted, not written; the count goes out before the
+ * next line that is written. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static char last[512];
+    static double last_t;
+    static long dropped;
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = 0;
+    double now = clock_now();
+    pthread_mutex_lock(&mu);
+    if (!strcmp(msg, last) && now - last_t < 1.0) {
+        dropped++;
+        pthread_mutex_unlock(&mu);
+        return;
+    }
+    long repeats = dropped;
+    char prev[sizeof last];
+    memcpy(prev, last, sizeof prev);
+    dropped = 0;
+    last_t = now;
+    snprintf(last, sizeof last, "%s", msg);
+    pthread_mutex_unlock(&mu);
+    if (repeats)
+        log_line("warn", json_pack("{s:s, s:I}", "source", "libmicrohttpd", "repeats", (json_int_t)repeats),
+                 "%s (%ld more times)", prev, repeats);
     log_line("warn", json_pack("{s:s}", "source", "libmicrohttpd"), "%s", msg);
 }
 

@@ -45,6 +45,9 @@ for what, head in (("a declared body", b"Content-Length: 8388608\r\n"),
     took = time.time() - t
     check(status_of(reply) == 413 and took < 2,
           f"GET /healthz with {what} gets 413 before the body is sent ({took:.2f} s): {reply[:120]!r}")
+t = time.time()
+reply = raw_request(port, b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 8388608\r\n\r\n", timeout=3)
+check(status_of(reply) == 404 and time.time() - t < 2, f"a 404 with a declared body goes out unread: {reply[:60]!r}")
 status, _, _ = srv.request("GET", "/healthz")
 check(status == 200, "healthz still answers")
 
@@ -185,6 +188,9 @@ for auth, path, want in ((None, "/metrics", 401), ("scrape", "/metrics", 200), (
     status, _, _ = (mk.post_json(path, {"seed": 1}, headers=h) if path == "/generate"
                     else mk.request("GET", path, headers=h))
     check(status == want, f"metrics key: {path} with {auth!r} gets {status}, want {want}")
+t = time.time()
+reply = raw_request(mk.port, b"GET /v1/model HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 8388608\r\n\r\n", timeout=3)
+check(status_of(reply) == 401 and time.time() - t < 2, f"a 401 with a declared body goes out unread: {reply[:60]!r}")
 stop_cleanly(mk)
 for flags, env in ((["--metrics-open"], {"VAPO_API_KEY": "main"}),
                    ([], {"VAPO_API_KEY": "main", "VAPO_METRICS_OPEN": "1"})):

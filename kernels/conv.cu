@@ -6,59 +6,67 @@
  * cuBLAS: no layout question at all.
  *
  * k = 3 goes to cuDNN. A CNHW activation is a 4-D tensor with strides
- * (n: h*w, c: batch*h*w, h: w, w: 1), fully packed but not NCHW, so it is
- * described with cudnnSetTensor4dDescriptorEx and used in place. For each
- * shape and direction, cudnnFind* ranks the algorithms once; if cuDNN
- * accepts none of them for the strided layout (or each one it offered fails
- * with NOT_SUPPORTED when run), that shape and direction falls back to NCHW
- * copies made with layout.cu's transpose kernels, in a growing scratch
- * buffer. VAPO_CUDA_CONV_LAYOUT=nchw forces the fallback (the parity test
- * runs both paths), =cnhw forbids it; VAPO_CUDA_VERBOSE=1 prints what each
- * shape got.
+ * (n: h*w, c: batch*h*w, h: w, w: 1), fully packed but not NCHW; cuDNN can
+ * take it in place through cudnnSetTensor4dDescriptorEx, or run on NCHW
+ * copies made with layout.cu's transpose kernels in a growing scratch buffer.
+ * Which algorithm and which layout: conv_select.h, a fixed rule per shape
+ * without the batch size, made once and reused for every batch (no
+ * cudnnFind: its timings differ between processes, and per-sample RK45
+ * would pay one for every batch size). VAPO_CUDA_CONV_LAYOUT=nchw|cnhw
+ * forces a layout (the parity test runs both); VAPO_CUDA_VERBOSE=1 prints
+ * what each shape got.
  *
  * Math: CUDNN_FMA_MATH. CUDNN_DEFAULT_MATH lets cuDNN run float32
  * convolutions as TF32 on tensor cores on Ampere and newer (the H200
  * included), which is ~1e-3 relative error per product and breaks float32
  * parity with the CPU. Tensor-op math (CUDNN_TENSOR_OP_MATH, with
  * CUBLAS_TF32_TENSOR_OP_MATH for the 1x1 GEMMs) is a future speed switch,
- * with looser parity tolerances.
- *
- * Among the algorithms cuDNN reports working, deterministic ones come first
- * (a resumed training run repeats itself bit for bit), then by measured time. */
+ * with looser parity tolerances. */
+#include "conv_select.h"
 #include "cuda_common.cuh"
 
-enum { DIR_FWD = 0, DIR_BWD_DATA = 1, DIR_BWD_FILTER = 2, DIR_COUNT = 3 };
-static const char *const dir_name[DIR_COUNT] = {"forward", "backward-data", "backward-filter"};
+#define SAME_ALGO(ours, cudnn) static_assert((int)(ours) == (int)(cudnn), #ours " is cuDNN's " #cudnn)
+SAME_ALGO(CONV_FWD_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM);
+SAME_ALGO(CONV_FWD_IMPLICIT_PRECOMP_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM);
+SAME_ALGO(CONV_FWD_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_GEMM);
+SAME_ALGO(CONV_FWD_FFT, CUDNN_CONVOLUTION_FWD_ALGO_FFT);
+SAME_ALGO(CONV_FWD_FFT_TILING, CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING);
+SAME_ALGO(CONV_FWD_WINOGRAD, CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD);
+SAME_ALGO(CONV_FWD_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED);
+SAME_ALGO(CONV_BWD_DATA_ALGO_0, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0);
+SAME_ALGO(CONV_BWD_DATA_ALGO_1, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1);
+SAME_ALGO(CONV_BWD_DATA_FFT, CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT);
+SAME_ALGO(CONV_BWD_DATA_FFT_TILING, CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING);
+SAME_ALGO(CONV_BWD_DATA_WINOGRAD, CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD);
+SAME_ALGO(CONV_BWD_DATA_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED);
+SAME_ALGO(CONV_BWD_FILTER_ALGO_0, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
+SAME_ALGO(CONV_BWD_FILTER_ALGO_1, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1);
+SAME_ALGO(CONV_BWD_FILTER_FFT, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT);
+SAME_ALGO(CONV_BWD_FILTER_ALGO_3, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3);
+SAME_ALGO(CONV_BWD_FILTER_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED);
+SAME_ALGO(CONV_BWD_FILTER_FFT_TILING, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING);
+#undef SAME_ALGO
 
-#define MAX_CANDIDATES 16
+enum { DIR_FWD = CONV_DIR_FWD, DIR_BWD_DATA = CONV_DIR_BWD_DATA, DIR_BWD_FILTER = CONV_DIR_BWD_FILTER };
+static const char *const dir_name[CONV_DIR_COUNT] = {"forward", "backward-data", "backward-filter"};
 
-/* The algorithms to try for one shape and direction, best first. */
+/* The choice for one shape (without the batch) and direction. */
 typedef struct {
-    int ready;        /* searched, ncand >= 1 */
-    int nchw;         /* the candidates run on NCHW copies */
-    int cnhw_refused; /* cuDNN had nothing that runs on the CNHW tensors */
-    int ncand, next;  /* next: the candidate in use */
-    int algo[MAX_CANDIDATES];
-    size_t ws[MAX_CANDIDATES]; /* workspace bytes */
-    float ms[MAX_CANDIDATES];  /* cudnnFind's time, or -1 */
+    int ready; /* chosen */
+    int nchw;  /* runs on NCHW copies */
+    int pos;   /* position in conv_preference(d) */
+    int warned_batch; /* a batch at which cuDNN refused the choice was reported */
 } conv_choice;
 
+/* Descriptors of one shape; the tensor descriptors describe `batch` images
+ * and are re-set when a call comes with another batch size (a host call). */
 struct conv_plan {
-    vapo_conv_shape s;
+    vapo_conv_shape s; /* s.batch: what the tensor descriptors describe now */
     cudnnTensorDescriptor_t x_cnhw, y_cnhw, x_nchw, y_nchw;
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
-    conv_choice dir[DIR_COUNT];
+    conv_choice dir[CONV_DIR_COUNT];
 };
-
-/* One row of a cudnnFind* / cudnnGet*_v7 answer, whatever the direction. */
-typedef struct {
-    int algo;
-    cudnnStatus_t status;
-    cudnnDeterminism_t determinism;
-    cudnnMathType_t math;
-    float ms; /* measured time, or -1 (heuristics, or failed) */
-} algo_perf;
 
 /* ---- plans: descriptors per shape ------------------------------------------ */
 
@@ -100,6 +108,20 @@ static cudnnStatus_t set_cnhw(cudnnTensorDescriptor_t d, const vapo_conv_shape *
     return cudnnSetTensor4dDescriptorEx(d, CUDNN_DATA_FLOAT, s->batch, c, s->h, s->w, hw, s->batch * hw, s->w, 1);
 }
 
+/* Points the four tensor descriptors at `batch` images. */
+static cudnnStatus_t plan_set_batch(conv_plan *p, int batch)
+{
+    vapo_conv_shape *s = &p->s;
+    cudnnStatus_t st;
+    s->batch = batch;
+    if ((st = set_cnhw(p->x_cnhw, s, s->cin)) != CUDNN_STATUS_SUCCESS ||
+        (st = set_cnhw(p->y_cnhw, s, s->cout)) != CUDNN_STATUS_SUCCESS ||
+        (st = cudnnSetTensor4dDescriptor(p->x_nchw, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, batch, s->cin, s->h,
+                                         s->w)) != CUDNN_STATUS_SUCCESS)
+        return st;
+    return cudnnSetTensor4dDescriptor(p->y_nchw, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, batch, s->cout, s->h, s->w);
+}
+
 static conv_plan *plan_create(cuda_backend *cb, const vapo_conv_shape *s)
 {
     conv_plan *p = (conv_plan *)calloc(1, sizeof *p);
@@ -120,10 +142,7 @@ static conv_plan *plan_create(cuda_backend *cb, const vapo_conv_shape *s)
     DNN(cudnnCreateTensorDescriptor(&p->y_nchw));
     DNN(cudnnCreateFilterDescriptor(&p->w));
     DNN(cudnnCreateConvolutionDescriptor(&p->conv));
-    DNN(set_cnhw(p->x_cnhw, s, s->cin));
-    DNN(set_cnhw(p->y_cnhw, s, s->cout));
-    DNN(cudnnSetTensor4dDescriptor(p->x_nchw, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->batch, s->cin, s->h, s->w));
-    DNN(cudnnSetTensor4dDescriptor(p->y_nchw, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, s->batch, s->cout, s->h, s->w));
+    DNN(plan_set_batch(p, s->batch));
     /* weights [cout][cin][ky][kx], the CPU's row-major W[cout x cin*k*k] */
     DNN(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->cout, s->cin, s->k, s->k));
     DNN(cudnnSetConvolution2dDescriptor(p->conv, pad, pad, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
@@ -132,17 +151,23 @@ static conv_plan *plan_create(cuda_backend *cb, const vapo_conv_shape *s)
     return p;
 }
 
+/* The plan key: the shape without the batch size. */
 static int same_shape(const vapo_conv_shape *a, const vapo_conv_shape *b)
 {
-    return a->cin == b->cin && a->cout == b->cout && a->k == b->k && a->batch == b->batch && a->h == b->h &&
-           a->w == b->w;
+    return a->cin == b->cin && a->cout == b->cout && a->k == b->k && a->h == b->h && a->w == b->w;
 }
 
+/* The plan of s's shape, its descriptors set to s->batch images. */
 static conv_plan *plan_get(cuda_backend *cb, const vapo_conv_shape *s)
 {
-    for (int i = 0; i < cb->nplans; i++)
-        if (same_shape(&cb->plans[i]->s, s))
-            return cb->plans[i];
+    for (int i = 0; i < cb->nplans; i++) {
+        conv_plan *p = cb->plans[i];
+        if (!same_shape(&p->s, s))
+            continue;
+        if (p->s.batch != s->batch && cudnn_check(cb, plan_set_batch(p, s->batch), "convolution descriptors"))
+            return NULL;
+        return p;
+    }
     if (cb->nplans == cb->cap_plans) {
         const int cap = cb->cap_plans ? 2 * cb->cap_plans : 16;
         conv_plan **grown = (conv_plan **)realloc(cb->plans, sizeof *grown * cap);
@@ -159,56 +184,7 @@ static conv_plan *plan_get(cuda_backend *cb, const vapo_conv_shape *s)
     return p;
 }
 
-/* ---- choosing algorithms ------------------------------------------------------ */
-
-/* Measured ranking (cudnnFind*, which runs every algorithm on scratch data),
- * or cuDNN's heuristics (cudnnGet*_v7) when measuring is impossible. */
-static cudnnStatus_t find_algos(cuda_backend *cb, conv_plan *p, int d, int nchw, algo_perf *out, int *nout)
-{
-    const cudnnTensorDescriptor_t x = nchw ? p->x_nchw : p->x_cnhw, y = nchw ? p->y_nchw : p->y_cnhw;
-    const cudnnHandle_t h = cb->dnn;
-    const int want = MAX_CANDIDATES;
-    int got = 0, measured = 1;
-    cudnnStatus_t st;
-    *nout = 0;
-#define COPY_PERF(r)                                                                                                   \
-    for (int i = 0; i < got; i++) {                                                                                    \
-        out[i].algo = (int)r[i].algo;                                                                                  \
-        out[i].status = r[i].status;                                                                                   \
-        out[i].determinism = r[i].determinism;                                                                         \
-        out[i].math = r[i].mathType;                                                                                   \
-        out[i].ms = measured && r[i].status == CUDNN_STATUS_SUCCESS ? r[i].time : -1.0f;                               \
-    }
-    if (d == DIR_FWD) {
-        cudnnConvolutionFwdAlgoPerf_t r[MAX_CANDIDATES];
-        st = cudnnFindConvolutionForwardAlgorithm(h, x, p->w, p->conv, y, want, &got, r);
-        if (st != CUDNN_STATUS_SUCCESS) {
-            measured = 0;
-            st = cudnnGetConvolutionForwardAlgorithm_v7(h, x, p->w, p->conv, y, want, &got, r);
-        }
-        COPY_PERF(r);
-    } else if (d == DIR_BWD_DATA) {
-        cudnnConvolutionBwdDataAlgoPerf_t r[MAX_CANDIDATES];
-        st = cudnnFindConvolutionBackwardDataAlgorithm(h, p->w, y, p->conv, x, want, &got, r);
-        if (st != CUDNN_STATUS_SUCCESS) {
-            measured = 0;
-            st = cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, y, p->conv, x, want, &got, r);
-        }
-        COPY_PERF(r);
-    } else {
-        cudnnConvolutionBwdFilterAlgoPerf_t r[MAX_CANDIDATES];
-        st = cudnnFindConvolutionBackwardFilterAlgorithm(h, x, y, p->conv, p->w, want, &got, r);
-        if (st != CUDNN_STATUS_SUCCESS) {
-            measured = 0;
-            st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, p->conv, p->w, want, &got, r);
-        }
-        COPY_PERF(r);
-    }
-#undef COPY_PERF
-    if (st == CUDNN_STATUS_SUCCESS)
-        *nout = got < want ? got : want;
-    return st;
-}
+/* ---- choosing algorithms (conv_select.h) -------------------------------------- */
 
 static cudnnStatus_t workspace_size(cuda_backend *cb, conv_plan *p, int d, int nchw, int algo, size_t *bytes)
 {
@@ -224,83 +200,50 @@ static cudnnStatus_t workspace_size(cuda_backend *cb, conv_plan *p, int d, int n
                                                           (cudnnConvolutionBwdFilterAlgo_t)algo, bytes);
 }
 
-/* Fills c with the algorithms that work for one layout, best first: cuDNN
- * lists them fastest first; deterministic ones are moved ahead, and rows it
- * timed with tensor-op math come last (they run with FMA math here). */
-static void rank_algos(cuda_backend *cb, conv_plan *p, int d, int nchw, const algo_perf *r, int n, conv_choice *c)
+typedef struct {
+    cuda_backend *cb;
+    conv_plan *p;
+    int d, nchw;
+} probe_ctx;
+
+/* conv_accepts_fn: cuDNN's workspace query answers NOT_SUPPORTED for an
+ * algorithm that does not take these descriptors. */
+static int probe_accepts(int algo, int batch, void *ctx)
 {
-    c->ncand = c->next = 0;
-    for (int pass = 0; pass < 3; pass++)
-        for (int i = 0; i < n && c->ncand < MAX_CANDIDATES; i++) {
-            const int tensor_op =
-                r[i].math == CUDNN_TENSOR_OP_MATH || r[i].math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
-            if (r[i].status != CUDNN_STATUS_SUCCESS || (pass == 0 && r[i].determinism != CUDNN_DETERMINISTIC) ||
-                (pass < 2 && tensor_op))
-                continue;
-            int seen = 0;
-            for (int j = 0; j < c->ncand; j++)
-                seen |= c->algo[j] == r[i].algo;
-            size_t bytes;
-            if (seen || workspace_size(cb, p, d, nchw, r[i].algo, &bytes) != CUDNN_STATUS_SUCCESS)
-                continue;
-            c->algo[c->ncand] = r[i].algo;
-            c->ws[c->ncand] = bytes;
-            c->ms[c->ncand] = r[i].ms;
-            c->ncand++;
-        }
+    probe_ctx *c = (probe_ctx *)ctx;
+    size_t bytes;
+    return plan_set_batch(c->p, batch) == CUDNN_STATUS_SUCCESS &&
+           workspace_size(c->cb, c->p, c->d, c->nchw, algo, &bytes) == CUDNN_STATUS_SUCCESS;
 }
 
 static int choose(cuda_backend *cb, conv_plan *p, int d)
 {
     conv_choice *c = &p->dir[d];
-    const vapo_conv_shape *s = &p->s;
-    algo_perf r[MAX_CANDIDATES];
-    int n = 0;
-    cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
-    c->ready = 0;
-    if (cb->conv_layout != CONV_LAYOUT_NCHW && !c->cnhw_refused) {
-        st = find_algos(cb, p, d, 0, r, &n);
-        rank_algos(cb, p, d, 0, r, n, c);
-        if (c->ncand > 0) {
-            c->nchw = 0;
-            c->ready = 1;
-        } else {
-            c->cnhw_refused = 1;
-        }
+    const int batch = p->s.batch, forced = cb->conv_layout == CONV_LAYOUT_CNHW ? 1
+                                          : cb->conv_layout == CONV_LAYOUT_NCHW ? 2
+                                                                                : 0;
+    probe_ctx ctx = {cb, p, d, forced != 1};
+    int pos = conv_select(d, 0, probe_accepts, &ctx), cnhw_ok = 0;
+    if (pos >= 0 && forced == 0) { /* the algorithm NCHW gets: does it take CNHW too? */
+        ctx.nchw = 0;
+        cnhw_ok = conv_accepted(conv_preference(d)[pos], probe_accepts, &ctx);
     }
-    if (!c->ready && cb->conv_layout != CONV_LAYOUT_CNHW) {
-        st = find_algos(cb, p, d, 1, r, &n);
-        rank_algos(cb, p, d, 1, r, n, c);
-        if (c->ncand > 0) {
-            c->nchw = 1;
-            c->ready = 1;
-        }
-    }
-    cudaGetLastError(); /* cudnnFind may leave a benign runtime error behind */
+    if (cudnn_check(cb, plan_set_batch(p, batch), "convolution descriptors"))
+        return -1;
     char what[160];
-    snprintf(what, sizeof what, "conv %s cin=%d cout=%d k=%d batch=%d %dx%d", dir_name[d], s->cin, s->cout, s->k,
-             s->batch, s->h, s->w);
-    if (!c->ready) {
-        char why[200];
-        snprintf(why, sizeof why, "cuDNN offers no algorithm for the %s layout%s (last status: %s)",
-                 cb->conv_layout == CONV_LAYOUT_CNHW ? "CNHW" : "CNHW or NCHW",
-                 cb->conv_layout == CONV_LAYOUT_CNHW ? " (VAPO_CUDA_CONV_LAYOUT=cnhw)" : "", cudnnGetErrorString(st));
-        return cuda_report(cb, what, why);
-    }
-    if (cb->verbose) {
-        fprintf(stderr, "vapo: %s: %s layout, algorithm %d (%.3f ms) of %d candidates, workspace %zu bytes\n", what,
-                c->nchw ? "NCHW-copy" : "CNHW-strided", c->algo[0], c->ms[0], c->ncand, c->ws[0]);
-        if (!c->nchw && cb->conv_layout == CONV_LAYOUT_AUTO) { /* data for choosing the default layout */
-            conv_choice alt;
-            memset(&alt, 0, sizeof alt);
-            if (find_algos(cb, p, d, 1, r, &n) == CUDNN_STATUS_SUCCESS)
-                rank_algos(cb, p, d, 1, r, n, &alt);
-            cudaGetLastError();
-            if (alt.ncand)
-                fprintf(stderr, "vapo: %s: for comparison, NCHW layout algorithm %d takes %.3f ms (plus the copies)\n",
-                        what, alt.algo[0], alt.ms[0]);
-        }
-    }
+    snprintf(what, sizeof what, "conv %s cin=%d cout=%d k=%d %dx%d", dir_name[d], p->s.cin, p->s.cout, p->s.k,
+             p->s.h, p->s.w);
+    if (pos < 0)
+        return cuda_report(cb, what,
+                           forced == 1 ? "cuDNN takes none of the deterministic algorithms on the CNHW layout "
+                                         "(VAPO_CUDA_CONV_LAYOUT=cnhw)"
+                                       : "cuDNN takes none of the deterministic algorithms");
+    c->pos = pos;
+    c->nchw = conv_use_nchw(forced, cnhw_ok);
+    c->ready = 1;
+    if (cb->verbose)
+        fprintf(stderr, "vapo: %s (every batch): %s layout, algorithm %d (preference %d)\n", what,
+                c->nchw ? "NCHW-copy" : "CNHW-strided", conv_preference(d)[pos], pos);
     return 0;
 }
 
@@ -359,8 +302,11 @@ static cudnnStatus_t run_nchw(cuda_backend *cb, conv_plan *p, int d, int algo, v
     return st;
 }
 
-/* Runs direction d through cuDNN, moving down the candidate list (and to
- * the NCHW fallback) when cuDNN refuses one at run time. */
+/* Runs direction d through cuDNN with the algorithm chosen for the shape.
+ * Should cuDNN refuse it at this batch size (the probes said it would not),
+ * the next algorithms of the preference order are tried for this call only,
+ * and the first time is said on stderr: rows computed at such a batch may
+ * round differently from the same rows in another batch. */
 static void conv_cudnn(cuda_backend *cb, const vapo_conv_shape *s, int d, float *out, const float *in1,
                        const float *in2)
 {
@@ -368,41 +314,38 @@ static void conv_cudnn(cuda_backend *cb, const vapo_conv_shape *s, int d, float 
     if (!p)
         return;
     conv_choice *c = &p->dir[d];
-    for (;;) {
-        if (!c->ready && choose(cb, p, d))
-            return;
-        const int algo = c->algo[c->next];
-        const size_t ws_bytes = c->ws[c->next];
+    if (!c->ready && choose(cb, p, d))
+        return;
+    const int *pref = conv_preference(d);
+    const float beta = d == DIR_FWD ? 0.0f : 1.0f; /* forward assigns, the backward passes accumulate */
+    cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
+    for (int i = c->pos; pref[i] >= 0; i++) {
+        size_t ws_bytes = 0;
         void *ws = NULL;
+        if ((st = workspace_size(cb, p, d, c->nchw, pref[i], &ws_bytes)) != CUDNN_STATUS_SUCCESS)
+            continue;
         if (ws_bytes && !(ws = cuda_scratch(cb, &cb->workspace, &cb->workspace_bytes, ws_bytes, "cuDNN workspace")))
             return;
-        const float beta = d == DIR_FWD ? 0.0f : 1.0f; /* forward assigns, the backward passes accumulate */
-        const cudnnStatus_t st = c->nchw ? run_nchw(cb, p, d, algo, ws, ws_bytes, out, in1, in2)
-                                         : run_algo(cb, p, d, 0, algo, ws, ws_bytes, in1, in2, out, beta);
+        st = c->nchw ? run_nchw(cb, p, d, pref[i], ws, ws_bytes, out, in1, in2)
+                     : run_algo(cb, p, d, 0, pref[i], ws, ws_bytes, in1, in2, out, beta);
         if (st == CUDNN_STATUS_SUCCESS) {
+            if (i != c->pos && !c->warned_batch) {
+                c->warned_batch = 1;
+                fprintf(stderr,
+                        "vapo: warning: conv %s cin=%d cout=%d %dx%d: cuDNN refused algorithm %d at batch %d; "
+                        "ran %d (results at this batch may round differently)\n",
+                        dir_name[d], s->cin, s->cout, s->h, s->w, pref[c->pos], s->batch, pref[i]);
+            }
             cuda_check_launch(cb, dir_name[d]);
             return;
         }
         if (c->nchw && st == SCRATCH_FAILED)
             return;
         const int category = CUDNN_STATUS_CATEGORY(st);
-        if (category != CUDNN_STATUS_NOT_SUPPORTED && category != CUDNN_STATUS_BAD_PARAM) {
-            cudnn_check(cb, st, dir_name[d]);
-            return;
-        }
-        if (cb->verbose)
-            fprintf(stderr, "vapo: conv %s: cuDNN refused algorithm %d on the %s layout at run time (%s)\n",
-                    dir_name[d], algo, c->nchw ? "NCHW" : "CNHW", cudnnGetErrorString(st));
-        if (++c->next < c->ncand)
-            continue;
-        if (c->nchw || cb->conv_layout == CONV_LAYOUT_CNHW) {
-            cudnn_check(cb, st, dir_name[d]);
-            c->ready = 0; /* search again next time rather than index past the list */
-            return;
-        }
-        c->cnhw_refused = 1;
-        c->ready = 0;
+        if (category != CUDNN_STATUS_NOT_SUPPORTED && category != CUDNN_STATUS_BAD_PARAM)
+            break;
     }
+    cudnn_check(cb, st, dir_name[d]);
 }
 
 /* ---- 1x1: cuBLAS -------------------------------------------------------------- */

@@ -51,7 +51,7 @@ typedef struct {
     /* growing scratch, each used only in stream order by one op at a time */
     void *workspace; /* cuDNN workspace */
     size_t workspace_bytes;
-    void *layout_scratch; /* NCHW copies for convolutions cuDNN refuses in CNHW */
+    void *layout_scratch; /* NCHW copies for the convolutions that run on NCHW (conv_select.h) */
     size_t layout_scratch_bytes;
     void *partials; /* per-slice partial sums of row reductions (double) */
     size_t partials_bytes;

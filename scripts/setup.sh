@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config patchelf
   libblis-openmp-dev libmicrohttpd-dev libjansson-dev libpng-dev zlib1g-dev
   python3 python3-numpy python3-scipy python3-torch python3-yaml
   dataset-fashion-mnist

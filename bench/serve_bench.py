@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """vapo-serve throughput and latency (a benchmark, not a test).
 
-    bench/serve_bench.py MODEL.safetensors [--serve build/vapo-serve] [--threads N]
+    bench/serve_bench.py MODEL.safetensors [--serve build/vapo-serve] [--threads N] [--device cpu|cuda]
 
-Starts vapo-serve on the CPU with MODEL and measures:
+Starts vapo-serve (on the CPU unless --device says otherwise) with MODEL and measures:
   - throughput (images/s) of C concurrent clients (C = 32, 64) that each ask
     for one image per request (n=1, distinct seeds), with latency p50/p99;
   - the ceiling: the same C images as ONE request (n=C), which the server
@@ -103,6 +103,7 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--serve", default=os.path.join(here, "..", "build", "vapo-serve"))
     ap.add_argument("--threads", type=int, default=0, help="CPU backend threads (0 = all cores)")
+    ap.add_argument("--device", default="cpu", help="vapo-serve's --device: cpu or cuda")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--clients", default="32,64")
     ap.add_argument("--rounds", type=int, default=8, help="requests per client")
@@ -117,7 +118,7 @@ def main():
         extra["steps"] = a.steps
 
     log = tempfile.NamedTemporaryFile("w+", prefix="serve-bench-", suffix=".log", delete=False)
-    proc = subprocess.Popen([a.serve, "--port", "0", "--device", "cpu", "--threads", str(a.threads), "--quiet",
+    proc = subprocess.Popen([a.serve, "--port", "0", "--device", a.device, "--threads", str(a.threads), "--quiet",
                              "--max-batch", str(a.max_batch), "--max-queue", "4096", "--http-threads", "4",
                              "--max-connections", "512", a.model], stdout=log, stderr=log)
     try:
@@ -163,6 +164,8 @@ def main():
             print(f"{clients:3d} clients x n=1: {tput:8.1f} images/s  latency p50 {percentile(lat, 50) * 1e3:7.1f} ms"
                   f"  p99 {percentile(lat, 99) * 1e3:7.1f} ms | one request n={clients}: {best:8.1f} images/s"
                   f" | ratio {tput / best:.2f} | mean NFE {nfe:.1f}")
+            print(f"RESULT name=serve-c{clients} status=ok images_per_s={tput:.4g} p50_ms={percentile(lat, 50) * 1e3:.4g} "
+                  f"p99_ms={percentile(lat, 99) * 1e3:.4g} one_request_images_per_s={best:.4g} mean_nfe={nfe:.4g}")
             print(f"     device busy {100 * d['vapo_device_busy_seconds_total'] / wall:.0f}% of the run, "
                   f"{d['vapo_batch_size_sum'] / max(d['vapo_batch_size_count'], 1):.1f} rows per model call")
 

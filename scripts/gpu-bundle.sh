@@ -101,7 +101,7 @@ done | grep -vE ": $allowed" || true)
 # The model, the Python the GPU check runs (with the helpers it imports), the scripts.
 cp "$root/models/fmnist-small.safetensors" "$out/models/"
 cp "$root"/bench/*.py "$root/bench/gpu_check.sh" "$out/bench/"
-cp "$root/tests/pngio.py" "$out/tests/"
+cp "$root/tests/pngio.py" "$root/tests/oracle_torch.py" "$out/tests/"
 mkdir -p "$out/scripts" && cp "${BASH_SOURCE[0]}" "$out/scripts/gpu-bundle.sh"
 
 # The first N training and test images (and labels) of Fashion-MNIST, as idx.gz.

@@ -242,6 +242,9 @@ parity() { # NAME CAP: runs test NAME from the tests folder, requiring CUDA
   run "$name" "$cap" -- env -C "$dir" VAPO_TEST_REQUIRE_CUDA=1 VAPO_CUDA_VERBOSE=1 "$(prog "$name")"
   local summary
   summary=$(grep -E 'checks,|check\(s\)|all checks|passed|failed' "$log" | tail -1 | cut -c1-150)
+  local cnhw nchw warn
+  cnhw=$(grep -c 'CNHW-strided layout' "$log") nchw=$(grep -c 'NCHW-copy layout' "$log") warn=$(grep -c 'warning: conv' "$log")
+  [ $((cnhw + nchw)) -gt 0 ] && summary+="; cuDNN choices: $cnhw CNHW, $nchw NCHW-copy, $warn cuDNN warnings"
   [ "$rc" = 0 ] && row "$name" ok $secs "$summary" || row "$name" FAIL $secs "$(verdict) ${summary}"
 }
 parity test_conv_select 20
@@ -316,14 +319,11 @@ done
 # sampling: the bundled model, vapo (per-sample steps; one shared step) vs PyTorch
 bench sample-fmnist-vapo 90 vapo-rk45 sample "" -- "$(prog bench_sample)" "$model" $n_sample 1e-3 $threads "$device" $modes
 [ $active = 1 ] && [ $modes = both ] && [ "$rc" = 0 ] && bench_row sample-fmnist-vapo-shared vapo-rk45-shared sample ""
-if [ -n "$py" ]; then
-  solvers=batched
-  "$py" -c 'import scipy' 2>/dev/null && solvers=scipy,batched
-  bench sample-fmnist-torch-batched 120 torch-rk45-batched sample sample-fmnist-vapo -- \
-    "$py" "$pydir/bench_sample_torch.py" "$model" $n_sample 1e-3 --device "$device" --solver $solvers
-  if [ $active = 0 ]; then no_gpu sample-fmnist-scipy
-  elif [ $solvers = batched ]; then row sample-fmnist-scipy skip 0 "$py has no scipy"
-  else bench_row sample-fmnist-scipy torch-rk45-scipy sample sample-fmnist-vapo; fi
+if [ -n "$py" ]; then # the batched on-GPU RK45 first: SciPy may be slow, or absent
+  torch_sample=("$py" "$pydir/bench_sample_torch.py" "$model" $n_sample 1e-3 --device "$device" --solver)
+  bench sample-fmnist-torch-batched 90 torch-rk45-batched sample sample-fmnist-vapo -- "${torch_sample[@]}" batched
+  if ! "$py" -c 'import scipy' 2>/dev/null; then row sample-fmnist-scipy skip 0 "$py has no scipy"
+  else bench sample-fmnist-scipy 120 torch-rk45-scipy sample sample-fmnist-vapo -- "${torch_sample[@]}" scipy; fi
 fi
 # serving: vapo-serve on the device, concurrent clients asking for one image each
 if [ -n "$py" ] || command -v python3 >/dev/null; then

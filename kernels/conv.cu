@@ -342,8 +342,21 @@ static void conv_cudnn(cuda_backend *cb, const vapo_conv_shape *s, int d, float 
         if (c->nchw && st == SCRATCH_FAILED)
             return;
         const int category = CUDNN_STATUS_CATEGORY(st);
-        if (category != CUDNN_STATUS_NOT_SUPPORTED && category != CUDNN_STATUS_BAD_PARAM)
-            break;
+        if (category != CUDNN_STATUS_NOT_SUPPORTED && category != CUDNN_STATUS_BAD_PARAM) {
+            cudnn_check(cb, st, dir_name[d]);
+            return;
+        }
+    }
+    if (!c->nchw && cb->conv_layout == CONV_LAYOUT_AUTO) {
+        /* cuDNN's queries took the CNHW descriptors but its run refused them:
+         * this shape runs on NCHW copies from now on (choose() picked the
+         * algorithm for NCHW, so c->pos stands). */
+        fprintf(stderr, "vapo: warning: conv %s cin=%d cout=%d %dx%d: cuDNN refused the CNHW layout at batch %d (%s); "
+                        "NCHW copies from now on\n",
+                dir_name[d], s->cin, s->cout, s->h, s->w, s->batch, cudnnGetErrorString(st));
+        c->nchw = 1;
+        conv_cudnn(cb, s, d, out, in1, in2);
+        return;
     }
     cudnn_check(cb, st, dir_name[d]);
 }

@@ -54,22 +54,28 @@ benches=(bench/bench_train_step bench/bench_sample)
 
 if [ $do_build = 1 ]; then
   echo "gpu-bundle: building in $build"
+  mkdir -p "$build"
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DVAPO_CUDA=ON \
-    "-DCMAKE_CUDA_ARCHITECTURES=90-real;90-virtual" >"$build.configure.log" 2>&1 ||
-    { tail -20 "$build.configure.log"; die "configure failed"; }
-  grep 'vapo:' "$build.configure.log" | sed 's/^/  /'
+    "-DCMAKE_CUDA_ARCHITECTURES=90-real;90-virtual" >"$build/bundle-configure.log" 2>&1 ||
+    { tail -20 "$build/bundle-configure.log"; die "configure failed"; }
+  grep 'vapo:' "$build/bundle-configure.log" | sed 's/^/  /'
   targets=("${programs[@]}")
   for t in "${tests[@]}" "${benches[@]}"; do targets+=("${t##*/}"); done
-  cmake --build "$build" -j"${JOBS:-$(nproc)}" --target "${targets[@]}" >"$build.build.log" 2>&1 ||
-    { grep -E 'error' "$build.build.log" | head -20; die "build failed (see $build.build.log)"; }
+  cmake --build "$build" -j"${JOBS:-$(nproc)}" --target "${targets[@]}" >"$build/bundle-build.log" 2>&1 ||
+    { grep -E 'error' "$build/bundle-build.log" | head -20; die "build failed (see $build/bundle-build.log)"; }
 fi
 cuda=no
 [ -f "$build/kernels/libvapo_cuda.a" ] && cuda=yes
 [ $cuda = yes ] || [ $allow_cpu = 1 ] || die "$build has no CUDA backend (nvcc and cuDNN not found?); --allow-cpu packs it anyway"
 
+# DIR is replaced: only an empty folder or an earlier bundle
+if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ] && [ ! -f "$out/MANIFEST" ]; then
+  die "$out is not empty and holds no MANIFEST: not replacing it"
+fi
 rm -rf "$out"
 mkdir -p "$out"/{bin,lib,models,data/fashion-mnist,bench,tests}
 out=$(cd "$out" && pwd)
+echo "vapo GPU bundle: incomplete (gpu-bundle.sh did not finish)" >"$out/MANIFEST"
 for f in "${programs[@]}" "${tests[@]}" "${benches[@]}"; do
   [ -x "$build/$f" ] || die "$build/$f is not built"
   strip -o "$out/bin/${f##*/}" "$build/$f"

@@ -193,7 +193,7 @@ command -v nvidia-smi >/dev/null && gpu=$(nvidia-smi --query-gpu=name,driver_ver
 has_gpu=0 active=1 # active: the benchmarks run (on the GPU, or on the CPU for a dry run)
 [ "$device" = cuda ] && [ -n "$gpu" ] && has_gpu=1
 [ "$device" = cuda ] && [ $has_gpu = 0 ] && active=0
-env_line="GPU: ${gpu:-none found}; $(nproc) CPU cores; mode: ${prebuilt:+prebuilt $prebuilt}${prebuilt:-build here}; device $device"
+env_line="GPU: ${gpu:-none found}; $(nproc) CPU cores; mode: $([ -n "$prebuilt" ] && echo "prebuilt $prebuilt" || echo "build here"); device $device"
 environment() {
   echo "date: $(date -u)"
   echo "nvidia-smi: ${gpu:-not found or no GPU}"

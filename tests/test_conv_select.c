@@ -1,11 +1,16 @@
 /* The CUDA backend's choice of cuDNN convolution algorithm
  * (kernels/conv_select.h), without a GPU: only deterministic algorithms, a
  * fixed order, decided at fixed probe batches (so never by the batch a
- * caller runs, nor by timing), and the layout rule. */
+ * caller runs, nor by timing), and the layout rule. With a CUDA device, what
+ * the rule is for: a sample's convolution outputs (forward, backward-data)
+ * are the same bits whatever batch it is computed in; else "skipped: no
+ * CUDA device" (a failure under VAPO_TEST_REQUIRE_CUDA=1). */
 #include <string.h>
 
 #include "../kernels/conv_select.h"
 #include "testutil.h"
+#include "vapo/backend.h"
+#include "vapo/error.h"
 
 /* cuDNN's non-deterministic (or unimplemented) algorithms, per direction */
 static int banned(int d, int algo)
@@ -94,10 +99,88 @@ static void check_layout(void)
     CHECK(conv_use_nchw(2, 0) && conv_use_nchw(2, 1), "forced nchw");
 }
 
+enum { POOL = 64 }; /* samples; batches are their first B */
+
+/* out (CNHW, c channels, B samples) -> the NCHW rows of samples [0, B) */
+static void rows_of(const float *cnhw, int c, int batch, int hw, float *nchw)
+{
+    for (int b = 0; b < batch; b++)
+        for (int ch = 0; ch < c; ch++)
+            memcpy(nchw + ((size_t)b * c + ch) * hw, cnhw + ((size_t)ch * batch + b) * hw, sizeof(float) * hw);
+}
+
+/* One direction (0 forward, 1 backward-data) of shape s at `batch` samples
+ * of the pool (NCHW, `in_c` channels): the outputs' NCHW rows. */
+static float *run_conv(vapo_backend *be, vapo_conv_shape s, int batch, int dir, const float *pool, const float *w)
+{
+    const int hw = s.h * s.w, in_c = dir ? s.cout : s.cin, out_c = dir ? s.cin : s.cout;
+    const size_t nin = (size_t)in_c * batch * hw, nout = (size_t)out_c * batch * hw, nw = (size_t)s.cout * s.cin * s.k * s.k;
+    float *in = malloc(sizeof(float) * nin), *out = malloc(sizeof(float) * nout);
+    float *rows = malloc(sizeof(float) * nout);
+    for (int b = 0; b < batch; b++) /* NCHW pool -> CNHW batch */
+        for (int c = 0; c < in_c; c++)
+            memcpy(in + ((size_t)c * batch + b) * hw, pool + ((size_t)b * in_c + c) * hw, sizeof(float) * hw);
+    float *din = be->alloc(be, sizeof(float) * nin), *dout = be->alloc(be, sizeof(float) * nout);
+    float *dw = be->alloc(be, sizeof(float) * nw);
+    be->upload(be, din, in, sizeof(float) * nin);
+    be->upload(be, dw, w, sizeof(float) * nw);
+    s.batch = batch;
+    if (dir) {
+        be->zero(be, dout, sizeof(float) * nout);
+        be->conv_backward_data(be, &s, dout, din, dw);
+    } else {
+        be->conv_forward(be, &s, dout, din, dw, NULL);
+    }
+    be->download(be, out, dout, sizeof(float) * nout);
+    rows_of(out, out_c, batch, hw, rows);
+    be->free(be, din), be->free(be, dout), be->free(be, dw);
+    free(in), free(out);
+    return rows;
+}
+
+static void check_cuda_batch_invariance(void)
+{
+    const char *require = getenv("VAPO_TEST_REQUIRE_CUDA");
+    vapo_backend *cuda = vapo_backend_cuda(0);
+    if (!cuda) {
+        printf("cuda: skipped: no CUDA device (%s)\n", vapo_last_error());
+        CHECK(!(require && *require && strcmp(require, "0")), "VAPO_TEST_REQUIRE_CUDA is set");
+        return;
+    }
+    const vapo_conv_shape shapes[] = {{.cin = 1, .cout = 32, .k = 3, .h = 28, .w = 28},
+                                      {.cin = 64, .cout = 64, .k = 3, .h = 14, .w = 14},
+                                      {.cin = 128, .cout = 128, .k = 3, .h = 8, .w = 8},
+                                      {.cin = 64, .cout = 32, .k = 1, .h = 7, .w = 7}};
+    const int batches[] = {1, 3, 17, POOL};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int dir = 0; dir < 2; dir++) {
+            const vapo_conv_shape s = shapes[i];
+            const int hw = s.h * s.w, in_c = dir ? s.cout : s.cin, out_c = dir ? s.cin : s.cout;
+            float *pool = malloc(sizeof(float) * POOL * in_c * hw), *w = malloc(sizeof(float) * s.cout * s.cin * s.k * s.k);
+            fill_normal(pool, (size_t)POOL * in_c * hw, 11 + i, 1.0f);
+            fill_normal(w, (size_t)s.cout * s.cin * s.k * s.k, 29 + i, 0.1f);
+            float *ref = run_conv(cuda, s, POOL, dir, pool, w);
+            for (size_t j = 0; j + 1 < sizeof batches / sizeof batches[0]; j++) {
+                float *got = run_conv(cuda, s, batches[j], dir, pool, w);
+                CHECK(!memcmp(got, ref, sizeof(float) * batches[j] * out_c * hw),
+                      "cuda conv %s cin=%d cout=%d k=%d %dx%d: the first %d samples differ from the same samples "
+                      "in a batch of %d (nmse %.3g)",
+                      dir ? "backward-data" : "forward", s.cin, s.cout, s.k, s.h, s.w, batches[j], POOL,
+                      nmse(got, ref, (size_t)batches[j] * out_c * hw));
+                free(got);
+            }
+            printf("  cuda conv %-13s cin=%-3d cout=%-3d k=%d %2dx%-2d: batches 1, 3, 17 and %d checked bit for bit\n",
+                   dir ? "backward-data" : "forward", s.cin, s.cout, s.k, s.h, s.w, POOL);
+            free(ref), free(pool), free(w);
+        }
+    cuda->destroy(cuda);
+}
+
 int main(void)
 {
     check_lists();
     check_select();
     check_layout();
+    check_cuda_batch_invariance();
     return test_finish("test_conv_select");
 }

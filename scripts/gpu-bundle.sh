@@ -22,13 +22,13 @@
 #     --no-build        pack what B holds (it must be built already)
 #     --allow-cpu       pack a build without the CUDA backend (tests of this script)
 #     --train-images N  training images in the dataset slice (default 6000; 1000 test images)
-#     --max-mib M       fail when DIR is larger (default 48)
+#     --max-mib M       fail when DIR is larger (default 52: the checkout travels too, 64 MiB in all)
 #   JOBS=N              build parallelism (default: all cores)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=$root/build-gpu-bundle
-do_build=1 allow_cpu=0 train_images=6000 test_images=1000 max_mib=48 out=""
+do_build=1 allow_cpu=0 train_images=6000 test_images=1000 max_mib=52 out=""
 die() { echo "gpu-bundle: $*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do

@@ -287,6 +287,7 @@ bench_row() {
   if [ "$st" != ok ]; then
     if [ "$rc" = skip ]; then row "$name" skip 0 "budget spent"
     elif [ $device = cpu ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; }; then row "$name" skip $secs "$(verdict) (CPU dry run)"
+    elif [[ $result == torch-* ]]; then row "$name" n/a $secs "the PyTorch reference did not run: $(verdict)"
     else row "$name" FAIL $secs "$(verdict)"; fi
     return
   fi

@@ -49,9 +49,11 @@ fi
 if [ "$mode" = dry-run ]; then
   dir=$2 work=$3 budget=120
   [ -d "$dir/bin" ] || fail "no bundle at $dir"
-  rm -rf "$work" && mkdir -p "$work"
+  rm -rf "$work" "$work.wheels" && mkdir -p "$work" "$work.wheels/nvidia/cudnn/lib" "$work.wheels/nvidia/cublas/lib"
   t=$(date +%s)
-  bash "$dir/bench/gpu_check.sh" --prebuilt "$dir" --device cpu --budget $budget --out "$work" >"$work.log" 2>&1
+  # a stand-in for NVIDIA's pip wheels (namespace packages nvidia.cudnn, nvidia.cublas): their lib folders go on LD_LIBRARY_PATH
+  PYTHONPATH=$work.wheels${PYTHONPATH:+:$PYTHONPATH} \
+    bash "$dir/bench/gpu_check.sh" --prebuilt "$dir" --device cpu --budget $budget --out "$work" >"$work.log" 2>&1
   rc=$? secs=$(($(date +%s) - t))
   tail -25 "$work.log"
   [ $secs -le $((budget + 5)) ] || fail "gpu_check.sh ran ${secs}s, budget $budget"
@@ -64,6 +66,8 @@ if [ "$mode" = dry-run ]; then
     grep -q "^| $step | skip | 0 s | no CUDA device |" "$s" || fail "$step does not say 'no CUDA device'"
   done
   grep -q '^| environment | ok ' "$s" || fail "environment row"
+  grep -q "LD_LIBRARY_PATH): $work.wheels/nvidia/cudnn/lib:$work.wheels/nvidia/cublas/lib" "$work.log" ||
+    fail "the wheels' cudnn/cublas lib folders are not on LD_LIBRARY_PATH"
   grep -q '^| train-tiny-vapo | ok ' "$s" || fail "the vapo training-step benchmark did not run"
   grep -q '| FAIL |' "$s" && fail "a step failed"
   if grep -q '^| train | ok ' "$s"; then

@@ -6,12 +6,10 @@
  *
  * On the CPU the solver is the host one (vapo_ode_solve, double state); on
  * another backend it is vapo_ode_solve_backend with the states in device
- * memory and vapo_model_field_backend as the field. A solve with per-sample
- * steps meets a new batch size whenever a trajectory finishes, and each new
- * size costs the CUDA backend a cudnnFind per convolution shape, so on a
- * device it is timed after one untimed solve of the same noise (a
- * long-running sampler has seen the sizes; the shared-step solve keeps the
- * batch size of the evaluations timed before it).
+ * memory and vapo_model_field_backend as the field. On a device it is timed
+ * after one untimed solve of the same noise (module loading, cuDNN handles,
+ * scratch buffers and the per-shape algorithm choice are paid once; a
+ * long-running sampler has paid them).
  *   bench_sample MODEL [n] [rtol] [threads] [device] [own|shared|both] */
 #include <stdio.h>
 #include <stdlib.h>

@@ -92,7 +92,7 @@ int main(int argc, char **argv)
         return 1;
     double *t = malloc(sizeof(double) * steps), total = 0;
     int rc = setup(&tr, preset, batch);
-    for (long k = 0; !rc && k < warmup + steps; k++) { /* warm-up: allocation, cudnnFind */
+    for (long k = 0; !rc && k < warmup + steps; k++) { /* warm-up: allocation, cuDNN's per-shape choices */
         const double dt = step(&tr, k);
         rc = dt < 0;
         if (!rc && k >= warmup)

@@ -9,6 +9,7 @@ packages=(
   python3 python3-numpy python3-scipy python3-torch python3-yaml
   dataset-fashion-mnist
   curl
+  clang libclang-rt-dev libomp-dev  # libFuzzer harnesses (scripts/fuzz.sh, the fuzz tests)
 )
 [ "${VAPO_SETUP_BROWSER:-0}" = 1 ] && packages+=(chromium)
 

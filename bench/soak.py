@@ -224,9 +224,14 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="vapo-serve --threads (default 1; 0: all cores)")
     ap.add_argument("--warmup-s", type=float, default=None, help="default: 20%% of the run, 60..300 s")
     ap.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
+    ap.add_argument("--weights", default="", help="change the mix, e.g. 'disconnect=0,bad=30'")
     ap.add_argument("--serve-args", default="", help="more vapo-serve options, e.g. '--grace-s 1'")
     ap.add_argument("--out", default=None, help="folder for rss.csv, summary.json and serve.log")
     args = ap.parse_args()
+    for item in filter(None, args.weights.split(",")):
+        kind, weight = item.split("=")
+        i = next(i for i, (k, _, _) in enumerate(MIX) if k == kind)
+        MIX[i] = (kind, MIX[i][1], int(weight))
     duration = args.minutes * 60
     warmup = args.warmup_s if args.warmup_s is not None else min(300.0, max(60.0, duration * 0.2))
 

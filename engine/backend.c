@@ -26,6 +26,9 @@ vapo_backend *vapo_backend_open(const char *name, int threads)
         return vapo_backend_cpu(threads);
     if (!strcmp(name, "cuda"))
         return vapo_backend_cuda(0);
-    vapo_fail("unknown device '%s' (expected cpu, cuda or auto)", name);
+    int device, end = 0;
+    if (sscanf(name, "cuda:%d%n", &device, &end) == 1 && !name[end] && device >= 0)
+        return vapo_backend_cuda(device);
+    vapo_fail("unknown device '%s' (expected cpu, cuda, cuda:N or auto)", name);
     return NULL;
 }

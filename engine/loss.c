@@ -199,11 +199,12 @@ static float *velocity(const vapo_loss_config *cfg, vapo_loss_work *wk)
 
 /* x, v and the innovation sums for (seed, step): times on the host (B
  * scalars, uploaded), noise drawn straight into backend memory. */
-static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float *xbar, uint64_t seed, uint64_t step)
+static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float *xbar, uint64_t seed, uint64_t step,
+                    int global, int row0)
 {
     vapo_backend *be = wk->be;
     const int B = wk->batch, d = wk->d;
-    const uint64_t first = step * (uint64_t)B;
+    const uint64_t first = step * (uint64_t)global + (uint64_t)row0; /* global row: the same draws for any split */
     for (int i = 0; i < B; i++) {
         const double u = vapo_rng_uniform(seed, VAPO_STREAM_TRAIN + 1, first + i);
         wk->coef[i] = vapo_path_coef_at(cfg, vapo_loss_time(cfg, u));
@@ -214,20 +215,35 @@ static void perturb(const vapo_loss_config *cfg, vapo_loss_work *wk, const float
     be->loss_perturb(be, B, d, wk->dev_coef, wk->xbar, wk->z, wk->x, velocity(cfg, wk), wk->zx);
 }
 
-int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar,
-                   uint64_t seed, uint64_t step, float *param_grad, vapo_loss_terms *terms)
+int vapo_loss_step_rows(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar,
+                        uint64_t seed, uint64_t step, int global, int row0, float *param_grad, double *rows)
 {
     vapo_backend *be = wk->be;
     const int B = wk->batch, d = wk->d;
-    perturb(cfg, wk, xbar, seed, step);
+    if (global < B || row0 < 0 || row0 > global - B)
+        return vapo_fail("rows %d..%d are not in a batch of %d", row0, row0 + B - 1, global);
+    perturb(cfg, wk, xbar, seed, step, global, row0);
     if (vapo_net_forward(net, B, wk->x, wk->phi) || vapo_net_backward(net, wk->grad))
         return -1;
-    be->loss_seeds(be, B, d, 1.0 / ((double)B * d), cfg->lambda, wk->dev_coef, wk->zx, wk->phi, wk->grad,
+    be->loss_seeds(be, B, d, 1.0 / ((double)global * d), cfg->lambda, wk->dev_coef, wk->zx, wk->phi, wk->grad,
                    velocity(cfg, wk), wk->u, wk->phi_bar, wk->dev_rows);
     if (vapo_net_tangent(net, wk->u, NULL) || vapo_net_dual_backward(net, wk->phi_bar, NULL, param_grad))
         return -1;
-    be->download(be, wk->rows, wk->dev_rows, sizeof(double) * VAPO_ROW_TERMS * B);
-    vapo_loss_terms_sum(B, wk->rows, terms);
+    be->download(be, rows, wk->dev_rows, sizeof(double) * VAPO_ROW_TERMS * B);
+    return 0;
+}
+
+int vapo_loss_step(vapo_net *net, vapo_loss_work *wk, const vapo_loss_config *cfg, const float *xbar,
+                   uint64_t seed, uint64_t step, float *param_grad, vapo_loss_terms *terms)
+{
+    if (vapo_loss_step_rows(net, wk, cfg, xbar, seed, step, wk->batch, 0, param_grad, wk->rows))
+        return -1;
+    vapo_loss_terms_sum(wk->batch, wk->rows, terms);
+    return vapo_loss_check(terms, step);
+}
+
+int vapo_loss_check(const vapo_loss_terms *terms, uint64_t step)
+{
     if (!isfinite(terms->total))
         return vapo_fail("the loss is not finite (%g) at step %llu", terms->total, (unsigned long long)step);
     return 0;

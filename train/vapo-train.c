@@ -2,7 +2,9 @@
  * Each step draws a batch, computes the exact second-order gradient of the
  * VAPO loss (engine: vapo_loss_step), clips, applies Lamb or Adam and updates
  * the EMA. Checkpoints hold the EMA weights (what is sampled and served) and
- * the full trainer state under "train/...", so --resume continues bit for bit. */
+ * the full trainer state under "train/...", so --resume continues bit for bit.
+ * Under mpirun each rank computes its rows of the global batch and the ranks
+ * sum their gradients (trainer/dist.h); rank 0 alone writes files. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -13,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "trainer/dist.h"
 #include "trainer/optim.h"
 #include "trainer/options.h"
 #include "vapo/ckpt.h"
@@ -33,8 +36,13 @@ typedef struct {
     vapo_model *ema;    /* EMA weights, for grids, calibration and checkpoints */
     optim_state opt;
     vapo_loss_work *work;
-    float *batch; /* host */
+    float *batch; /* host, this rank's rows */
     float *grad;  /* backend memory, like the weights and the optimizer state */
+    dist_world world;
+    int rows, row0;       /* this rank's rows of the global batch: row0 .. row0+rows-1 */
+    double *terms;        /* host, the loss terms of every row of the global batch */
+    float *grad_host;     /* host staging for the gradient exchange (ranks > 1) */
+    char device[32];      /* --device, made cuda:LOCAL_RANK under mpirun */
     long step; /* steps done */
     FILE *log;
 } run;
@@ -190,7 +198,7 @@ static void report_field(run *r)
     static const double t[NT] = {0.0, 0.25, 0.5, 0.75, 1.0};
     vapo_field_fit_result fit[NT];
     double sigma[NT], cosine[NT], contraction[NT], denoiser[NT], input[NT];
-    if (vapo_loader_batch(r->loader, (uint64_t)r->step, r->batch, NULL) ||
+    if (vapo_loader_rows(r->loader, (uint64_t)r->step, r->row0, r->rows, r->batch, NULL) ||
         vapo_field_fit(r->ema->net, r->work, &r->o.loss, r->batch, NT, t, (uint64_t)r->o.seed, fit)) {
         fprintf(stderr, "vapo-train: field diagnostic failed: %s\n", vapo_last_error());
         return;
@@ -317,13 +325,32 @@ static void report(run *r, const vapo_loss_terms *t, double gnorm, double rate)
     }
 }
 
+/* The ranks' gradients summed, on every rank (through host memory). */
+static int sum_gradients(run *r)
+{
+    if (r->world.size == 1)
+        return 0;
+    const size_t bytes = sizeof(float) * r->opt.n;
+    r->be->download(r->be, r->grad_host, r->grad, bytes);
+    if (dist_sum(&r->world, r->grad_host, r->opt.n))
+        return -1;
+    r->be->upload(r->be, r->grad, r->grad_host, bytes);
+    return 0;
+}
+
 static int train_step(run *r, vapo_loss_terms *terms, double *gnorm)
 {
-    if (vapo_loader_batch(r->loader, (uint64_t)r->step, r->batch, NULL))
+    const int B = r->o.batch, nt = VAPO_ROW_TERMS * r->rows;
+    double *mine = r->terms + (size_t)VAPO_ROW_TERMS * r->row0;
+    if (vapo_loader_rows(r->loader, (uint64_t)r->step, r->row0, r->rows, r->batch, NULL))
         return -1;
     r->be->zero(r->be, r->grad, sizeof(float) * r->opt.n);
-    if (vapo_loss_step(r->net, r->work, &r->o.loss, r->batch, (uint64_t)r->o.seed, (uint64_t)r->step, r->grad,
-                       terms))
+    if (vapo_loss_step_rows(r->net, r->work, &r->o.loss, r->batch, (uint64_t)r->o.seed, (uint64_t)r->step, B,
+                            r->row0, r->grad, mine) ||
+        dist_gather(&r->world, r->terms, nt) || sum_gradients(r))
+        return -1;
+    vapo_loss_terms_sum(B, r->terms, terms); /* in row order: the single-process sum */
+    if (vapo_loss_check(terms, (uint64_t)r->step))
         return -1;
     *gnorm = optim_step(&r->opt, vapo_net_params(r->net), r->grad, r->step);
     r->step++;
@@ -335,10 +362,14 @@ static int train_loop(run *r)
     vapo_loss_terms terms = {0};
     double gnorm = 0, t0 = now(), rate = 0;
     long s0 = r->step;
-    while (r->step < r->o.steps && !stop_requested) {
+    const int writer = r->world.rank == 0;
+    /* every rank stops at the same step: a signal may reach them at different ones */
+    while (r->step < r->o.steps && !dist_any(&r->world, stop_requested)) {
         if (train_step(r, &terms, &gnorm))
             return -1;
         rate = (r->step - s0) / (now() - t0);
+        if (!writer)
+            continue;
         if (r->step % r->o.log_every == 0 || r->step == s0 + 1 || r->step == r->o.steps)
             report(r, &terms, gnorm, rate);
         if (r->step % r->o.save_every == 0 && save_step_checkpoint(r))
@@ -350,7 +381,10 @@ static int train_loop(run *r)
                 return -1;
         }
     }
-    fputc('\n', stderr);
+    if (writer)
+        fputc('\n', stderr);
+    if (r->step < r->o.steps)
+        stop_requested = 1; /* maybe another rank's signal: this one saves the interrupted state */
     return 0;
 }
 
@@ -362,22 +396,28 @@ static int train_loop(run *r)
  * --quadratic the fixed term already has that speed, so this is skipped. */
 static int init_scale(run *r)
 {
-    const int n = r->o.batch, d = (int)vapo_net_input_size(r->net);
+    /* each rank its rows of the global batch; the norms summed in row order */
+    const int n = r->o.batch, b = r->rows, d = (int)vapo_net_input_size(r->net);
     vapo_model *probe = vapo_model_wrap(r->net, &r->o.loss);
-    float *x = malloc(sizeof(float) * n * d), *g = malloc(sizeof(float) * n * d);
-    int rc = probe && x && g ? 0 : vapo_fail("out of memory");
+    float *x = malloc(sizeof(float) * b * d), *g = malloc(sizeof(float) * b * d);
+    double *rownorm = malloc(sizeof(double) * n);
+    int rc = probe && x && g && rownorm ? 0 : vapo_fail("out of memory");
     if (!rc) {
-        vapo_model_noise(probe, (uint64_t)r->o.seed, 0, n, x);
-        rc = vapo_model_field(probe, n, x, g);
+        vapo_model_noise(probe, (uint64_t)r->o.seed, r->row0, b, x);
+        rc = vapo_model_field(probe, b, x, g);
     }
+    for (int i = 0; !rc && i < b; i++) {
+        double s = 0;
+        for (int j = 0; j < d; j++)
+            s += (double)g[(size_t)i * d + j] * g[(size_t)i * d + j];
+        rownorm[r->row0 + i] = sqrt(s);
+    }
+    if (!rc)
+        rc = dist_gather(&r->world, rownorm, b);
     if (!rc) {
         double norm = 0;
-        for (int i = 0; i < n; i++) {
-            double s = 0;
-            for (int j = 0; j < d; j++)
-                s += (double)g[(size_t)i * d + j] * g[(size_t)i * d + j];
-            norm += sqrt(s) / n;
-        }
+        for (int i = 0; i < n; i++)
+            norm += rownorm[i] / n;
         const double l_eps = log((1 + r->o.loss.eps) / r->o.loss.eps);
         const double want = 0.5 * l_eps * r->o.loss.omega * sqrt((double)d);
         const vapo_param *gain = vapo_net_param_find(r->net, "head.g");
@@ -385,12 +425,13 @@ static int init_scale(run *r)
         r->be->download(r->be, &value, vapo_net_params(r->net) + gain->offset, sizeof value);
         value *= (float)(want / fmax(norm, 1e-12));
         r->be->upload(r->be, vapo_net_params(r->net) + gain->offset, &value, sizeof value);
-        fprintf(stderr, "vapo-train: initial |grad Phi| %.3g at prior samples; head gain set to %.4g for %.3g\n", norm,
+        if (r->world.rank == 0)
+            fprintf(stderr, "vapo-train: initial |grad Phi| %.3g at prior samples; head gain set to %.4g for %.3g\n", norm,
                 value, want);
     }
     if (probe)
         vapo_model_unwrap(probe); /* the network stays ours */
-    free(x), free(g);
+    free(x), free(g), free(rownorm);
     return rc;
 }
 
@@ -442,6 +483,23 @@ static void truncate_log(const char *path, long step)
         rename(tmp, path);
 }
 
+/* This rank's rows of the global batch, and its device: under mpirun,
+ * cuda (or auto) is the GPU of the rank's number on its machine. */
+static int split_batch(run *r)
+{
+    const int R = r->world.size;
+    if (r->o.batch % R)
+        return vapo_fail("--batch %d does not split over %d ranks: it must be a multiple of the rank count",
+                         r->o.batch, R);
+    r->rows = r->o.batch / R, r->row0 = r->world.rank * r->rows;
+    const int gpu = R > 1 && (!strcmp(r->o.device, "cuda") || !strcmp(r->o.device, "auto"));
+    if (gpu)
+        snprintf(r->device, sizeof r->device, "cuda:%d", r->world.local_rank);
+    else
+        snprintf(r->device, sizeof r->device, "%.31s", r->o.device);
+    return 0;
+}
+
 static int setup(run *r, int argc, char **argv)
 {
     train_options_default(&r->o);
@@ -452,11 +510,11 @@ static int setup(run *r, int argc, char **argv)
     if (resume && load_resume(r, resume, argc, argv))
         return -1;
     vapo_arch arch;
-    if (train_options_arch(&r->o, &arch))
+    if (train_options_arch(&r->o, &arch) || split_batch(r))
         return -1;
-    if (mkdir(r->o.out, 0755) && errno != EEXIST)
+    if (r->world.rank == 0 && mkdir(r->o.out, 0755) && errno != EEXIST)
         return vapo_fail("cannot create %s: %s", r->o.out, strerror(errno));
-    r->be = vapo_backend_open(r->o.device, r->o.threads);
+    r->be = vapo_backend_open(r->device, r->o.threads);
     if (!r->be)
         return -1;
     if (vapo_dataset_open(r->o.data, "train", arch.in_c, arch.in_h, arch.in_w, &r->data) ||
@@ -474,10 +532,12 @@ static int setup(run *r, int argc, char **argv)
     r->ema->meta = json_object();
     snprintf(r->ema->dataset, sizeof r->ema->dataset, "%s", r->o.data);
     const size_t np = vapo_net_param_count(r->net);
-    r->batch = malloc(sizeof(float) * r->o.batch * vapo_net_input_size(r->net));
+    r->batch = malloc(sizeof(float) * r->rows * vapo_net_input_size(r->net));
     r->grad = r->be->alloc(r->be, sizeof(float) * np);
-    r->work = vapo_loss_work_create(r->net, r->o.batch);
-    if (!r->batch || !r->grad || !r->work)
+    r->work = vapo_loss_work_create(r->net, r->rows);
+    r->terms = malloc(sizeof(double) * VAPO_ROW_TERMS * r->o.batch);
+    r->grad_host = r->world.size > 1 ? malloc(sizeof(float) * np) : NULL;
+    if (!r->batch || !r->grad || !r->work || !r->terms || (r->world.size > 1 && !r->grad_host))
         return vapo_fail("out of memory");
     if (!resume && arch.quadratic == 0.0f && init_scale(r))
         return -1;
@@ -487,11 +547,16 @@ static int setup(run *r, int argc, char **argv)
         return -1;
     if (resume && load_resume_tensors(r, resume))
         return -1;
+    if (r->world.rank > 0)
+        return 0;
     char path[1024];
     out_path(r, path, sizeof path, "metrics.jsonl");
     if (r->step > 0)
         truncate_log(path, r->step);
     r->log = fopen(path, r->step > 0 ? "a" : "w");
+    if (r->world.size > 1)
+        fprintf(stderr, "vapo-train: data-parallel over %d ranks, %d rows of the batch each\n", r->world.size,
+                r->rows);
     fprintf(stderr, "vapo-train: %s (%zu parameters) on %s [%d images] with %s, batch %d, %ld steps, backend %s\n",
             arch.preset, np, r->o.data, r->data->n, optim_kind_name(r->o.opt.kind), r->o.batch, r->o.steps,
             r->be->name);
@@ -508,7 +573,7 @@ static void teardown(run *r)
     vapo_loss_work_free(r->work);
     if (r->grad)
         r->be->free(r->be, r->grad);
-    free(r->batch);
+    free(r->batch), free(r->terms), free(r->grad_host);
     vapo_model_free(r->ema);
     vapo_net_free(r->net);
     vapo_loader_free(r->loader);
@@ -523,14 +588,19 @@ int main(int argc, char **argv)
     run r = {0};
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    int rc = setup(&r, argc, argv);
+    int rc = dist_init(&argc, &argv, &r.world);
+    if (!rc)
+        rc = setup(&r, argc, argv);
     if (rc == 1) {
         teardown(&r);
+        dist_finalize(&r.world);
         return 0;
     }
     if (!rc)
         rc = train_loop(&r);
-    if (!rc && stop_requested) {
+    if (!rc && r.world.rank > 0) {
+        /* rank 0 alone writes the final files */
+    } else if (!rc && stop_requested) {
         char path[1024];
         out_path(&r, path, sizeof path, "interrupted.safetensors");
         rc = save_checkpoint(&r, path);
@@ -549,8 +619,12 @@ int main(int argc, char **argv)
         if (!rc)
             fprintf(stderr, "vapo-train: done; model at %s\n", path);
     }
-    if (rc)
+    if (rc && r.world.size > 1) {
+        fprintf(stderr, "vapo-train (rank %d of %d): error: %s\n", r.world.rank, r.world.size, vapo_last_error());
+        dist_abort(&r.world, 1); /* the other ranks would wait for this one forever */
+    } else if (rc)
         fprintf(stderr, "vapo-train: error: %s\n", vapo_last_error());
     teardown(&r);
+    dist_finalize(&r.world);
     return rc ? 1 : 0;
 }

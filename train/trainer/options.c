@@ -23,7 +23,7 @@ static const opt_def defs[] = {
     {"preset", T_STR, O(preset), "network preset: tiny, tiny2d, fmnist-small, fmnist, cifar10, celeba64, lsun64"},
     {"out", T_STR, O(out), "output folder for checkpoints, grids and logs"},
     {"resume", T_STR, O(resume), "continue exactly from this checkpoint"},
-    {"device", T_STR, O(device), "cpu, cuda or auto"},
+    {"device", T_STR, O(device), "cpu, cuda, cuda:N or auto (under mpirun, cuda means cuda:LOCAL_RANK)"},
     {"threads", T_INT, O(threads), "CPU threads (0: all cores)"},
     {"steps", T_LONG, O(steps), "total training steps"},
     {"batch", T_INT, O(batch), "batch size"},

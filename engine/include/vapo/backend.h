@@ -188,7 +188,7 @@ vapo_backend *vapo_backend_cpu(int threads);
  * when the build has no CUDA or no usable GPU is present. */
 vapo_backend *vapo_backend_cuda(int device);
 
-/* "cpu", "cuda" or "auto" (CUDA when usable, else CPU, saying so on stderr). */
+/* "cpu", "cuda" (GPU 0), "cuda:N" or "auto" (CUDA when usable, else CPU, saying so on stderr). */
 vapo_backend *vapo_backend_open(const char *name, int threads);
 
 #endif

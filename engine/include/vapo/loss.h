@@ -91,6 +91,18 @@ void vapo_loss_work_free(vapo_loss_work *w);
 int vapo_loss_step(vapo_net *net, vapo_loss_work *work, const vapo_loss_config *cfg, const float *xbar,
                    uint64_t seed, uint64_t step, float *param_grad, vapo_loss_terms *terms);
 
+/* The same for rows row0 .. row0+b-1 (b: the work's batch size) of a batch
+ * of `global` rows, for data-parallel workers: each row draws the t and z it
+ * draws in the whole batch, and the loss is scaled by 1/(global d), so the
+ * workers' gradients sum to the whole batch's. Writes the b rows'
+ * VAPO_ROW_TERMS doubles to rows (host); vapo_loss_terms_sum over all global
+ * rows gives the whole batch's terms, vapo_loss_check checks them. */
+int vapo_loss_step_rows(vapo_net *net, vapo_loss_work *work, const vapo_loss_config *cfg, const float *xbar,
+                        uint64_t seed, uint64_t step, int global, int row0, float *param_grad, double *rows);
+
+/* 0 if the loss is finite, else -1 with a message naming the step. */
+int vapo_loss_check(const vapo_loss_terms *terms, uint64_t step);
+
 /* How well the field follows the path at one noise level (vapo_field_fit). */
 typedef struct {
     double cosine;       /* batch mean of cos(grad Phi(x), v); v also carries noise that x does not

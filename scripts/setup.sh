@@ -8,6 +8,7 @@ packages=(
   libblis-openmp-dev libmicrohttpd-dev libjansson-dev libpng-dev zlib1g-dev
   python3 python3-numpy python3-scipy python3-torch python3-yaml
   dataset-fashion-mnist
+  openmpi-bin libopenmpi-dev
   curl
   clang libclang-rt-dev libomp-dev  # libFuzzer harnesses (scripts/fuzz.sh, the fuzz tests)
 )

@@ -426,8 +426,8 @@ static int init_scale(run *r)
         value *= (float)(want / fmax(norm, 1e-12));
         r->be->upload(r->be, vapo_net_params(r->net) + gain->offset, &value, sizeof value);
         if (r->world.rank == 0)
-            fprintf(stderr, "vapo-train: initial |grad Phi| %.3g at prior samples; head gain set to %.4g for %.3g\n", norm,
-                value, want);
+            fprintf(stderr, "vapo-train: initial |grad Phi| %.3g at prior samples; head gain set to %.4g for %.3g\n",
+                    norm, value, want);
     }
     if (probe)
         vapo_model_unwrap(probe); /* the network stays ours */

@@ -87,6 +87,7 @@ int dist_sum(dist_world *w, float *buf, size_t n)
     if (MPI_Alltoallv(buf, count, first, MPI_FLOAT, w->scratch, recv_count, recv_first, MPI_FLOAT, MPI_COMM_WORLD))
         return vapo_fail("MPI_Alltoallv failed");
     float *sum = buf + first[me];
+#pragma omp parallel for schedule(static) if (own > (1 << 16))
     for (int j = 0; j < own; j++) {
         double s = 0;
         for (int r = 0; r < R; r++) /* rank order */

@@ -78,12 +78,17 @@ LABEL org.opencontainers.image.title="vapo" \
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
-# Runtime libraries only (Ubuntu 24.04 names; the CUDA runtime, cuBLAS and cuDNN
-# come with the base image in the cuda variant). Not pinned, as above.
+# Runtime libraries only (the CUDA runtime, cuBLAS and cuDNN come with the base
+# image in the cuda variant). Not pinned, as above. Ubuntu 24.04 and Debian 13
+# renamed two of them in the 64-bit time_t transition (libpng16-16t64); Debian
+# 12 has the old names: take the renamed one where the release has it.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      libblis4-openmp libgomp1 libmicrohttpd12t64 libjansson4 libpng16-16t64 zlib1g \
+ && pkgs=(libblis4-openmp libgomp1 libjansson4 zlib1g) \
+ && for p in libmicrohttpd12 libpng16-16; do \
+      if apt-cache show "${p}t64" >/dev/null 2>&1; then pkgs+=("${p}t64"); else pkgs+=("$p"); fi; \
+    done \
+ && apt-get install -y --no-install-recommends "${pkgs[@]}" \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric user so that Kubernetes' runAsNonRoot can check it.

@@ -7,6 +7,8 @@
 # writing into a mounted folder. Prints the image size and each step's time.
 #
 #   bash scripts/container-test.sh      (as root, or with sudo)
+#   container-test.sh --ctest           the same when VAPO_CONTAINER_TEST=1, else
+#                                       skipped (exit 77): ctest's `container` test
 #
 # No registry is needed: the Debian 12 base image is made from Debian's mirror
 # with mmdebstrap (slimmed the way Debian's official images are) and kept in
@@ -20,7 +22,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-image=localhost/vapo:cpu-test
+if [ "${1:-}" = --ctest ] && [ "${VAPO_CONTAINER_TEST:-0}" != 1 ]; then
+    echo "container-test: SKIPPED: builds and runs the image (minutes, as root); scripts/test.sh" \
+        "and CI run it (VAPO_CONTAINER_TEST=1), or run bash scripts/container-test.sh" >&2
+    exit 77
+fi
+
+# A name of its own per run (runs from two checkouts at once must not swap
+# images); untagged at the end, its layers stay as the build cache
+# (`podman image prune` frees them).
+image=localhost/vapo:cpu-test-$$
 base=localhost/vapo-debian:bookworm
 mirror=${VAPO_DEBIAN_MIRROR:-http://deb.debian.org}
 state=$(mktemp -d /tmp/vapo-container-test.XXXXXX)
@@ -31,6 +42,7 @@ timings=()
 
 cleanup() {
     for c in "${containers[@]}"; do podman rm -f -t 0 "$c" >/dev/null 2>&1 || true; done
+    [ -n "${CONTAINERS_CONF:-}" ] && { podman untag "$image" >/dev/null 2>&1 || true; }
     rm -rf "$state"
 }
 trap cleanup EXIT
@@ -173,7 +185,7 @@ start() {
     containers+=("$name")
     local port
     port=$(podman port "$name" 8080/tcp | sed -n 's/.*:\([0-9]*\)$/\1/p' | head -n 1)
-    [ -n "$port" ] || fatal "$name: no published port"
+    [ -n "$port" ] || fatal "$name does not serve: it stopped at once; its log: $(logs "$name" | tail -n 20)"
     echo "$port" >"$state/$name.port"
 }
 port_of() { cat "$state/$1.port"; }

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # Sleeping, not spinning, OpenMP threads: on a shared or busy machine spinning
 # barriers cost up to 5x (bench/BENCHMARKS.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+# ctest's `container` test: build the image and run it (scripts/container-test.sh)
+export VAPO_CONTAINER_TEST=${VAPO_CONTAINER_TEST:-1}
 VAPO_SETUP_BROWSER=1 bash scripts/setup.sh  # chromium for the page test
 if [ "${VAPO_SANITIZE:-0}" = 1 ]; then
   dir=build-asan; flags=(-DCMAKE_BUILD_TYPE=Debug -DVAPO_SANITIZE=ON)

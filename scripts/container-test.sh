@@ -184,7 +184,7 @@ start() {
         >/dev/null 2>"$state/$name.run" || fatal "podman run $* $image failed: $(cat "$state/$name.run")"
     containers+=("$name")
     local port
-    port=$(podman port "$name" 8080/tcp | sed -n 's/.*:\([0-9]*\)$/\1/p' | head -n 1)
+    port=$(podman port "$name" 8080/tcp | sed -n 's/.*:\([0-9]*\)$/\1/p')
     [ -n "$port" ] || fatal "$name does not serve: it stopped at once; its log: $(logs "$name" | tail -n 20)"
     echo "$port" >"$state/$name.port"
 }
@@ -237,38 +237,33 @@ json() {
 
 # The key vapo-serve generated and printed once at start, or nothing.
 generated_key() {
-    logs "$1" | sed -n 's/.*generated one: \([0-9A-Za-z_-]*\).*/\1/p' | head -n 1
+    logs "$1" | sed -n 's/.*generated one: \([0-9A-Za-z_-]*\).*/\1/p'
 }
 
 serve_checks() {
     local c=vapo-ct-$$-a out=$state/out code key auth shape size
-    # the one-command deployment: no key given, every port published
+    # the one-command deployment, `docker run -p 8080:8080 vapo`: no key given
     start "$c" --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges
     wait_ready "$c"
     say "$c serves on 127.0.0.1:$(port_of "$c") (--read-only --tmpfs /tmp --cap-drop ALL)"
 
     # no open door: the server made a key, printed it once, and wants it
-    if ! podman run --rm "$image" vapo-serve --help 2>/dev/null | grep -q -- --insecure-no-auth; then
-        # TEMPORARY until vapo-serve's generated key lands on main
-        say "NOTE: this vapo-serve has no generated key (no --insecure-no-auth in --help): without a key the server is OPEN; the no-key checks are not run"
-        podman rm -f -t 0 "$c" >/dev/null
-        start "$c" -e VAPO_API_KEY=k --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges
-        wait_ready "$c"
-        key=k
-    else
     code=$(post_json "$c" /generate "$out" '{"seed": 1}')
     [ "$code" = 401 ] || fail "/generate without a key: $code (want 401): $(head -c 200 "$out" | tr -cd '[:print:]')"
     key=$(generated_key "$c")
     if [ -z "$key" ]; then
         fail "no generated API key in the log: $(logs "$c" | head -n 5)"
     else
-        logs "$c" | grep -q '"api_key_generated"' || fail "no JSON log line with api_key_generated"
+        [[ $(logs "$c") == *'"api_key_generated":"'$key'"'* ]] || fail "no JSON log line with api_key_generated"
         say "generated key found in the log"
-    fi
     fi
     auth=(-H "Authorization: Bearer $key")
     code=$(post_json "$c" /generate "$out" '{"seed": 1}' -H 'Authorization: Bearer wrong')
     [ "$code" = 401 ] || fail "/generate with a wrong key: $code (want 401)"
+    code=$(get "$c" /metrics "$out")
+    [ "$code" = 401 ] || fail "/metrics without a key: $code (want 401)"
+    code=$(get "$c" /metrics "$out" "${auth[@]}")
+    [ "$code" = 200 ] || fail "/metrics with the key: $code (want 200)"
 
     code=$(get "$c" /v1/model "$out" "${auth[@]}")
     [ "$code" = 200 ] || fail "/v1/model with the generated key: $code"
@@ -320,14 +315,17 @@ time_request() {
     echo "$t1 - $t0" | bc
 }
 
-# A chosen key (-e VAPO_API_KEY), then `podman stop` (as `docker stop`: SIGTERM,
+# A chosen key (-e VAPO_API_KEY), /metrics open to a scraper (VAPO_METRICS_OPEN), then `podman stop` (as `docker stop`: SIGTERM,
 # SIGKILL after 10 s) with two requests in flight: one that finishes inside the
 # drain budget (200) and one that cannot (cancelled, 503). vapo-serve must exit
 # 0 on its own, before the 10 s are up.
 stop_checks() {
     local c=vapo-ct-$$-b key=test-key-$$ out=$state/out code
-    start "$c" -e VAPO_API_KEY="$key" --read-only --tmpfs /tmp
+    start "$c" -e VAPO_API_KEY="$key" -e VAPO_METRICS_OPEN=1 --read-only --tmpfs /tmp
     wait_ready "$c"
+    code=$(get "$c" /metrics "$out")
+    [ "$code" = 200 ] && grep -q '^vapo_ready 1' "$out" ||
+        fail "/metrics without a key under VAPO_METRICS_OPEN=1: $code (want 200 and vapo_ready 1)"
     code=$(post_json "$c" /generate "$out" '{"seed": 1}')
     [ "$code" = 401 ] || fail "/generate without the chosen key: $code (want 401)"
     code=$(post_json "$c" /generate "$out" '{"seed": 1}' -H "Authorization: Bearer $key")
@@ -355,7 +353,7 @@ stop_checks() {
     rc=$(podman inspect --format '{{.State.ExitCode}}' "$c")
     say "stop: exit $rc after $elapsed s; short request $(cat "$state/short.code"), long $(cat "$state/long.code")"
     local drain
-    drain=$(logs "$c" | grep '"draining' | head -n 1)
+    drain=$(logs "$c" | grep -m 1 '"draining' || true)
     [[ $drain == *'"in_flight": 2'* || $drain == *'"in_flight":2'* ]] ||
         fail "the stop did not find both requests in flight: '${drain:-no draining line}'"
     [ "$rc" = 0 ] || fail "exit status $rc after stop (137: killed when the 10 s were up)"

@@ -43,6 +43,10 @@ if [ ! -x "$build/vapo-serve" ]; then
     [ $fails -eq 0 ] && exit 0 || exit 1
 fi
 
+# VAPO_GRACE_S reaches vapo-serve as --grace-s (which checks it)
+out=$(VAPO_GRACE_S=soon VAPO_MODEL="$model" PORT=1 timeout 10 "$entry" 2>&1)
+expect $? 2 "$out" "--grace-s" "VAPO_GRACE_S=soon"
+
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PORT=$port VAPO_DEVICE=cpu VAPO_MODEL="$model" "$entry" --threads 1 >"$log" 2>&1 &
 pid=$!

@@ -6,18 +6,24 @@
 #     docker build -t vapo .
 #     docker run --gpus all -p 8080:8080 vapo
 #
-#   CPU only: plain Ubuntu for both stages, no CUDA toolkit in the image
+#   CPU only: plain Debian 12 for both stages, no CUDA toolkit in the image
 #     docker build -t vapo:cpu --build-arg VARIANT=cpu \
-#       --build-arg BUILD_IMAGE=ubuntu:24.04 --build-arg RUNTIME_IMAGE=ubuntu:24.04 .
+#       --build-arg BUILD_IMAGE=debian:bookworm-slim --build-arg RUNTIME_IMAGE=debian:bookworm-slim .
 #     docker run -p 8080:8080 vapo:cpu
+#   (scripts/container-test.sh builds this variant with podman and runs its checks;
+#   the two variants differ only in the base images and VARIANT.)
 #
 #   The offline tools: any command that does not start with '-' runs instead of the server
-#     docker run --rm --gpus all -v "$PWD:/work" -w /work vapo \
+#     docker run --rm --gpus all -v "$PWD:/work" -w /work -u "$(id -u)" vapo \
 #       vapo-sample /opt/vapo/models/fmnist-small.safetensors -n 64 --out samples.png
 #
 # Settings (environment): PORT (8080), VAPO_DEVICE (auto | cuda | cpu), VAPO_MODEL
-# (/opt/vapo/models/fmnist-small.safetensors), VAPO_API_KEY (optional bearer token).
+# (/opt/vapo/models/fmnist-small.safetensors), VAPO_GRACE_S (5: the drain on
+# docker stop, inside its default 10 s), VAPO_API_KEY (without it vapo-serve
+# generates a key and prints it once in the log; VAPO_INSECURE_NO_AUTH=1 serves
+# without one), VAPO_METRICS_KEY / VAPO_METRICS_OPEN=1 for /metrics.
 # Arguments that start with '-' are passed on to vapo-serve (see vapo-serve --help).
+# Podman: build with --format docker, or the OCI format drops SHELL and HEALTHCHECK.
 
 ARG CUDA_VERSION=13.0.2
 ARG BUILD_IMAGE=nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu24.04

@@ -297,7 +297,9 @@ serve_checks() {
         fail "health status is '$(podman inspect --format '{{.State.Health.Status}}' "$c" 2>/dev/null)', want healthy"
 
     # not root, vapo-serve is PID 1 (it gets the stop signal), the root file system is read-only
-    [ "$(podman exec "$c" id -u)" = 10001 ] || fail "the server runs as uid $(podman exec "$c" id -u), want 10001"
+    local uid
+    uid=$(podman exec "$c" sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' /proc/1/status)
+    [ "$uid" = 10001 ] || fail "vapo-serve runs as uid '$uid', want 10001"
     [ "$(podman exec "$c" cat /proc/1/comm)" = vapo-serve ] ||
         fail "PID 1 is '$(podman exec "$c" cat /proc/1/comm)', want vapo-serve"
     podman exec "$c" touch /opt/vapo/x 2>/dev/null && fail "the root file system is writable under --read-only"

@@ -6,13 +6,15 @@ alone writes (rank 1 runs in its own working directory with a relative --out,
 which must stay empty); a 2-rank checkpoint resumes in one process and a
 1-process checkpoint under 2 ranks; with --quadratic 0 the start-of-training
 head scale, computed over the global batch, matches; a batch that does not
-split is a clear error. Usage: train_mpi_test.py VAPO_TRAIN MPIRUN."""
+split is a clear error; SIGTERM to mpirun stops both ranks after the same step
+and rank 0 saves interrupted.safetensors. Usage: train_mpi_test.py VAPO_TRAIN MPIRUN."""
 import json
 import os
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -71,7 +73,7 @@ def losses(path):
 
 
 with tempfile.TemporaryDirectory() as d:
-    for sub in ("r0", "r1", "q0", "q1", "s0", "s1"):
+    for sub in ("r0", "r1", "q0", "q1", "i0", "i1"):
         os.makedirs(f"{d}/{sub}")
     one(["--steps", "3", "--out", f"{d}/one"])
     p = two(["--steps", "3", "--out", "two"], f"{d}/r0", f"{d}/r1")
@@ -117,4 +119,19 @@ with tempfile.TemporaryDirectory() as d:
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert p.returncode != 0 and "--batch 7 does not split over 2 ranks" in p.stderr, p.stderr
     assert not os.path.exists(f"{d}/s")
+
+    # SIGTERM reaches the ranks at different moments; they agree on the step to stop after
+    cmd = launch + ["-np", "1", "--wdir", f"{d}/i0", train] + common + ["--steps", "100000", "--out", "i"] + \
+        [":", "-np", "1", "--wdir", f"{d}/i1", train] + common + ["--steps", "100000", "--out", "i"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log, deadline = f"{d}/i0/i/metrics.jsonl", time.time() + 120
+    while time.time() < deadline and not (os.path.exists(log) and len(losses(log)) >= 2):
+        time.sleep(0.2)
+    p.terminate()
+    _, err = p.communicate(timeout=120)
+    assert "interrupted at step" in err, err
+    _, meta = tensors(f"{d}/i0/i/interrupted.safetensors")
+    assert meta["train"]["step"] == len(losses(log)) >= 2, (meta["train"], losses(log))
+    assert os.listdir(f"{d}/i1") == [], f"rank 1 wrote {os.listdir(d + '/i1')}"
+    print(f"SIGTERM: both ranks stopped after step {meta['train']['step']}; rank 0 saved it")
 print("train_mpi: all checks passed")

@@ -122,6 +122,10 @@ with tempfile.TemporaryDirectory() as d:
     p = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env)
     assert p.returncode != 0 and "--batch 7 does not split over 2 ranks" in p.stderr, p.stderr
     assert not os.path.exists(f"{d}/s")
+    # --device cuda:N names a GPU (a rank's under mpirun); a malformed one is refused
+    for bad in ("cuda:x", "cuda:-1", "cuda:0x"):
+        p = subprocess.run([train] + common + ["--device", bad, "--out", f"{d}/dev"], capture_output=True, text=True)
+        assert p.returncode != 0 and f"unknown device '{bad}' (expected cpu, cuda, cuda:N or auto)" in p.stderr, p.stderr
 
     # SIGTERM reaches the ranks at different moments; they agree on the step to stop after
     cmd = launch + ["-np", "1", "--wdir", f"{d}/i0", train] + common + ["--steps", "100000", "--out", "i"] + \

@@ -1,7 +1,9 @@
-/* The CPU backend: BLIS GEMMs (through its CBLAS interface) for convolutions, OpenMP for the rest.
- * Convolutions use im2col over chunks of whole images, each chunk's column
- * matrix about the size of a core's L2 cache (VAPO_COL_BUDGET floats), so the
- * GEMM reads it back from cache rather than from memory. */
+/* The CPU backend: 3x3 convolutions direct (conv_cpu.c) where the CPU has
+ * AVX2 or AVX-512, 1x1 convolutions as BLIS GEMMs (through its CBLAS
+ * interface), OpenMP for the rest. Without AVX2 (or with VAPO_CPU_CONV=blis)
+ * 3x3 convolutions use im2col + BLIS over chunks of whole images, each
+ * chunk's column matrix about the size of a core's L2 cache (VAPO_COL_BUDGET
+ * floats), so the GEMM reads it back from cache rather than from memory. */
 #include <blis.h>
 #include <cblas.h>
 #include <math.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "backend_cpu.h"
+#include "conv_cpu.h"
 #include "vapo/error.h"
 
 #define VAPO_COL_BUDGET ((size_t)1 << 18) /* floats in one im2col chunk (1 MiB), unless one image needs more */
@@ -21,6 +24,7 @@ typedef struct {
     float *wflip; /* flipped kernel of the backward data pass */
     size_t col_cap, wflip_cap;
     int threads;
+    conv3 *conv3; /* direct 3x3 convolutions; NULL: im2col + BLIS */
 } cpu_backend;
 
 static void *cpu_alloc(vapo_backend *be, size_t bytes)
@@ -130,12 +134,17 @@ static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *
 {
     cpu_backend *cb = (cpu_backend *)be;
     const size_t n = (size_t)s->batch * s->h * s->w;
-    bias_fill(s, y, bias);
     if (s->k == 1) {
+        bias_fill(s, y, bias);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, n, s->cin, 1.0f, w, s->cin, x, n,
                     1.0f, y, n);
         return;
     }
+    if (cb->conv3) {
+        conv3_forward(cb->conv3, s, y, x, w, bias, 0);
+        return;
+    }
+    bias_fill(s, y, bias);
     const size_t step = chunk_cols(s, s->cin), K = (size_t)s->cin * 9;
     float *col = scratch(&cb->col, &cb->col_cap, step * K, "im2col scratch");
     for (size_t j0 = 0; col && j0 < n; j0 += step) {
@@ -175,6 +184,11 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
     float *wf = flipped_weights(cb, s, w);
     if (!wf)
         return;
+    if (cb->conv3) {
+        const vapo_conv_shape t = {s->cout, s->cin, 3, s->batch, s->h, s->w};
+        conv3_forward(cb->conv3, &t, dx, dy, wf, NULL, 1);
+        return;
+    }
     const size_t step = chunk_cols(s, s->cout);
     float *col = scratch(&cb->col, &cb->col_cap, step * K, "im2col scratch");
     for (size_t j0 = 0; col && j0 < n; j0 += step) {
@@ -207,6 +221,10 @@ static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s,
     if (s->k == 1) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, s->cin, n, 1.0f, dy, n, x, n, 1.0f, dw,
                     s->cin);
+        return;
+    }
+    if (cb->conv3) {
+        conv3_backward_filter(cb->conv3, s, dw, dy, x);
         return;
     }
     const size_t step = chunk_cols(s, s->cin), K = (size_t)s->cin * 9;
@@ -444,6 +462,7 @@ static void cpu_destroy(vapo_backend *be)
     cpu_backend *cb = (cpu_backend *)be;
     free(cb->col);
     free(cb->wflip);
+    conv3_close(cb->conv3);
     free(cb);
 }
 
@@ -470,6 +489,12 @@ vapo_backend *vapo_backend_cpu(int threads)
     cb->threads = threads > 0 ? threads : omp_get_max_threads();
     bli_thread_set_num_threads(cb->threads); /* BLIS runs single-threaded unless told */
     flush_denormals();
+    int bad;
+    cb->conv3 = conv3_open(&bad);
+    if (bad) {
+        free(cb);
+        return NULL;
+    }
     cb->base = (vapo_backend){
         .name = "cpu",
         .alloc = cpu_alloc,

@@ -1,0 +1,34 @@
+/* Direct 3x3 convolutions of the CPU backend, vectorised with AVX-512 or
+ * AVX2 chosen at run time (the build itself assumes no more than x86-64).
+ * Where neither is present (or VAPO_CPU_CONV=blis), conv3_open returns NULL
+ * and the backend keeps its im2col + BLIS path.
+ *
+ * Batch invariance (backend.h): the forward pass (also the tangent, and the
+ * data adjoint, which is a forward convolution with the flipped kernel) sums
+ * each output element over input channels then taps in one fixed order, in
+ * one vector lane, whatever the batch, the image's position or the threads.
+ * The weight gradient sums over the batch: its order is fixed for a given
+ * batch, and does not depend on the number of threads. */
+#ifndef VAPO_CONV_CPU_H
+#define VAPO_CONV_CPU_H
+
+#include "vapo/backend.h"
+
+typedef struct conv3 conv3;
+
+/* The direct convolution for this CPU, or NULL (use BLIS). VAPO_CPU_CONV
+ * picks one: "auto" (default: the widest the CPU has), "avx512", "avx2"
+ * (each lowered to what the CPU supports) or "blis"; another value sets the
+ * error and returns NULL with *bad = 1. */
+conv3 *conv3_open(int *bad);
+const char *conv3_name(const conv3 *cv);
+void conv3_close(conv3 *cv);
+
+/* y = W*x + bias (bias may be NULL) when accumulate is 0; y += W*x when 1.
+ * s->k must be 3. Returns 0, or -1 with the error set (out of memory). */
+int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,
+                  const float *bias, int accumulate);
+/* dw += dy * im2col(x)^T (s->k == 3; db is left to the caller). */
+int conv3_backward_filter(conv3 *cv, const vapo_conv_shape *s, float *dw, const float *dy, const float *x);
+
+#endif

@@ -1,9 +1,9 @@
-/* The CPU backend: 3x3 convolutions direct (conv_cpu.c) where the CPU has
- * AVX2 or AVX-512, 1x1 convolutions as BLIS GEMMs (through its CBLAS
- * interface), OpenMP for the rest. Without AVX2 (or with VAPO_CPU_CONV=blis)
- * 3x3 convolutions use im2col + BLIS over chunks of whole images, each
- * chunk's column matrix about the size of a core's L2 cache (VAPO_COL_BUDGET
- * floats), so the GEMM reads it back from cache rather than from memory. */
+/* The CPU backend: 3x3 convolutions direct (conv_cpu.c), 1x1 convolutions
+ * as BLIS GEMMs (through its CBLAS interface), OpenMP for the rest. With
+ * VAPO_CPU_CONV=blis (benchmarks) 3x3 convolutions use im2col + BLIS over
+ * chunks of whole images, each chunk's column matrix about the size of a
+ * core's L2 cache (VAPO_COL_BUDGET floats), so the GEMM reads it back from
+ * cache rather than from memory. */
 #include <blis.h>
 #include <cblas.h>
 #include <math.h>

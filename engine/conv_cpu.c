@@ -99,6 +99,33 @@ static float hsum_lanes(float *t, int n)
 #define PV_F 2
 #define COB_W 1
 #include "conv_cpu_isa.h"
+#undef ISA_TARGET
+#undef ISA_NAME
+#undef V
+#undef VW
+#undef VLOAD
+#undef VSTORE
+#undef VZERO
+#undef VSET1
+#undef VFMA
+#undef COB_F
+#undef PV_F
+#undef COB_W
+
+/* Every x86-64 CPU: SSE2, no FMA (a multiply and an add, rounded twice). */
+#define ISA_TARGET "sse2"
+#define ISA_NAME(x) x##_sse2
+#define V __m128
+#define VW 4
+#define VLOAD _mm_loadu_ps
+#define VSTORE _mm_storeu_ps
+#define VZERO _mm_setzero_ps()
+#define VSET1 _mm_set1_ps
+#define VFMA(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
+#define COB_F 4
+#define PV_F 2
+#define COB_W 1
+#include "conv_cpu_isa.h"
 
 typedef struct {
     const char *name;
@@ -110,6 +137,7 @@ typedef struct {
 
 static const conv3_isa isa_avx512 = {"avx512", 16, 4, 6, 3, fwd_tile_avx512, wgrad_task_avx512};
 static const conv3_isa isa_avx2 = {"avx2", 8, 4, 2, 1, fwd_tile_avx2, wgrad_task_avx2};
+static const conv3_isa isa_sse2 = {"sse2", 4, 4, 2, 1, fwd_tile_sse2, wgrad_task_sse2};
 
 struct conv3 {
     const conv3_isa *isa;
@@ -127,13 +155,15 @@ conv3 *conv3_open(int *bad)
     const int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     const conv3_isa *isa;
     if (!strcmp(want, "auto") || !strcmp(want, "avx512"))
-        isa = has512 ? &isa_avx512 : has2 ? &isa_avx2 : NULL;
+        isa = has512 ? &isa_avx512 : has2 ? &isa_avx2 : &isa_sse2;
     else if (!strcmp(want, "avx2"))
-        isa = has2 ? &isa_avx2 : NULL;
+        isa = has2 ? &isa_avx2 : &isa_sse2;
+    else if (!strcmp(want, "sse2"))
+        isa = &isa_sse2;
     else if (!strcmp(want, "blis"))
         isa = NULL;
     else {
-        vapo_fail("VAPO_CPU_CONV=%s: expected auto, avx512, avx2 or blis", want);
+        vapo_fail("VAPO_CPU_CONV=%s: expected auto, avx512, avx2, sse2 or blis", want);
         *bad = 1;
         return NULL;
     }

@@ -1,7 +1,9 @@
-/* Direct 3x3 convolutions of the CPU backend, vectorised with AVX-512 or
- * AVX2 chosen at run time (the build itself assumes no more than x86-64).
- * Where neither is present (or VAPO_CPU_CONV=blis), conv3_open returns NULL
- * and the backend keeps its im2col + BLIS path.
+/* Direct 3x3 convolutions of the CPU backend, vectorised with AVX-512,
+ * AVX2 or SSE2 (every x86-64 CPU), the widest the CPU has, chosen at run
+ * time: the build itself assumes no more than x86-64. VAPO_CPU_CONV=blis
+ * makes conv3_open return NULL and the backend use its older im2col + BLIS
+ * path, kept for benchmarks: BLIS is not batch invariant (its kernels
+ * change with the matrix sizes; test_backend_ops shows it on small shapes).
  *
  * Batch invariance (backend.h): the forward pass (also the tangent, and the
  * data adjoint, which is a forward convolution with the flipped kernel) sums
@@ -18,8 +20,8 @@ typedef struct conv3 conv3;
 
 /* The direct convolution for this CPU, or NULL (use BLIS). VAPO_CPU_CONV
  * picks one: "auto" (default: the widest the CPU has), "avx512", "avx2"
- * (each lowered to what the CPU supports) or "blis"; another value sets the
- * error and returns NULL with *bad = 1. */
+ * (each lowered to what the CPU supports), "sse2" or "blis"; another value
+ * sets the error and returns NULL with *bad = 1. */
 conv3 *conv3_open(int *bad);
 const char *conv3_name(const conv3 *cv);
 void conv3_close(conv3 *cv);

@@ -92,7 +92,8 @@ ISA_INLINE void ISA_NAME(wgrad_body)(const conv3_geom *g, const float *dyg, size
                     dv[c] = VLOAD(d + c * dstride + (size_t)q * VW);
             #pragma GCC unroll 9
             for (int k = 0; k < 9; k++) {
-                const V xv = VLOAD(x + g->tap[k] + (size_t)q * VW);
+                V xv = VLOAD(x + g->tap[k] + (size_t)q * VW);
+                __asm__("" : "+v"(xv)); /* one load for COB_W FMAs: gcc would fold it into each */
                 #pragma GCC unroll 8
                 for (int c = 0; c < COB_W; c++)
                     if (c < cob)

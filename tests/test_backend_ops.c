@@ -562,6 +562,72 @@ static void conv_cases(void)
     }
 }
 
+/* Batch invariance (backend.h): an image's forward and data-adjoint
+ * convolutions must be the same bits whatever the batch around it and its
+ * place in it. Each image of a batch is run again alone and compared bit for
+ * bit; the weight gradient, which sums over the batch, must at least repeat
+ * exactly. The shapes cover a tile boundary inside an image (28 x 28), odd
+ * channel counts (blocks of output channels with a remainder) and 1x1
+ * images. The "error" printed is the number of elements that differ. */
+static size_t differing(const float *a, const float *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += memcmp(a + i, b + i, sizeof(float)) != 0;
+    return d;
+}
+
+/* host memory: the CPU backend only */
+static void conv_invariance_case(vapo_backend *be, const char *pair, vapo_conv_shape s)
+{
+    const int batch = s.batch;
+    const size_t hw = (size_t)s.h * s.w, n = batch * hw, nw = (size_t)s.cout * s.cin * 9;
+    float *x = randn(s.cin * n, 1.0f), *dy = randn(s.cout * n, 1.0f), *w = randn(nw, 0.5f), *b = randn(s.cout, 1.0f);
+    float *y = xmalloc(sizeof(float) * s.cout * n), *dx = xmalloc(sizeof(float) * s.cin * n);
+    float *x1 = xmalloc(sizeof(float) * s.cin * hw), *dy1 = xmalloc(sizeof(float) * s.cout * hw);
+    float *y1 = xmalloc(sizeof(float) * s.cout * hw), *dx1 = xmalloc(sizeof(float) * s.cin * hw);
+    float *dw = xmalloc(sizeof(float) * nw), *dw2 = xmalloc(sizeof(float) * nw);
+    be->conv_forward(be, &s, y, x, w, b);
+    memset(dx, 0, sizeof(float) * s.cin * n);
+    be->conv_backward_data(be, &s, dx, dy, w);
+    size_t dfwd = 0, dbwd = 0;
+    vapo_conv_shape one = s;
+    one.batch = 1;
+    for (int i = 0; i < batch; i++) {
+        for (int c = 0; c < s.cin; c++)
+            memcpy(x1 + c * hw, x + c * n + i * hw, sizeof(float) * hw);
+        for (int c = 0; c < s.cout; c++)
+            memcpy(dy1 + c * hw, dy + c * n + i * hw, sizeof(float) * hw);
+        be->conv_forward(be, &one, y1, x1, w, b);
+        memset(dx1, 0, sizeof(float) * s.cin * hw);
+        be->conv_backward_data(be, &one, dx1, dy1, w);
+        for (int c = 0; c < s.cout; c++)
+            dfwd += differing(y1 + c * hw, y + c * n + i * hw, hw);
+        for (int c = 0; c < s.cin; c++)
+            dbwd += differing(dx1 + c * hw, dx + c * n + i * hw, hw);
+    }
+    memset(dw, 0, sizeof(float) * nw);
+    memset(dw2, 0, sizeof(float) * nw);
+    be->conv_backward_filter(be, &s, dw, NULL, dy, x);
+    be->conv_backward_filter(be, &s, dw2, NULL, dy, x);
+    char shape[64];
+    snprintf(shape, sizeof shape, "cin=%d cout=%d k=3 batch=%d %dx%d", s.cin, s.cout, batch, s.h, s.w);
+    report(pair, "conv_forward:alone~batch", shape, (double)dfwd, TOL_EXACT);
+    report(pair, "conv_backward_data:alone~b", shape, (double)dbwd, TOL_EXACT);
+    report(pair, "conv_backward_filter:again", shape, (double)differing(dw, dw2, nw), TOL_EXACT);
+    free(x), free(dy), free(w), free(b), free(y), free(dx), free(x1), free(dy1), free(y1), free(dx1);
+    free(dw), free(dw2);
+}
+
+static void conv_invariance_cases(void)
+{
+    static const vapo_conv_shape shapes[] = {
+        {5, 7, 3, 5, 28, 28}, {32, 33, 3, 3, 7, 7}, {3, 2, 3, 4, 1, 1}, {1, 32, 3, 3, 13, 9},
+    };
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
+        conv_invariance_case(cpu, "cpu", shapes[t]);
+}
+
 /* ---- activations ------------------------------------------------------------- */
 
 static const char *act_name(vapo_act a) { return a == VAPO_ACT_GELU ? "gelu" : a == VAPO_ACT_SILU ? "silu" : "relu"; }
@@ -1606,18 +1672,40 @@ static void open_cuda(void)
         bogus->destroy(bogus);
 }
 
+/* VAPO_CPU_CONV picks the CPU convolution; a value it does not know is refused */
+static void bad_conv_choice(void)
+{
+    const char *saved = getenv("VAPO_CPU_CONV");
+    char *keep = saved ? strdup(saved) : NULL;
+    setenv("VAPO_CPU_CONV", "avx1024", 1);
+    vapo_backend *be = vapo_backend_cpu(0);
+    report("cpu", "open(VAPO_CPU_CONV=avx1024)", vapo_last_error(), be ? 1.0 : 0.0, 0.0);
+    if (be)
+        be->destroy(be);
+    if (keep) {
+        setenv("VAPO_CPU_CONV", keep, 1);
+        free(keep);
+    } else {
+        unsetenv("VAPO_CPU_CONV");
+    }
+}
+
 int main(void)
 {
+    const char *conv = getenv("VAPO_CPU_CONV");
+    printf("CPU convolutions: VAPO_CPU_CONV=%s\n", conv && *conv ? conv : "auto");
     cpu = vapo_backend_cpu(0);
     if (!cpu) {
         printf("FAIL: CPU backend: %s\n", vapo_last_error());
         return 1;
     }
     open_cuda();
+    bad_conv_choice();
     printf("%-13s %-26s %-44s %-15s %-9s\n", "pair", "op", "shape", "error", "tolerance");
 
     memory_cases();
     conv_cases();
+    conv_invariance_cases();
     act_cases();
     exp_cases();
     pool_cases();

@@ -3,15 +3,35 @@
  * (VAPO_CPU_CONV=blis), alternated in one process so that a shared machine
  * slows both alike; and the machine's measured FMA peak for a roofline
  * column (GFLOPS of the pass / peak). Times are the minimum over repeats.
- *   bench_conv [batch] [repeats] [threads] */
+ * With "direct" as the fourth argument only the direct kernels run (BLIS's
+ * own threads spin at barriers: on a machine busy with other work, its
+ * 2-thread passes took seconds instead of milliseconds).
+ * With "cpu" as the fifth, times are the process's CPU time divided by the
+ * threads, not wall time: on a machine shared with other work, what the
+ * passes would take with the cores to themselves (while threads are not
+ * waiting: fair for 1 thread, flattering for more).
+ *   bench_conv [batch] [repeats] [threads] [both|direct] [wall|cpu] */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "bench_util.h"
 #include "vapo/error.h"
 #include "vapo/rng.h"
+
+static int cpu_clock, clock_threads = 1;
+
+static double now(void)
+{
+    if (!cpu_clock)
+        return bench_now();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (ts.tv_sec + 1e-9 * ts.tv_nsec) / clock_threads;
+}
 
 /* Single-precision FMA peak of `threads` threads, in GFLOPS: 12 independent
  * AVX-512 (or AVX2) FMA chains per thread, the best of a few tries. */
@@ -52,10 +72,10 @@ static double peak_gflops(int threads)
     const long iters = 20000000;
     double best = 0, sink = 0;
     for (int rep = 0; rep < 3; rep++) {
-        const double t0 = bench_now();
+        const double t0 = now();
         #pragma omp parallel num_threads(threads) reduction(+ : sink)
         sink += wide ? fma_loop_avx512(iters) : fma_loop_avx2(iters);
-        const double gf = (double)iters * 12 * (wide ? 16 : 8) * 2 * threads / (bench_now() - t0) * 1e-9;
+        const double gf = (double)iters * 12 * (wide ? 16 : 8) * 2 * threads / (now() - t0) * 1e-9;
         best = gf > best ? gf : best;
     }
     return sink == 42.0 ? 0 : best;
@@ -91,14 +111,17 @@ static vapo_backend *open_with(const char *conv, int threads)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0);
     const int batch = argc > 1 ? atoi(argv[1]) : 64, reps = argc > 2 ? atoi(argv[2]) : 10;
     const int threads = argc > 3 ? atoi(argv[3]) : 2;
+    const int sides = argc > 4 && !strcmp(argv[4], "direct") ? 1 : 2;
+    cpu_clock = argc > 5 && !strcmp(argv[5], "cpu"), clock_threads = threads;
     static const conv_case cases[] = {
         {"conv_in", 1, 32, 28}, {"level 0", 32, 32, 28}, {"level 1 c1/sc", 32, 64, 14},
         {"level 1 c2", 64, 64, 14}, {"level 2", 64, 64, 7},
     };
-    vapo_backend *be[2] = {open_with("auto", threads), open_with("blis", threads)};
-    if (!be[0] || !be[1] || batch < 1 || reps < 1)
+    vapo_backend *be[2] = {open_with("auto", threads), sides == 2 ? open_with("blis", threads) : NULL};
+    if (!be[0] || (sides == 2 && !be[1]) || batch < 1 || reps < 1)
         return 1;
     const double peak = peak_gflops(threads);
     printf("FMA peak, %d threads: %.1f GFLOPS\n", threads, peak);
@@ -118,25 +141,31 @@ int main(int argc, char **argv)
         for (int pass = 0; pass < PASSES; pass++) {
             double best[2] = {1e30, 1e30};
             for (int r = 0; r < reps; r++)
-                for (int k = 0; k < 2; k++) {
-                    const double t0 = bench_now();
+                for (int k = 0; k < sides; k++) {
+                    const double t0 = now();
                     run_pass(be[k], pass, &s, y, x, w, b, dw);
-                    const double dt = bench_now() - t0;
+                    const double dt = now() - t0;
                     best[k] = dt < best[k] ? dt : best[k];
                 }
-            total[0] += best[0], total[1] += best[1];
+            total[0] += best[0], total[1] += sides == 2 ? best[1] : 0;
             char shape[32];
             snprintf(shape, sizeof shape, "%d>%d %dx%d", c->cin, c->cout, c->hw, c->hw);
-            printf("%-14s %-16s %10.3f %10.3f %7.2fx %8.1f %7.0f%%\n", shape, pass_name[pass], best[0] * 1e3,
-                   best[1] * 1e3, best[1] / best[0], flops / best[0] * 1e-9, 100 * flops / best[0] * 1e-9 / peak);
+            char blis[32] = "-", ratio[32] = "-";
+            if (sides == 2)
+                snprintf(blis, sizeof blis, "%.3f", best[1] * 1e3), snprintf(ratio, sizeof ratio, "%.2fx", best[1] / best[0]);
+            printf("%-14s %-16s %10.3f %10s %8s %8.1f %7.0f%%\n", shape, pass_name[pass], best[0] * 1e3, blis, ratio,
+                   flops / best[0] * 1e-9, 100 * flops / best[0] * 1e-9 / peak);
         }
         free(x), free(y), free(w), free(dw), free(b);
     }
-    printf("all passes above: direct %.2f ms, blis %.2f ms (%.2fx)\n", total[0] * 1e3, total[1] * 1e3,
-           total[1] / total[0]);
+    if (sides == 2)
+        printf("all passes above: direct %.2f ms, blis %.2f ms (%.2fx)\n", total[0] * 1e3, total[1] * 1e3,
+               total[1] / total[0]);
+    else
+        printf("all passes above: direct %.2f ms\n", total[0] * 1e3);
     bench_result("vapo-conv", "batch=%d threads=%d peak_gflops=%.1f direct_ms=%.3f blis_ms=%.3f", batch, threads,
                  peak, total[0] * 1e3, total[1] * 1e3);
-    be[0]->destroy(be[0]);
-    be[1]->destroy(be[1]);
+    for (int k = 0; k < sides; k++)
+        be[k]->destroy(be[k]);
     return 0;
 }

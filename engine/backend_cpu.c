@@ -1,6 +1,6 @@
-/* The CPU backend: 3x3 convolutions direct (conv_cpu.c), 1x1 convolutions
- * as BLIS GEMMs (through its CBLAS interface), OpenMP for the rest. With
- * VAPO_CPU_CONV=blis (benchmarks) 3x3 convolutions use im2col + BLIS over
+/* The CPU backend: convolutions direct (conv_cpu.c) but for the 1x1 weight
+ * gradient, a BLIS GEMM (through its CBLAS interface); OpenMP for the rest.
+ * With VAPO_CPU_CONV=blis (benchmarks) convolutions use BLIS, 3x3 ones im2col over
  * chunks of whole images, each chunk's column matrix about the size of a
  * core's L2 cache (VAPO_COL_BUDGET floats), so the GEMM reads it back from
  * cache rather than from memory. */
@@ -134,6 +134,10 @@ static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *
 {
     cpu_backend *cb = (cpu_backend *)be;
     const size_t n = (size_t)s->batch * s->h * s->w;
+    if (s->k == 1 && cb->conv3) {
+        conv1_forward(cb->conv3, s, y, x, w, bias, 0);
+        return;
+    }
     if (s->k == 1) {
         bias_fill(s, y, bias);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->cout, n, s->cin, 1.0f, w, s->cin, x, n,
@@ -155,15 +159,17 @@ static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *
     }
 }
 
-/* w'[ci][co*9 + k] = w[co][ci*9 + 8 - k], in a scratch buffer that grows. */
+/* w'[ci][co*kk + t] = w[co][ci*kk + kk-1 - t] (kk = k*k taps; for k = 1 the
+ * transpose), in a scratch buffer that grows. */
 static float *flipped_weights(cpu_backend *cb, const vapo_conv_shape *s, const float *w)
 {
-    if (!scratch(&cb->wflip, &cb->wflip_cap, (size_t)s->cin * s->cout * 9, "flipped convolution kernel"))
+    const int kk = s->k * s->k;
+    if (!scratch(&cb->wflip, &cb->wflip_cap, (size_t)s->cin * s->cout * kk, "flipped convolution kernel"))
         return NULL;
     for (int ci = 0; ci < s->cin; ci++)
         for (int co = 0; co < s->cout; co++)
-            for (int k = 0; k < 9; k++)
-                cb->wflip[((size_t)ci * s->cout + co) * 9 + k] = w[((size_t)co * s->cin + ci) * 9 + 8 - k];
+            for (int t = 0; t < kk; t++)
+                cb->wflip[((size_t)ci * s->cout + co) * kk + t] = w[((size_t)co * s->cin + ci) * kk + kk - 1 - t];
     return cb->wflip;
 }
 
@@ -172,6 +178,13 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
 {
     cpu_backend *cb = (cpu_backend *)be;
     const size_t n = (size_t)s->batch * s->h * s->w;
+    if (s->k == 1 && cb->conv3) { /* the forward kernel on the transposed weights */
+        float *wt = flipped_weights(cb, s, w);
+        const vapo_conv_shape t = {s->cout, s->cin, 1, s->batch, s->h, s->w};
+        if (wt)
+            conv1_forward(cb->conv3, &t, dx, dy, wt, NULL, 1);
+        return;
+    }
     if (s->k == 1) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->cin, n, s->cout, 1.0f, w, s->cin, dy, n,
                     1.0f, dx, n);

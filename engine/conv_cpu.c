@@ -36,12 +36,13 @@ typedef struct {
     int cin, h, w, gw; /* gw = w + 2, the grid's row length */
     int qg;            /* grid floats per image, h gw rounded up to 16 (any vector width) */
     size_t ps;         /* floats per padded plane: qg + the farthest tap, rounded up to 16 */
+    int ntap;          /* 9, or 1 for a 1x1 convolution */
     int tap[9];        /* tap k = 3 ky + kx reads the padded plane at q + tap[k] */
 } conv3_geom;
 
 static conv3_geom geom_of(int cin, int h, int w)
 {
-    conv3_geom g = {.cin = cin, .h = h, .w = w, .gw = w + 2};
+    conv3_geom g = {.cin = cin, .h = h, .w = w, .gw = w + 2, .ntap = 9};
     g.qg = (h * g.gw + 15) / 16 * 16;
     g.ps = ((size_t)g.qg + 2 * g.gw + 2 + 15) / 16 * 16;
     for (int k = 0; k < 9; k++)
@@ -274,6 +275,61 @@ int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x,
                 const int cob = s->cout - co0 < isa->cob_f ? s->cout - co0 : isa->cob_f;
                 isa->fwd_tile(&g, xp + q0, w + (size_t)co0 * s->cin * 9, cob, v1 - v0, tb);
                 write_tile(&g, s, y, img, co0, cob, q0, (v1 - v0) * isa->vw, tb, tbs, bias, accumulate);
+            }
+        }
+    }
+    return 0;
+}
+
+/* A 1x1 convolution is a matrix product over the columns of the CNHW
+ * matrix: tiles of columns, each copied (zero-padded to whole vectors) for
+ * all input channels, then the forward kernel with one tap. Tasks are (tile,
+ * group of output-channel blocks): a dense layer on a few columns still
+ * splits over threads. */
+int conv1_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w, const float *bias,
+                  int accumulate)
+{
+    const conv3_isa *isa = cv->isa;
+    const size_t n = (size_t)s->batch * s->h * s->w;
+    const int tbs = isa->pv_f * isa->vw, nblk = (s->cout + isa->cob_f - 1) / isa->cob_f;
+    const long ntile = (long)((n + tbs - 1) / tbs);
+    const int threads = omp_get_max_threads();
+    const int groups = ntile >= 4 * threads ? 1 : nblk < threads ? nblk : threads;
+    const conv3_geom g = {.cin = s->cin, .ps = (size_t)tbs, .ntap = 1};
+    const size_t per = (size_t)s->cin * tbs + (size_t)isa->cob_f * tbs;
+    float *buf = conv3_scratch(cv, per * threads);
+    if (!buf)
+        return -1;
+    #pragma omp parallel
+    {
+        float *xp = buf + per * omp_get_thread_num(), *tb = xp + (size_t)s->cin * tbs;
+        long copied = -1;
+        #pragma omp for schedule(static)
+        for (long t = 0; t < ntile * groups; t++) {
+            const long tile = t / groups;
+            const int grp = (int)(t % groups);
+            const size_t j0 = (size_t)tile * tbs, len = n - j0 < (size_t)tbs ? n - j0 : (size_t)tbs;
+            if (tile != copied) {
+                for (int ci = 0; ci < s->cin; ci++) {
+                    memcpy(xp + (size_t)ci * tbs, x + (size_t)ci * n + j0, sizeof(float) * len);
+                    memset(xp + (size_t)ci * tbs + len, 0, sizeof(float) * (tbs - len));
+                }
+                copied = tile;
+            }
+            const int pv = (int)((len + isa->vw - 1) / isa->vw);
+            for (int b = nblk * grp / groups; b < nblk * (grp + 1) / groups; b++) {
+                const int co0 = b * isa->cob_f, cob = s->cout - co0 < isa->cob_f ? s->cout - co0 : isa->cob_f;
+                isa->fwd_tile(&g, xp, w + (size_t)co0 * s->cin, cob, pv, tb);
+                for (int c = 0; c < cob; c++) {
+                    float *yr = y + (size_t)(co0 + c) * n + j0;
+                    const float *tr = tb + (size_t)c * tbs, bc = bias ? bias[co0 + c] : 0.0f;
+                    if (accumulate)
+                        for (size_t i = 0; i < len; i++)
+                            yr[i] += tr[i];
+                    else
+                        for (size_t i = 0; i < len; i++)
+                            yr[i] = tr[i] + bc;
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-/* Direct 3x3 convolutions of the CPU backend, vectorised with AVX-512,
+/* Direct convolutions of the CPU backend (3x3: all passes; 1x1: forward
+ * and data adjoint, where batch invariance matters), vectorised with AVX-512,
  * AVX2 or SSE2 (every x86-64 CPU), the widest the CPU has, chosen at run
  * time: the build itself assumes no more than x86-64. VAPO_CPU_CONV=blis
  * makes conv3_open return NULL and the backend use its older im2col + BLIS
@@ -30,6 +31,9 @@ void conv3_close(conv3 *cv);
  * s->k must be 3. Returns 0, or -1 with the error set (out of memory). */
 int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,
                   const float *bias, int accumulate);
+/* The same for a 1x1 convolution (s->k == 1). */
+int conv1_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w, const float *bias,
+                  int accumulate);
 /* dw += dy * im2col(x)^T (s->k == 3; db is left to the caller). */
 int conv3_backward_filter(conv3 *cv, const vapo_conv_shape *s, float *dw, const float *dy, const float *x);
 

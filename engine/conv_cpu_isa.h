@@ -22,10 +22,10 @@ ISA_INLINE void ISA_NAME(fwd_body)(const conv3_geom *g, const float *xp, const f
         #pragma GCC unroll 8
         for (int p = 0; p < PV_F; p++)
             acc[c][p] = VZERO;
-    const size_t wstride = (size_t)g->cin * 9;
+    const size_t wstride = (size_t)g->cin * g->ntap;
     for (int ci = 0; ci < g->cin; ci++) {
-        const float *xc = xp + (size_t)ci * g->ps, *wc = w + (size_t)ci * 9;
-        for (int k = 0; k < 9; k++) {
+        const float *xc = xp + (size_t)ci * g->ps, *wc = w + (size_t)ci * g->ntap;
+        for (int k = 0; k < g->ntap; k++) {
             const float *xk = xc + g->tap[k];
             V xv[PV_F];
             #pragma GCC unroll 8
@@ -51,7 +51,7 @@ ISA_INLINE void ISA_NAME(fwd_body)(const conv3_geom *g, const float *xp, const f
                 VSTORE(tb + ((size_t)c * PV_F + p) * VW, acc[c][p]);
 }
 
-/* One tile: cob <= COB_F output channels (weights w, rows cin*9 apart) at
+/* One tile: cob <= COB_F output channels (weights w, rows cin*ntap apart) at
  * pv <= PV_F pixel vectors of the padded grid starting at xp; results to
  * tb[c][PV_F*VW]. Each (cob, pv) pair gets its own compiled body, so the
  * accumulators stay in registers. COB_F <= 4 and PV_F <= 6. */

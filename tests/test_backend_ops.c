@@ -567,8 +567,10 @@ static void conv_cases(void)
  * place in it. Each image of a batch is run again alone and compared bit for
  * bit; the weight gradient, which sums over the batch, must at least repeat
  * exactly. The shapes cover a tile boundary inside an image (28 x 28), odd
- * channel counts (blocks of output channels with a remainder) and 1x1
- * images. The "error" printed is the number of elements that differ. */
+ * channel counts (blocks of output channels with a remainder), 1x1
+ * images, and 1x1 convolutions: heads (one output channel), dense layers on
+ * one column per image, and the anchor's product (batch as output channels).
+ * The "error" printed is the number of elements that differ. */
 static size_t differing(const float *a, const float *b, size_t n)
 {
     size_t d = 0;
@@ -581,7 +583,7 @@ static size_t differing(const float *a, const float *b, size_t n)
 static void conv_invariance_case(vapo_backend *be, const char *pair, vapo_conv_shape s)
 {
     const int batch = s.batch;
-    const size_t hw = (size_t)s.h * s.w, n = batch * hw, nw = (size_t)s.cout * s.cin * 9;
+    const size_t hw = (size_t)s.h * s.w, n = batch * hw, nw = (size_t)s.cout * s.cin * s.k * s.k;
     float *x = randn(s.cin * n, 1.0f), *dy = randn(s.cout * n, 1.0f), *w = randn(nw, 0.5f), *b = randn(s.cout, 1.0f);
     float *y = xmalloc(sizeof(float) * s.cout * n), *dx = xmalloc(sizeof(float) * s.cin * n);
     float *x1 = xmalloc(sizeof(float) * s.cin * hw), *dy1 = xmalloc(sizeof(float) * s.cout * hw);
@@ -611,7 +613,7 @@ static void conv_invariance_case(vapo_backend *be, const char *pair, vapo_conv_s
     be->conv_backward_filter(be, &s, dw, NULL, dy, x);
     be->conv_backward_filter(be, &s, dw2, NULL, dy, x);
     char shape[64];
-    snprintf(shape, sizeof shape, "cin=%d cout=%d k=3 batch=%d %dx%d", s.cin, s.cout, batch, s.h, s.w);
+    snprintf(shape, sizeof shape, "cin=%d cout=%d k=%d batch=%d %dx%d", s.cin, s.cout, s.k, batch, s.h, s.w);
     report(pair, "conv_forward:alone~batch", shape, (double)dfwd, TOL_EXACT);
     report(pair, "conv_backward_data:alone~b", shape, (double)dbwd, TOL_EXACT);
     report(pair, "conv_backward_filter:again", shape, (double)differing(dw, dw2, nw), TOL_EXACT);
@@ -623,6 +625,7 @@ static void conv_invariance_cases(void)
 {
     static const vapo_conv_shape shapes[] = {
         {5, 7, 3, 5, 28, 28}, {32, 33, 3, 3, 7, 7}, {3, 2, 3, 4, 1, 1}, {1, 32, 3, 3, 13, 9},
+        {64, 1, 1, 5, 7, 7},  {200, 33, 1, 7, 1, 1}, {2, 64, 1, 9, 1, 1}, {784, 6, 1, 1, 1, 1},
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
         conv_invariance_case(cpu, "cpu", shapes[t]);

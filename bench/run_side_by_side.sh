@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3} steps=${2:-20} batch=${3:-64} threads=${4:-2} n=${5:-64}
 model=models/fmnist-small.safetensors
 export OMP_WAIT_POLICY=passive
-field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" | tail -1; }
+field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | tail -1; }
 step_ratios=() sample_ratios=()
 for r in $(seq "$rounds"); do
   v=$(bench/run_train_bench.sh "$steps" "$batch" "$threads" 2>&1)

@@ -14,6 +14,12 @@ if(TARGET vapo-serve AND EXISTS /usr/bin/python3)
              WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
     set_tests_properties(${name} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS server)
   endforeach()
+  # batch invariance: vapo-serve's PNGs against vapo-sample's when the tool is built
+  add_test(NAME server_invariance
+           COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/server_invariance.py ${VAPO_SERVER_TEST_ARGS}
+                   $<$<TARGET_EXISTS:vapo-sample>:--sample> $<$<TARGET_EXISTS:vapo-sample>:$<TARGET_FILE:vapo-sample>>
+           WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+  set_tests_properties(server_invariance PROPERTIES TIMEOUT 300 LABELS server ENVIRONMENT "OMP_WAIT_POLICY=passive")
 elseif(NOT TARGET vapo-serve)
   message(STATUS "vapo: ✗ vapo-serve not built: the server tests are not run")
 endif()

@@ -7,7 +7,31 @@
  * "CNHW", a C x N matrix with N = batch * H * W. A convolution is then one
  * GEMM, W[Cout x Cin*k*k] * im2col(X)[Cin*k*k x N], with no transposes, and a
  * tangent or adjoint is just another matrix of the same shape. The network
- * converts to and from the user-facing NCHW layout at its boundary. */
+ * converts to and from the user-facing NCHW layout at its boundary.
+ *
+ * Batch invariance (the contract every backend keeps). In the passes that
+ * sampling and scoring use -- conv_forward (forward and tangent),
+ * conv_backward_data, the activations, pooling, rowsum, scale_forward, axpy,
+ * add, the transposes, the rk_* ops, and scale_backward_param per row (the
+ * network's |x|^2 sums one (channel, image) row each) -- the result for one
+ * image (one column block of CNHW, one row of NCHW) is bit-identical
+ * whatever the batch size, the image's position in the batch, the other
+ * images and the thread count. So a seed names the same pixels alone, in a batch of 64, or mixed
+ * with other requests. It takes:
+ *  - a per-image reduction order that never depends on the batch: no GEMM
+ *    whose shape, blocking or kernel choice follows the batch (a library GEMM
+ *    picks paths and K-blocking from m, n, k), no split of a reduction across
+ *    images, the same code path for an image at the edge of a batch;
+ *  - threads partitioned over images (or over outputs within an image in a
+ *    way that does not change any output's summation order);
+ *  - no algorithm choice that depends on the batch (on CUDA: one convolution
+ *    algorithm per shape-without-batch).
+ * Exempt: conv_backward_filter, scale_backward_param when a row spans the
+ * batch, dot, and the loss and optimizer ops -- training's parameter
+ * gradients reduce over the batch by definition.
+ * tests/test_batch_invariance.c checks the CPU backend on the bundled model
+ * with memcmp (energies for batch sizes 1..64 at moving positions, gradients
+ * for a spread of sizes, samples alone vs together). */
 #ifndef VAPO_BACKEND_H
 #define VAPO_BACKEND_H
 

@@ -10,7 +10,13 @@ Starts vapo-serve (on the CPU unless --device says otherwise) with MODEL and mea
     runs as one batch from start to end; ratio = clients / ceiling;
   - the per-request HTTP overhead of /energy with one image: request latency
     minus the device time the server spent on it (from /metrics);
+  - /energy latency while a saturating generate load runs;
   - the server's peak RSS (VmHWM).
+With --overload CLIENTSxN (e.g. 48x64) it measures only overload instead:
+CLIENTS clients each send requests of N images back to back for --duration
+seconds against the server's --timeout-s deadline (--deadline), and it
+reports goodput (images delivered within the deadline per second), the share
+of 503 and 504 answers, and latency p50/p99 of the delivered requests.
 Use a Release build of vapo-serve: Debug numbers say little."""
 
 import argparse
@@ -97,6 +103,43 @@ def concurrent_run(port, clients, per_client, seed0, body_extra):
     return clients * per_client / wall, lat
 
 
+def overload_run(port, clients, n, duration, extra):
+    """CLIENTS closed-loop clients sending n-image requests for `duration` s;
+    a 503 is retried after its Retry-After (capped at the time left)."""
+    stats = {"ok": 0, "503": 0, "504": 0, "other": 0, "images": 0}
+    lat, lock = [], threading.Lock()
+    t_end = time.perf_counter() + duration
+
+    def worker(i):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        seed = 1_000_000 * (i + 1)
+        while time.perf_counter() < t_end:
+            body = json.dumps({"seed": seed, "n": n, "format": "json", **extra}).encode()
+            seed += n
+            t = time.perf_counter()
+            c.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            r.read()
+            dt = time.perf_counter() - t
+            key = "ok" if r.status == 200 else str(r.status) if r.status in (503, 504) else "other"
+            with lock:
+                stats[key] += 1
+                if r.status == 200:
+                    stats["images"] += n
+                    lat.append(dt)
+            if r.status == 503:
+                wait = float(r.getheader("Retry-After") or 1)
+                time.sleep(max(0.0, min(wait, t_end - time.perf_counter())))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return stats, lat, time.perf_counter() - t0
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +153,9 @@ def main():
     ap.add_argument("--energy-requests", type=int, default=300)
     ap.add_argument("--solver", default=None, help="e.g. euler, with --steps, for a fixed NFE")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--overload", default=None, help="CLIENTSxN, e.g. 48x64: the overload measurement only")
+    ap.add_argument("--deadline", type=float, default=60, help="the server's --timeout-s in overload mode")
+    ap.add_argument("--duration", type=float, default=180, help="seconds of overload traffic")
     a = ap.parse_args()
     extra = {}
     if a.solver:
@@ -120,7 +166,8 @@ def main():
     log = tempfile.NamedTemporaryFile("w+", prefix="serve-bench-", suffix=".log", delete=False)
     proc = subprocess.Popen([a.serve, "--port", "0", "--device", a.device, "--threads", str(a.threads), "--quiet",
                              "--max-batch", str(a.max_batch), "--max-queue", "4096", "--http-threads", "4",
-                             "--max-connections", "512", a.model], stdout=log, stderr=log)
+                             "--max-connections", "512", "--timeout-s", str(a.deadline), a.model],
+                            stdout=log, stderr=log)
     try:
         port = None
         deadline = time.time() + 60
@@ -132,7 +179,7 @@ def main():
             time.sleep(0.05)
         while time.time() < deadline:
             try:
-                if b"ready" in Client(port).get("/readyz"):
+                if json.loads(Client(port).get("/readyz")).get("status") == "ready":
                     break
             except OSError:
                 pass
@@ -143,6 +190,16 @@ def main():
               f"solver {extra.get('solver', info['sampling']['solver'])}")
         # warm up
         Client(port).post("/generate", {"seed": 0, "n": 8, "format": "json", **extra})
+        if a.overload:
+            clients, n = (int(v) for v in a.overload.lower().split("x"))
+            st, lat, wall = overload_run(port, clients, n, a.duration, extra)
+            total = st["ok"] + st["503"] + st["504"] + st["other"]
+            print(f"overload {clients} clients x n={n}, deadline {a.deadline:g} s, {wall:.0f} s: goodput "
+                  f"{st['images'] / wall:.2f} images/s ({st['ok']} requests delivered), "
+                  f"503 {100 * st['503'] / max(total, 1):.0f}%, 504 {100 * st['504'] / max(total, 1):.0f}%, "
+                  f"other {st['other']}; latency of delivered p50 {percentile(lat, 50):.1f} s "
+                  f"p99 {percentile(lat, 99):.1f} s")
+            return
 
         for clients in [int(c) for c in a.clients.split(",")]:
             rates = []
@@ -170,6 +227,30 @@ def main():
                   f"{d['vapo_batch_size_sum'] / max(d['vapo_batch_size_count'], 1):.1f} rows per model call")
 
         png = gray_png(info["shape"][2], info["shape"][1])
+        # /energy while 16 clients keep the device full with generate requests
+        stop, lat = threading.Event(), []
+
+        def loader(i):
+            c = Client(port)
+            k = 0
+            while not stop.is_set():
+                c.post("/generate", {"seed": 50_000 + 1000 * i + k, "n": 4, **extra})
+                k += 1
+
+        loaders = [threading.Thread(target=loader, args=(i,)) for i in range(16)]
+        for t in loaders:
+            t.start()
+        time.sleep(2)
+        c = Client(port)
+        for _ in range(min(a.energy_requests, 100)):
+            t = time.perf_counter()
+            c.post("/energy", png, "image/png")
+            lat.append(time.perf_counter() - t)
+        stop.set()
+        for t in loaders:
+            t.join()
+        print(f"/energy, one image, under a saturating generate load (16 clients x n=4): p50 "
+              f"{percentile(lat, 50) * 1e3:.1f} ms, p99 {percentile(lat, 99) * 1e3:.1f} ms")
         c = Client(port)
         before = metrics(port)
         lat = []

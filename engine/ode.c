@@ -79,6 +79,7 @@ struct vapo_traj {
     float *k;              /* stage derivatives, [stage][dim]; F is float, so float is exact */
     float *q;              /* pending query point */
     char err[160];
+    ode_failure why; /* ODE_OK unless failed */
 };
 
 vapo_ode_config vapo_ode_config_default(void)
@@ -272,6 +273,7 @@ static int traj_fail(vapo_traj *tr, ode_failure why)
 {
     ode_failure_message(why, &tr->c, tr->err, sizeof tr->err);
     tr->status = ST_FAILED;
+    tr->why = why;
     return vapo_fail("%s", tr->err);
 }
 
@@ -503,6 +505,17 @@ int vapo_traj_tell(vapo_traj *tr, const float *f)
 
 int vapo_traj_done(const vapo_traj *tr) { return !tr || tr->status != ST_RUNNING; }
 int vapo_traj_failed(const vapo_traj *tr) { return !tr || tr->status == ST_FAILED; }
+
+vapo_ode_failure vapo_traj_failure(const vapo_traj *tr)
+{
+    switch (tr ? tr->why : ODE_OK) {
+    case ODE_FAIL_MAX_NFE: return VAPO_ODE_MAX_NFE;
+    case ODE_FAIL_UNDERFLOW: return VAPO_ODE_TOO_STIFF;
+    case ODE_FAIL_INITIAL_NONFINITE:
+    case ODE_FAIL_NONFINITE: return VAPO_ODE_NONFINITE;
+    default: return VAPO_ODE_OK;
+    }
+}
 const char *vapo_traj_error(const vapo_traj *tr) { return tr ? tr->err : "no trajectory"; }
 int vapo_traj_nfe(const vapo_traj *tr) { return tr ? tr->nfe : 0; }
 double vapo_traj_time(const vapo_traj *tr) { return tr ? tr->c.t : 0; }

@@ -17,6 +17,10 @@
 #include "log.h"
 
 enum { ROW_NEEDS_EVAL = 0, ROW_NEEDS_FINAL_PHI = 1, ROW_DONE = 2 };
+enum { RR_SHARE_DIV = 16 }; /* max_batch / 16 rows of a batch go round-robin */
+#define ADMIT_SAFETY 0.9       /* admit when the estimate ends within 90% of the deadline */
+#define RK45_NFE_GUESS 100.0   /* RK45 evaluations per image before one has finished */
+#define RATE_TAU_S 2.0         /* the cost per row is an average over about the last 2 s of work */
 enum { STATE_LOADING, STATE_READY, STATE_FAILED };
 
 /* One row of a batch: which job and row it came from, and whether the row
@@ -43,6 +47,14 @@ struct batcher {
     int queued_images; /* images of all jobs submitted and not ended */
     int jobs_in_flight;
     int draining, cancel_all, stop;
+    /* Admission (batcher.h): rows of work admitted and not yet evaluated, the
+     * device's seconds per row (0: not measured yet; full: measured on a batch
+     * at least half full) and RK45's evaluations per image (0: none yet). */
+    double backlog_rows, sec_per_row, rk45_nfe;
+
+    /* Scheduler-private: the sums behind sec_per_row. */
+    double rate_time, rate_rows;
+    int rate_full;
 
     /* Set once when ready, then read-only (HTTP threads read it). */
     model_info info;
@@ -71,8 +83,9 @@ job *job_create(job_kind kind, int n, int d)
     j->in_dist = calloc(n, sizeof(int));
     j->nfe = calloc(n, sizeof(int));
     j->stage = calloc(n, 1);
+    j->taken = calloc(n, 1);
     j->traj = calloc(n, sizeof(vapo_traj *));
-    if (!j->x || !j->phi || !j->ood || !j->in_dist || !j->nfe || !j->stage || !j->traj) {
+    if (!j->x || !j->phi || !j->ood || !j->in_dist || !j->nfe || !j->stage || !j->taken || !j->traj) {
         job_free(j);
         return NULL;
     }
@@ -95,11 +108,45 @@ void job_free(job *j)
     if (!j)
         return;
     job_free_trajectories(j);
-    free(j->x), free(j->phi), free(j->ood), free(j->in_dist), free(j->nfe), free(j->stage), free(j->traj);
+    free(j->x), free(j->phi), free(j->ood), free(j->in_dist), free(j->nfe), free(j->stage), free(j->taken), free(j->traj);
     free(j);
 }
 
 /* ---- submitter side --------------------------------------------------------------------- */
+
+/* Rows of evaluation a job will take (under mu): one per image for /energy;
+ * images x (evaluations + the final energy) for the solvers. */
+static double job_rows_estimate(const batcher *b, const job *j)
+{
+    if (j->kind == JOB_ENERGY)
+        return j->n;
+    double nfe;
+    switch (j->ode.method) {
+    case VAPO_ODE_EULER: nfe = j->ode.steps; break;
+    case VAPO_ODE_HEUN: nfe = 2.0 * j->ode.steps; break;
+    case VAPO_ODE_RK4: nfe = 4.0 * j->ode.steps; break;
+    default: nfe = b->rk45_nfe > 0 ? b->rk45_nfe : RK45_NFE_GUESS; break;
+    }
+    return j->n * (nfe + 1.0);
+}
+
+/* SUBMIT_LATE when the work admitted before j and j's own would end past
+ * ADMIT_SAFETY of its deadline at the measured rate (under mu). With nothing
+ * admitted, or no rate measured yet, j is admitted: the deadline still holds. */
+static submit_result admit_by_deadline(batcher *b, job *j)
+{
+    if (j->deadline <= 0 || b->backlog_rows <= 0 || b->sec_per_row <= 0)
+        return SUBMIT_OK;
+    const double ahead = b->backlog_rows * b->sec_per_row, finish = ahead + j->work_est * b->sec_per_row;
+    const double avail = ADMIT_SAFETY * (j->deadline - clock_now());
+    if (finish <= avail)
+        return SUBMIT_OK;
+    /* A retry fits once enough of the work ahead is done (if no more arrives),
+     * and at the latest when all of it is. */
+    j->est_s = finish;
+    j->retry_after_s = ceil(fmax(1.0, fmin(finish - avail, ahead)));
+    return SUBMIT_LATE;
+}
 
 submit_result batcher_submit(batcher *b, job *j)
 {
@@ -112,6 +159,12 @@ submit_result batcher_submit(batcher *b, job *j)
     else if (b->queued_images + j->n > b->cfg.max_queue)
         r = SUBMIT_FULL;
     if (r == SUBMIT_OK) {
+        j->work_est = job_rows_estimate(b, j);
+        j->work_done = 0;
+        r = admit_by_deadline(b, j);
+    }
+    if (r == SUBMIT_OK) {
+        b->backlog_rows += j->work_est;
         j->t_submit = clock_now();
         j->status = JOB_OK;
         j->next = NULL;
@@ -203,6 +256,9 @@ static void job_end(batcher *b, job *j, job_status status, const char *message)
     if (message && message != j->message)
         snprintf(j->message, sizeof j->message, "%s", message);
     pthread_mutex_lock(&b->mu);
+    /* its rows leave the backlog before done() answers the client, whose next
+     * request must not find them there */
+    b->backlog_rows = fmax(0.0, b->backlog_rows - fmax(0.0, j->work_est - j->work_done));
     b->queued_images -= j->n;
     b->jobs_in_flight--;
     metrics_queue(b->mx, b->queued_images, b->jobs_in_flight);
@@ -293,6 +349,8 @@ static void sweep(batcher *b, int shutdown_all, double now)
 
 static int row_wants(const job *j, int r)
 {
+    if (j->taken[r])
+        return 0;
     if (j->stage[r] == ROW_NEEDS_FINAL_PHI)
         return 1;
     if (j->stage[r] != ROW_NEEDS_EVAL)
@@ -300,20 +358,46 @@ static int row_wants(const job *j, int r)
     return j->kind == JOB_ENERGY || vapo_traj_query(j->traj[r]) != NULL;
 }
 
-/* Fills the batch round-robin: every job with work gets one row per round,
- * starting from a job that rotates between iterations and, inside a job, from
- * where the last batch stopped. Returns the number of rows. */
-static int gather(batcher *b, int *grad_rows)
+/* Puts row r of j into the batch as row `rows`; returns rows + 1. */
+static int take_row(batcher *b, job *j, int r, int rows, int *grad_rows)
 {
-    const int d = b->info.d, max = b->cfg.max_batch;
-    int rows = 0, progress = 1;
-    *grad_rows = 0;
-    if (b->nactive == 0)
-        return 0;
+    const int d = b->info.d;
+    slot *s = &b->slots[rows];
+    s->j = j, s->row = r;
+    s->grad = j->kind != JOB_ENERGY && j->stage[r] == ROW_NEEDS_EVAL;
+    const float *src = s->grad ? vapo_traj_query(j->traj[r]) : j->x + (size_t)r * d;
+    memcpy(b->bx + (size_t)rows * d, src, sizeof(float) * d);
+    j->taken[r] = 1;
+    *grad_rows += s->grad;
+    return rows + 1;
+}
+
+/* Every row the jobs of one kind (energy or not) want, job by job in
+ * submission order, until the batch holds `limit` rows. */
+static int take_in_order(batcher *b, int energy, int rows, int limit, int *grad_rows)
+{
+    for (int k = 0; k < b->nactive && rows < limit; k++) {
+        job *j = b->active[k];
+        if ((j->kind == JOB_ENERGY) != energy)
+            continue;
+        for (int r = 0; r < j->n && rows < limit; r++)
+            if (row_wants(j, r))
+                rows = take_row(b, j, r, rows, grad_rows);
+    }
+    return rows;
+}
+
+/* The rest of the batch round-robin: every job with work gets one row per
+ * round, starting from a job that rotates between iterations and, inside a
+ * job, from where the last batch stopped. */
+static int take_round_robin(batcher *b, int rows, int *grad_rows)
+{
+    const int max = b->cfg.max_batch;
+    int progress = 1;
     /* scanned rows per job live in a small stack array when possible */
     int stack_scan[64] = {0}, *scanned = b->nactive <= 64 ? stack_scan : calloc(b->nactive, sizeof(int));
     if (!scanned)
-        return 0;
+        return rows;
     while (rows < max && progress) {
         progress = 0;
         for (int t = 0; t < b->nactive && rows < max; t++) {
@@ -325,13 +409,7 @@ static int gather(batcher *b, int *grad_rows)
                 scanned[k]++;
                 if (!row_wants(j, r))
                     continue;
-                slot *s = &b->slots[rows];
-                s->j = j, s->row = r;
-                s->grad = j->kind != JOB_ENERGY && j->stage[r] == ROW_NEEDS_EVAL;
-                const float *src = s->grad ? vapo_traj_query(j->traj[r]) : j->x + (size_t)r * d;
-                memcpy(b->bx + (size_t)rows * d, src, sizeof(float) * d);
-                *grad_rows += s->grad;
-                rows++;
+                rows = take_row(b, j, r, rows, grad_rows);
                 progress = 1;
                 break;
             }
@@ -341,6 +419,18 @@ static int gather(batcher *b, int *grad_rows)
         free(scanned);
     b->rr = (b->rr + 1) % b->nactive;
     return rows;
+}
+
+/* Fills the batch in the order batcher.h states; returns the number of rows. */
+static int gather(batcher *b, int *grad_rows)
+{
+    const int max = b->cfg.max_batch, head = max - max / RR_SHARE_DIV;
+    *grad_rows = 0;
+    if (b->nactive == 0)
+        return 0;
+    int rows = take_in_order(b, 1, 0, head, grad_rows);
+    rows = take_in_order(b, 0, rows, head, grad_rows);
+    return take_round_robin(b, rows, grad_rows);
 }
 
 static void fail_job(job *j, job_status st, const char *msg)
@@ -355,9 +445,12 @@ static void fail_job(job *j, job_status st, const char *msg)
 static void scatter(batcher *b, int rows, double t0)
 {
     const int d = b->info.d;
+    double nfe_sum = 0;
+    int nfe_count = 0;
     for (int s = 0; s < rows; s++) {
         job *j = b->slots[s].j;
         const int r = b->slots[s].row;
+        j->work_done += 1.0;
         if (j->t_first == 0) {
             j->t_first = t0;
             metrics_queue_wait(b->mx, t0 - j->t_submit);
@@ -381,26 +474,78 @@ static void scatter(batcher *b, int rows, double t0)
         j->nfe[r] = vapo_traj_nfe(tr);
         if (vapo_traj_failed(tr)) {
             const char *why = vapo_traj_error(tr);
+            const vapo_ode_failure f = vapo_traj_failure(tr);
             char msg[256];
-            int settings = strstr(why, "max_nfe") || strstr(why, "too stiff");
+            int settings = f == VAPO_ODE_MAX_NFE || f == VAPO_ODE_TOO_STIFF;
             snprintf(msg, sizeof msg, "sample %d: %s%s", r, why,
                      settings ? "; loosen rtol/atol, lower t_end or use a fixed-step solver" : "");
             fail_job(j, settings ? JOB_TOO_HARD : JOB_FAILED, msg);
             continue;
         }
+        if (j->ode.method == VAPO_ODE_RK45)
+            nfe_sum += j->nfe[r], nfe_count++;
         vapo_traj_copy_state(tr, j->x + (size_t)r * d);
         vapo_traj_free(tr);
         j->traj[r] = NULL;
         j->stage[r] = ROW_NEEDS_FINAL_PHI;
     }
+    if (nfe_count) { /* a running mean over recent trajectories */
+        pthread_mutex_lock(&b->mu);
+        const double mean = nfe_sum / nfe_count, w = fmin(1.0, 0.1 * nfe_count);
+        b->rk45_nfe = b->rk45_nfe > 0 ? (1 - w) * b->rk45_nfe + w * mean : mean;
+        pthread_mutex_unlock(&b->mu);
+    }
 }
 
-static void run_batch(batcher *b)
+/* After an iteration of `rows` rows that took dt seconds (the model pass and
+ * the scheduler's own work: with a small model the bookkeeping is a good part
+ * of it): the cost per row, from batches at least half full once there has
+ * been one (the estimate matters when the device is full). */
+static void update_rate(batcher *b, int rows, double dt)
+{
+    const int full = 2 * rows >= b->cfg.max_batch;
+    if (full && !b->rate_full) /* forget what small batches said */
+        b->rate_time = b->rate_rows = 0;
+    else if (!full && b->rate_full)
+        return;
+    /* seconds over rows, both summed over about the last RATE_TAU_S of work:
+     * a mean of per-batch ratios would let slow batches count twice */
+    const double keep = exp(-dt / RATE_TAU_S);
+    b->rate_time = keep * b->rate_time + dt;
+    b->rate_rows = keep * b->rate_rows + rows;
+    b->rate_full |= full;
+    pthread_mutex_lock(&b->mu);
+    b->sec_per_row = b->rate_time / b->rate_rows;
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* The rows still to evaluate for the jobs admitted: the estimate left of
+ * each running job (at least one row per image not done), and the pending
+ * jobs' estimates. Called after every sweep, so it is 0 when idle. */
+static void publish_backlog(batcher *b)
+{
+    double backlog = 0;
+    for (int k = 0; k < b->nactive; k++) {
+        const job *j = b->active[k];
+        if (j->status == JOB_OK && j->remaining > 0)
+            backlog += fmax(j->work_est - j->work_done, j->remaining);
+    }
+    pthread_mutex_lock(&b->mu);
+    for (const job *j = b->pending; j; j = j->next)
+        backlog += j->work_est;
+    b->backlog_rows = backlog;
+    const double c = b->sec_per_row;
+    pthread_mutex_unlock(&b->mu);
+    metrics_admission(b->mx, c, backlog);
+}
+
+/* One batch; returns its rows. */
+static int run_batch(batcher *b)
 {
     int grad_rows;
     int rows = gather(b, &grad_rows);
     if (rows == 0)
-        return;
+        return 0;
     double t0 = clock_now();
     int rc = grad_rows ? vapo_model_energy_grad(b->model, rows, b->bx, b->bphi, b->bg)
                        : vapo_model_energy(b->model, rows, b->bx, b->bphi);
@@ -412,9 +557,12 @@ static void run_batch(batcher *b)
         log_error("%s", msg);
         for (int s = 0; s < rows; s++)
             fail_job(b->slots[s].j, JOB_FAILED, msg);
-        return;
+    } else {
+        scatter(b, rows, t0);
     }
-    scatter(b, rows, t0);
+    for (int s = 0; s < rows; s++)
+        b->slots[s].j->taken[b->slots[s].row] = 0;
+    return rows;
 }
 
 /* ---- scheduler thread ------------------------------------------------------------------- */
@@ -499,6 +647,7 @@ static void *scheduler_main(void *arg)
         int shutdown_all = b->cancel_all || b->stop;
         int stop = b->stop;
         pthread_mutex_unlock(&b->mu);
+        const double t_iter = clock_now();
 
         while (incoming) {
             job *j = incoming;
@@ -510,8 +659,11 @@ static void *scheduler_main(void *arg)
         sweep(b, shutdown_all, clock_now());
         if (stop && b->nactive == 0)
             break;
-        run_batch(b);
+        int rows = run_batch(b);
         sweep(b, 0, clock_now());
+        if (rows)
+            update_rate(b, rows, clock_now() - t_iter);
+        publish_backlog(b);
     }
     return NULL;
 }

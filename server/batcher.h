@@ -7,20 +7,33 @@
  *   1. admits newly submitted jobs (noise, trajectories) and drops jobs that
  *      were cancelled or passed their deadline,
  *   2. gathers the points the live trajectories need next (vapo_traj_query)
- *      and pending /energy images, round-robin across jobs, one row per job
- *      per round, up to max_batch rows,
+ *      and pending /energy images, up to max_batch rows, in this order:
+ *      /energy rows (one cheap evaluation each, so scoring stays fast under a
+ *      generate load); then the rows of generate/interpolate jobs in
+ *      submission order, which is deadline order (one timeout for all), for
+ *      all but max_batch/16 rows; those last rows go round-robin, one row per
+ *      job per round, so later requests keep moving;
  *   3. runs ONE batched vapo_model_energy_grad over them,
  *   4. hands each trajectory its gradient (vapo_traj_tell) and each energy
  *      row its value, and completes the jobs that are done.
  * Trajectories join and leave the batch at every iteration (continuous
- * batching); a big job cannot starve small ones because every job with work
- * gets a row before any job gets a second one. A finished trajectory takes
- * one more row to evaluate the energy of its final state.
+ * batching). Earlier requests finish first: under overload, sharing the
+ * device equally would make every request late together, while serving in
+ * deadline order makes the admitted ones finish in time. A finished
+ * trajectory takes one more row to evaluate the energy of its final state.
  *
- * The queue is bounded by images: a submission that would take the images
- * queued or in flight past max_queue is refused at once. When the device is
- * idle, the scheduler waits up to max_wait_ms after the first arrival so that
- * a burst of requests starts in one batch. */
+ * Admission by estimated completion time. The scheduler keeps a running
+ * estimate of the device's cost per row (seconds per row of a batch at least
+ * half full) and of RK45's evaluations per image; a job's work is
+ * images x (evaluations + 1) rows (fixed-step solvers: steps x stages). A job
+ * with a deadline is refused at once (SUBMIT_LATE, with the seconds after
+ * which a retry would fit) when the rows admitted before it plus its own,
+ * at the estimated cost, would end past 90% of its deadline; so admitted work
+ * finishes. With nothing queued a job is always admitted. The queue is also
+ * bounded by images: a submission that would take the images queued or in
+ * flight past max_queue is refused (SUBMIT_FULL). When the device is idle,
+ * the scheduler waits up to max_wait_ms after the first arrival so that a
+ * burst of requests starts in one batch. */
 #ifndef SERVE_BATCHER_H
 #define SERVE_BATCHER_H
 
@@ -71,11 +84,16 @@ struct job {
     char message[256];
     double t_submit; /* set by batcher_submit */
     double t_first;  /* first evaluation; 0 if it never ran */
+    double retry_after_s; /* SUBMIT_LATE: when a retry would fit, from now */
+    double est_s;         /* SUBMIT_LATE: estimated seconds to finish it after the admitted work */
 
     /* Scheduler-private. */
     atomic_int cancel_requested;
     vapo_traj **traj;
     unsigned char *stage; /* per row: 0 needs F or phi, 1 needs phi of the final state, 2 done */
+    unsigned char *taken; /* per row: in the batch being gathered */
+    double work_est;      /* rows of evaluation the job was estimated to take */
+    double work_done;     /* rows evaluated for it so far */
     int remaining, cursor;
     job *next;
 };
@@ -112,8 +130,10 @@ int batcher_load_state(batcher *b, char *err, size_t len);
 /* The model description, or NULL before it is loaded. */
 const model_info *batcher_model(batcher *b);
 
-typedef enum { SUBMIT_OK, SUBMIT_FULL, SUBMIT_NOT_READY, SUBMIT_SHUTTING_DOWN } submit_result;
-/* Queues a job; on SUBMIT_OK the scheduler owns it until it calls done(). */
+typedef enum { SUBMIT_OK, SUBMIT_FULL, SUBMIT_LATE, SUBMIT_NOT_READY, SUBMIT_SHUTTING_DOWN } submit_result;
+/* Queues a job; on SUBMIT_OK the scheduler owns it until it calls done().
+ * SUBMIT_LATE: it would not finish before its deadline after the work
+ * already admitted (j->retry_after_s, j->est_s say when and why). */
 submit_result batcher_submit(batcher *b, job *j);
 /* Asks for a job to stop; done() follows within one iteration (status
  * JOB_CANCELLED, unless it finished first). Only valid before done() ran. */

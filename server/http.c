@@ -601,8 +601,8 @@ static enum MHD_Result dispatch(http_request *rq)
     if (res != SUBMIT_OK) {
         rq->work = NULL;
         pthread_mutex_unlock(&rq->mu);
+        routes_submit_error(s->app, res, j, &r);
         route_work_free(w);
-        routes_submit_error(s->app, res, &r);
         return send_reply(rq, &r);
     }
     rq->state = RQ_WAITING;

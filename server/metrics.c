@@ -39,8 +39,9 @@ struct metrics {
     int nreq;
     duration_series dur[16];
     int ndur;
-    long long rejected_full, rejected_not_ready, rejected_shutdown, rejected_slow;
+    long long rejected_full, rejected_not_ready, rejected_shutdown, rejected_slow, rejected_deadline;
     int queue_images, queue_requests;
+    double sec_per_row, backlog_rows;
     histogram wait, batch;
     long long calls, rows, nfe, generated, scored, cancelled;
     double busy_total;
@@ -131,6 +132,8 @@ void metrics_rejected(metrics *mx, const char *reason)
         mx->rejected_not_ready++;
     else if (!strcmp(reason, "request_timeout"))
         mx->rejected_slow++;
+    else if (!strcmp(reason, "deadline"))
+        mx->rejected_deadline++;
     else
         mx->rejected_shutdown++;
     pthread_mutex_unlock(&mx->mu);
@@ -140,6 +143,13 @@ void metrics_queue(metrics *mx, int images, int requests)
 {
     pthread_mutex_lock(&mx->mu);
     mx->queue_images = images, mx->queue_requests = requests;
+    pthread_mutex_unlock(&mx->mu);
+}
+
+void metrics_admission(metrics *mx, double sec_per_row, double backlog_rows)
+{
+    pthread_mutex_lock(&mx->mu);
+    mx->sec_per_row = sec_per_row, mx->backlog_rows = backlog_rows;
     pthread_mutex_unlock(&mx->mu);
 }
 
@@ -279,6 +289,11 @@ char *metrics_render(metrics *mx, size_t *len)
     put(&t, "vapo_requests_rejected_total{reason=\"not_ready\"} %lld\n", mx->rejected_not_ready);
     put(&t, "vapo_requests_rejected_total{reason=\"shutting_down\"} %lld\n", mx->rejected_shutdown);
     put(&t, "vapo_requests_rejected_total{reason=\"request_timeout\"} %lld\n", mx->rejected_slow);
+    put(&t, "vapo_requests_rejected_total{reason=\"deadline\"} %lld\n", mx->rejected_deadline);
+    header(&t, "vapo_admission_seconds_per_row", "gauge", "Estimated device seconds per batch row (admission).");
+    put(&t, "vapo_admission_seconds_per_row %.9g\n", mx->sec_per_row);
+    header(&t, "vapo_admission_backlog_rows", "gauge", "Rows of admitted work not yet evaluated (estimate).");
+    put(&t, "vapo_admission_backlog_rows %.0f\n", mx->backlog_rows);
     header(&t, "vapo_queue_images", "gauge", "Images (trajectories and energy inputs) queued or in flight.");
     put(&t, "vapo_queue_images %d\n", mx->queue_images);
     header(&t, "vapo_queue_requests", "gauge", "Requests queued or in flight in the scheduler.");

@@ -13,12 +13,15 @@ void metrics_free(metrics *mx);
 /* A finished HTTP request: route is one of the server's routes or "other". */
 void metrics_request(metrics *mx, const char *route, int status, double seconds);
 /* A request refused before it queued: reason "queue_full", "not_ready", "shutting_down",
- * or "request_timeout" (a connection that did not deliver a whole request in time). */
+ * "deadline" (it would not finish in time after the admitted work), or
+ * "request_timeout" (a connection that did not deliver a whole request in time). */
 void metrics_rejected(metrics *mx, const char *reason);
 
 /* Scheduler side. */
 void metrics_queue(metrics *mx, int images, int requests);
 void metrics_queue_wait(metrics *mx, double seconds);
+/* The admission estimates (batcher.h): seconds per row, rows admitted and not evaluated. */
+void metrics_admission(metrics *mx, double sec_per_row, double backlog_rows);
 /* One batched model call of `rows` rows, `nfe` of them ODE evaluations,
  * busy from t0 to t1 (monotonic seconds). */
 void metrics_batch(metrics *mx, int rows, int nfe, double t0, double t1);

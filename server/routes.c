@@ -772,9 +772,18 @@ size_t routes_body_limit(app *a, const route *r, const char *content_type)
     return limit < cap ? limit : cap;
 }
 
-void routes_submit_error(app *a, submit_result res, reply *out)
+void routes_submit_error(app *a, submit_result res, const job *j, reply *out)
 {
+    char retry[32];
     switch (res) {
+    case SUBMIT_LATE: /* an honest Retry-After: when the work ahead leaves room for it */
+        metrics_rejected(a->mx, "deadline");
+        reply_error(out, 503, "overloaded",
+                    "the server cannot finish this request before its deadline (%.0f s): about %.0f s of work "
+                    "would be ahead of its end; retry in %.0f s", a->cfg->timeout_s, j->est_s, j->retry_after_s);
+        snprintf(retry, sizeof retry, "%.0f", j->retry_after_s);
+        reply_header(out, "Retry-After", retry);
+        break;
     case SUBMIT_FULL:
         metrics_rejected(a->mx, "queue_full");
         reply_error(out, 503, "overloaded", "the queue is full (%d images); retry later", a->cfg->max_queue);

@@ -70,6 +70,6 @@ size_t routes_body_limit(app *a, const route *r, const char *content_type);
 long long route_work_nfe(const route_work *w);
 
 /* Fills *out with the error for a refused submission. */
-void routes_submit_error(app *a, submit_result res, reply *out);
+void routes_submit_error(app *a, submit_result res, const job *j, reply *out);
 
 #endif

@@ -8,7 +8,7 @@ if(TARGET vapo-serve AND EXISTS /usr/bin/python3)
       --make-model $<TARGET_FILE:make-test-model>
       --openapi ${CMAKE_SOURCE_DIR}/openapi/openapi.yaml
       --artefacts ${CMAKE_BINARY_DIR}/test-artefacts)
-  foreach(name server_api server_load server_shutdown server_page server_security server_slow)
+  foreach(name server_api server_load server_goodput server_shutdown server_page server_security server_slow)
     add_test(NAME ${name}
              COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/${name}.py ${VAPO_SERVER_TEST_ARGS}
              WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
@@ -20,6 +20,8 @@ if(TARGET vapo-serve AND EXISTS /usr/bin/python3)
                    $<$<TARGET_EXISTS:vapo-sample>:--sample> $<$<TARGET_EXISTS:vapo-sample>:$<TARGET_FILE:vapo-sample>>
            WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
   set_tests_properties(server_invariance PROPERTIES TIMEOUT 300 LABELS server ENVIRONMENT "OMP_WAIT_POLICY=passive")
+  # timed against the server's own speed estimate: alone, so no other test changes the speed mid-run
+  set_tests_properties(server_goodput PROPERTIES RUN_SERIAL TRUE ENVIRONMENT "OMP_WAIT_POLICY=passive")
 elseif(NOT TARGET vapo-serve)
   message(STATUS "vapo: ✗ vapo-serve not built: the server tests are not run")
 endif()

@@ -500,6 +500,38 @@ static void test_first_step(void)
     }
 }
 
+/* Runs one trajectory to its end with ask/tell and returns why it stopped. */
+static vapo_ode_failure run_traj(const vapo_ode_config *c, int dim, const float *x0, vapo_field_fn f)
+{
+    field_ctx fc = {.dim = dim};
+    float out[3];
+    vapo_traj *tr = vapo_traj_create(c, dim, x0);
+    const float *q;
+    while (tr && (q = vapo_traj_query(tr)) != NULL) {
+        f(&fc, 1, q, out);
+        vapo_traj_tell(tr, out);
+    }
+    vapo_ode_failure why = vapo_traj_failure(tr);
+    CHECK(tr && (why == VAPO_ODE_OK) == !vapo_traj_failed(tr), "failure %d vs failed %d", why, vapo_traj_failed(tr));
+    vapo_traj_free(tr);
+    return why;
+}
+
+/* Failures come back as an enum (the server acts on it), not only as text. */
+static void test_failure_kinds(void)
+{
+    vapo_ode_config c = vapo_ode_config_default();
+    const float x0[3] = {1.0f, 0.0f, 20.0f};
+    CHECK(run_traj(&c, 3, x0, field_osc) == VAPO_ODE_OK, "the oscillator finishes");
+    c.max_nfe = 20;
+    CHECK(run_traj(&c, 3, x0, field_osc) == VAPO_ODE_MAX_NFE, "max_nfe 20 on the fast oscillator");
+    c = vapo_ode_config_default();
+    CHECK(run_traj(&c, 3, x0, field_nan) == VAPO_ODE_NONFINITE, "rk45 on a NaN field");
+    c = fixed_config(VAPO_ODE_HEUN, 10, 1.0);
+    CHECK(run_traj(&c, 3, x0, field_nan) == VAPO_ODE_NONFINITE, "heun on a NaN field");
+    CHECK(vapo_traj_failure(NULL) == VAPO_ODE_OK, "no trajectory, no failure");
+}
+
 static int cancel_at_3(void *ctx, const vapo_ode_progress *p)
 {
     int *seen = ctx;
@@ -633,6 +665,7 @@ int main(void)
     test_ask_tell_matches_solve();
     test_first_step();
     test_failures_and_progress();
+    test_failure_kinds();
     write_scipy_cases();
     if (test_failures) {
         printf("test_ode: %d check(s) failed\n", test_failures);

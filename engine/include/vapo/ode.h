@@ -80,7 +80,18 @@ const float *vapo_traj_query(const vapo_traj *tr);
  * vapo_traj_error(). */
 int vapo_traj_tell(vapo_traj *tr, const float *f);
 
+/* Why a trajectory failed, for callers that act on it (the server answers
+ * 422 for the settings' faults, 500 for the model's); vapo_traj_error says it
+ * in words. */
+typedef enum {
+    VAPO_ODE_OK = 0,
+    VAPO_ODE_MAX_NFE,   /* max_nfe evaluations before t_end */
+    VAPO_ODE_TOO_STIFF, /* rk45: the step shrank below the smallest step */
+    VAPO_ODE_NONFINITE, /* F not finite (rk45: at the start; fixed step: anywhere) */
+} vapo_ode_failure;
+
 int vapo_traj_done(const vapo_traj *tr);   /* 1 once finished or failed */
+vapo_ode_failure vapo_traj_failure(const vapo_traj *tr); /* VAPO_ODE_OK unless failed */
 int vapo_traj_failed(const vapo_traj *tr); /* 1 if it stopped before t_end */
 const char *vapo_traj_error(const vapo_traj *tr); /* why it failed, "" if not */
 int vapo_traj_nfe(const vapo_traj *tr);    /* evaluations told so far */

@@ -132,10 +132,12 @@ static double job_rows_estimate(const batcher *b, const job *j)
 
 /* SUBMIT_LATE when the work admitted before j and j's own would end past
  * ADMIT_SAFETY of its deadline at the measured rate (under mu). With nothing
- * admitted, or no rate measured yet, j is admitted: the deadline still holds. */
+ * admitted, or no rate measured yet, j is admitted: the deadline still holds.
+ * /energy jobs go ahead of the generate work (gather), so they are not
+ * behind the backlog and always admitted. */
 static submit_result admit_by_deadline(batcher *b, job *j)
 {
-    if (j->deadline <= 0 || b->backlog_rows <= 0 || b->sec_per_row <= 0)
+    if (j->kind == JOB_ENERGY || j->deadline <= 0 || b->backlog_rows <= 0 || b->sec_per_row <= 0)
         return SUBMIT_OK;
     const double ahead = b->backlog_rows * b->sec_per_row, finish = ahead + j->work_est * b->sec_per_row;
     const double avail = ADMIT_SAFETY * (j->deadline - clock_now());

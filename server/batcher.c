@@ -263,6 +263,8 @@ static void job_end(batcher *b, job *j, job_status status, const char *message)
     b->backlog_rows = fmax(0.0, b->backlog_rows - fmax(0.0, j->work_est - j->work_done));
     b->queued_images -= j->n;
     b->jobs_in_flight--;
+    if (b->jobs_in_flight == 0) /* nothing admitted: no estimate's residue may refuse the next */
+        b->backlog_rows = 0;
     metrics_queue(b->mx, b->queued_images, b->jobs_in_flight);
     pthread_cond_broadcast(&b->idle);
     pthread_mutex_unlock(&b->mu);

@@ -234,7 +234,10 @@ def main():
             c = Client(port)
             k = 0
             while not stop.is_set():
-                c.post("/generate", {"seed": 50_000 + 1000 * i + k, "n": 4, **extra})
+                try:
+                    c.post("/generate", {"seed": 50_000 + 1000 * i + k, "n": 4, **extra})
+                except RuntimeError:  # 503 under the load it makes: back off a little
+                    time.sleep(0.5)
                 k += 1
 
         loaders = [threading.Thread(target=loader, args=(i,)) for i in range(16)]

@@ -205,7 +205,7 @@ struct vapo_backend {
     void (*destroy)(vapo_backend *be);
 };
 
-/* The CPU backend (OpenBLAS GEMMs, OpenMP loops); threads <= 0 means all cores. */
+/* The CPU backend (direct convolution kernels, BLIS for the rest, OpenMP loops); threads <= 0 means all cores. */
 vapo_backend *vapo_backend_cpu(int threads);
 
 /* The CUDA backend on device `device`, or NULL (with vapo_last_error set)

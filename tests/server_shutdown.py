@@ -113,9 +113,9 @@ print(f"drain with work in flight: exited {took:.2f} s after SIGTERM")
 
 # ---- work past the grace period is cancelled ----------------------------------------------------------
 
-srv = Server(args.serve, model, "--grace-s", "0.3", "--max-batch", "4")
+srv = Server(args.serve, model, "--grace-s", "0.3", "--max-batch", "4", "--max-steps", "5000", "--max-nfe", "20000")
 out = {}
-t = in_background(srv, {"seed": 9, "n": 4, "format": "json", "solver": "rk4", "steps": 500}, out)
+t = in_background(srv, {"seed": 9, "n": 4, "format": "json", "solver": "rk4", "steps": 5000}, out)  # seconds, far past 0.3 s
 check(wait_for(lambda: srv.metrics()["vapo_queue_images"] == 4, 5), "the long request is running")
 t0 = time.time()
 srv.proc.send_signal(signal.SIGTERM)

@@ -74,18 +74,6 @@ static float hsum_lanes(float *t, int n)
 #define PV_F 6
 #define COB_W 3
 #include "conv_cpu_isa.h"
-#undef ISA_TARGET
-#undef ISA_NAME
-#undef V
-#undef VW
-#undef VLOAD
-#undef VSTORE
-#undef VZERO
-#undef VSET1
-#undef VFMA
-#undef COB_F
-#undef PV_F
-#undef COB_W
 
 #define ISA_TARGET "avx2,fma"
 #define ISA_NAME(x) x##_avx2
@@ -100,18 +88,6 @@ static float hsum_lanes(float *t, int n)
 #define PV_F 2
 #define COB_W 1
 #include "conv_cpu_isa.h"
-#undef ISA_TARGET
-#undef ISA_NAME
-#undef V
-#undef VW
-#undef VLOAD
-#undef VSTORE
-#undef VZERO
-#undef VSET1
-#undef VFMA
-#undef COB_F
-#undef PV_F
-#undef COB_W
 
 /* Every x86-64 CPU: SSE2, no FMA (a multiply and an add, rounded twice). */
 #define ISA_TARGET "sse2"

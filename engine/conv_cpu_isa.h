@@ -124,3 +124,16 @@ ISA_FN void ISA_NAME(wgrad_task)(const conv3_geom *g, const float *dyg, size_t d
 
 #undef ISA_FN
 #undef ISA_INLINE
+/* the parameters of this instance, so that the next one can set its own */
+#undef ISA_TARGET
+#undef ISA_NAME
+#undef V
+#undef VW
+#undef VLOAD
+#undef VSTORE
+#undef VZERO
+#undef VSET1
+#undef VFMA
+#undef COB_F
+#undef PV_F
+#undef COB_W

@@ -4,7 +4,7 @@
 #include <jansson.h>
 
 #include "vapo/error.h"
-#include "vapo/net.h"
+#include "vapo/arch.h"
 
 typedef struct {
     const char *name;

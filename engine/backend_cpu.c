@@ -348,6 +348,30 @@ static void cpu_avgpool2_backward(vapo_backend *be, size_t planes, int h, int w,
             }
 }
 
+static void cpu_upsample2_forward(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x)
+{
+    (void)be;
+    const int wo = 2 * w;
+    #pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < planes; p++)
+        for (int i = 0; i < 2 * h; i++)
+            for (int j = 0; j < wo; j++)
+                y[p * 4 * h * w + (size_t)i * wo + j] = x[p * h * w + (size_t)(i / 2) * w + j / 2];
+}
+
+static void cpu_upsample2_backward(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy)
+{
+    (void)be;
+    const int wo = 2 * w;
+    #pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < planes; p++)
+        for (int i = 0; i < h; i++)
+            for (int j = 0; j < w; j++) {
+                const float *r0 = dy + p * 4 * h * w + (size_t)(2 * i) * wo + 2 * j, *r1 = r0 + wo;
+                dx[p * h * w + (size_t)i * w + j] = r0[0] + r0[1] + r1[0] + r1[1];
+            }
+}
+
 static void cpu_rowsum_forward(vapo_backend *be, size_t rows, size_t len, float *y, const float *x)
 {
     (void)be;
@@ -526,6 +550,8 @@ vapo_backend *vapo_backend_cpu(int threads)
         .act_dual_backward = cpu_act_dual_backward,
         .avgpool2_forward = cpu_avgpool2_forward,
         .avgpool2_backward = cpu_avgpool2_backward,
+        .upsample2_forward = cpu_upsample2_forward,
+        .upsample2_backward = cpu_upsample2_backward,
         .rowsum_forward = cpu_rowsum_forward,
         .rowsum_backward = cpu_rowsum_backward,
         .scale_forward = cpu_scale_forward,

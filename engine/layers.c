@@ -62,6 +62,16 @@ void vapo_pool_bwd(vapo_backend *be, size_t planes, int h, int w, float *dx, con
     be->avgpool2_backward(be, planes, h, w, dx, dy);
 }
 
+void vapo_upsample_fwd(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x)
+{
+    be->upsample2_forward(be, planes, h, w, y, x);
+}
+
+void vapo_upsample_bwd(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy)
+{
+    be->upsample2_backward(be, planes, h, w, dx, dy);
+}
+
 void vapo_sum_fwd(vapo_backend *be, size_t planes, size_t hw, float *y, const float *x)
 {
     be->rowsum_forward(be, planes, hw, y, x);

@@ -292,6 +292,8 @@ extern "C" vapo_backend *vapo_backend_cuda(int device)
     cb->base.act_dual_backward = cuda_act_dual_backward;
     cb->base.avgpool2_forward = cuda_avgpool2_forward;
     cb->base.avgpool2_backward = cuda_avgpool2_backward;
+    cb->base.upsample2_forward = cuda_upsample2_forward;
+    cb->base.upsample2_backward = cuda_upsample2_backward;
     cb->base.rowsum_forward = cuda_rowsum_forward;
     cb->base.rowsum_backward = cuda_rowsum_backward;
     cb->base.scale_forward = cuda_scale_forward;

@@ -150,6 +150,8 @@ void cuda_scale_forward(vapo_backend *be, int c, size_t n, float *y, const float
 /* pool.cu */
 void cuda_avgpool2_forward(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x);
 void cuda_avgpool2_backward(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy);
+void cuda_upsample2_forward(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x);
+void cuda_upsample2_backward(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy);
 
 /* reduce.cu */
 void cuda_rowsum_forward(vapo_backend *be, size_t rows, size_t len, float *y, const float *x);

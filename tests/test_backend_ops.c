@@ -824,6 +824,75 @@ static double run_avgpool2_backward(vapo_backend *be, const op_case *c, float *c
     return 0.0;
 }
 
+static double naive_upsample2_forward(const op_case *c, float *const *ref)
+{
+    const int h = c->h, w = c->w;
+    for (size_t p = 0; p < c->rows; p++)
+        for (int i = 0; i < 2 * h; i++)
+            for (int j = 0; j < 2 * w; j++)
+                ref[0][(p * 2 * h + i) * 2 * w + j] = c->in[0][(p * h + i / 2) * w + j / 2];
+    return 0.0;
+}
+
+static double naive_upsample2_backward(const op_case *c, float *const *ref)
+{
+    const int h = c->h, w = c->w;
+    for (size_t p = 0; p < c->rows; p++)
+        for (int i = 0; i < h; i++)
+            for (int j = 0; j < w; j++) {
+                double acc = 0.0;
+                for (int di = 0; di < 2; di++)
+                    for (int dj = 0; dj < 2; dj++)
+                        acc += c->in[0][(p * 2 * h + 2 * i + di) * 2 * w + 2 * j + dj];
+                ref[0][(p * h + i) * w + j] = (float)acc;
+            }
+    return 0.0;
+}
+
+static double run_upsample2_forward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->upsample2_forward(be, c->rows, c->h, c->w, out[0], in[0]);
+    return 0.0;
+}
+
+static double run_upsample2_backward(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    be->upsample2_backward(be, c->rows, c->h, c->w, out[0], in[0]);
+    return 0.0;
+}
+
+/* Upsampling is a copy (exact); its adjoint sums four values (pooling's tolerance). */
+static void upsample_cases(void)
+{
+    static const struct {
+        size_t planes;
+        int h, w;
+    } shapes[] = {{6, 5, 7}, {40, 7, 7}, {3, 1, 1}, {70000, 2, 3}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const size_t planes = shapes[t].planes;
+        const int h = shapes[t].h, w = shapes[t].w;
+        const size_t nx = planes * h * w, ny = 4 * nx;
+
+        op_case c = new_case("upsample2_forward", TOL_EXACT, run_upsample2_forward, naive_upsample2_forward);
+        c.rows = planes;
+        c.h = h;
+        c.w = w;
+        snprintf(c.shape, sizeof c.shape, "planes=%zu %dx%d", planes, h, w);
+        add_in(&c, randn(nx, 1.0f), nx);
+        add_out(&c, "y", NULL, ny);
+        run_case(&c);
+
+        c = new_case("upsample2_backward", TOL_ELEM, run_upsample2_backward, naive_upsample2_backward);
+        c.rows = planes;
+        c.h = h;
+        c.w = w;
+        snprintf(c.shape, sizeof c.shape, "planes=%zu %dx%d", planes, h, w);
+        add_in(&c, randn(ny, 1.0f), ny);
+        add_out(&c, "dx", NULL, nx);
+        run_case(&c);
+    }
+}
+
 static void pool_cases(void)
 {
     static const struct {
@@ -1712,6 +1781,7 @@ int main(void)
     act_cases();
     exp_cases();
     pool_cases();
+    upsample_cases();
     row_cases();
     vector_cases();
     weightnorm_cases();

@@ -105,6 +105,29 @@ static void pool_dual(const layer *l, const float *x, const float *xd, const flo
     pool_bwd(l, x, dyd, p, dxd);
 }
 
+static void up_fwd(const layer *l, const float *x, const float *p, float *y)
+{
+    (void)p;
+    vapo_upsample_fwd(l->be, l->c, l->h, l->w, y, x);
+}
+static void up_tan(const layer *l, const float *x, const float *xd, const float *p, float *yd)
+{
+    (void)x;
+    up_fwd(l, xd, p, yd);
+}
+static void up_bwd(const layer *l, const float *x, const float *dy, const float *p, float *dx)
+{
+    (void)x, (void)p;
+    vapo_upsample_bwd(l->be, l->c, l->h, l->w, dx, dy);
+}
+static void up_dual(const layer *l, const float *x, const float *xd, const float *dy, const float *dyd,
+                    const float *p, float *dx, float *dxd, float *dp)
+{
+    (void)xd, (void)dp;
+    up_bwd(l, x, dy, p, dx);
+    up_bwd(l, x, dyd, p, dxd);
+}
+
 static void sum_fwd(const layer *l, const float *x, const float *p, float *y)
 {
     (void)p;
@@ -293,6 +316,8 @@ int main(void)
                           .fwd = pool_fwd, .tan = pool_tan, .bwd = pool_bwd, .dual = pool_dual};
     layers[n++] = (layer){.name = "avgpool2 odd 5x7", .be = be, .c = 4, .h = 5, .w = 7, .nx = 140, .ny = 24,
                           .fwd = pool_fwd, .tan = pool_tan, .bwd = pool_bwd, .dual = pool_dual};
+    layers[n++] = (layer){.name = "upsample2 3x(7x5)", .be = be, .c = 3, .h = 7, .w = 5, .nx = 105, .ny = 420,
+                          .fwd = up_fwd, .tan = up_tan, .bwd = up_bwd, .dual = up_dual};
     layers[n++] = (layer){.name = "spatial sum 5x(4x3)", .be = be, .c = 5, .h = 4, .w = 3, .nx = 60, .ny = 5,
                           .fwd = sum_fwd, .tan = sum_tan, .bwd = sum_bwd, .dual = sum_dual};
     layers[n++] = (layer){.name = "channel scale 4x30", .be = be, .c = 4, .n = 30, .nx = 120, .ny = 120, .np = 4,

@@ -11,7 +11,7 @@
  *
  * Batch invariance (the contract every backend keeps). In the passes that
  * sampling and scoring use -- conv_forward (forward and tangent),
- * conv_backward_data, the activations, pooling, rowsum, scale_forward, axpy,
+ * conv_backward_data, the activations, pooling, upsampling, rowsum, scale_forward, axpy,
  * add, the transposes, the rk_* ops, and scale_backward_param per row (the
  * network's |x|^2 sums one (channel, image) row each) -- the result for one
  * image (one column block of CNHW, one row of NCHW) is bit-identical
@@ -127,6 +127,10 @@ struct vapo_backend {
     /* 2x2 average pooling of `planes` planes of h x w (floor for odd sizes). */
     void (*avgpool2_forward)(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x);
     void (*avgpool2_backward)(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy);
+    /* nearest-neighbour 2x upsampling of `planes` planes of h x w to 2h x 2w
+     * (each value copied to its 2x2 block), and its adjoint: the 2x2 block sums. */
+    void (*upsample2_forward)(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x);
+    void (*upsample2_backward)(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy);
 
     /* sum over the `len` contiguous elements of each of `rows` rows, and its
      * adjoint (broadcast). Spatial sum pooling is rows = C*batch, len = h*w. */

@@ -33,6 +33,12 @@ void vapo_scale_dual(vapo_backend *be, int c, size_t n, float *dx, float *dxdot,
 void vapo_pool_fwd(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x);
 void vapo_pool_bwd(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy);
 
+/* Nearest 2x upsampling of c*batch planes of h x w to 2h x 2w, and its
+ * adjoint (2x2 block sums). Linear and exact (a copy), hence batch invariant;
+ * the U-Net's decoder uses it. */
+void vapo_upsample_fwd(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x);
+void vapo_upsample_bwd(vapo_backend *be, size_t planes, int h, int w, float *dx, const float *dy);
+
 /* Spatial sum pooling: C x (batch*hw) -> C x batch. Linear, like pooling. */
 void vapo_sum_fwd(vapo_backend *be, size_t planes, size_t hw, float *y, const float *x);
 void vapo_sum_bwd(vapo_backend *be, size_t planes, size_t hw, float *dx, const float *dy);

@@ -1,4 +1,5 @@
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vapo/backend.h"
@@ -13,22 +14,43 @@ vapo_backend *vapo_backend_cuda(int device)
 }
 #endif
 
-vapo_backend *vapo_backend_open(const char *name, int threads)
+int vapo_device_parse(const char *name, int *device)
 {
     if (!name || !strcmp(name, "auto")) {
-        vapo_backend *be = vapo_backend_cuda(0);
-        if (be)
-            return be;
-        fprintf(stderr, "vapo: no usable CUDA device (%s); using the CPU backend\n", vapo_last_error());
-        return vapo_backend_cpu(threads);
+        *device = VAPO_DEVICE_AUTO;
+        return 0;
     }
-    if (!strcmp(name, "cpu"))
+    if (!strcmp(name, "cpu")) {
+        *device = VAPO_DEVICE_CPU;
+        return 0;
+    }
+    if (!strcmp(name, "cuda")) {
+        *device = 0;
+        return 0;
+    }
+    /* cuda:N with N plain decimal digits (no sign, space or hex) */
+    const char *n = !strncmp(name, "cuda:", 5) ? name + 5 : "";
+    size_t digits = strspn(n, "0123456789");
+    if (digits > 0 && digits <= 4 && !n[digits]) {
+        *device = atoi(n);
+        return 0;
+    }
+    return vapo_fail("unknown device '%s' (expected cpu, cuda, cuda:N or auto)", name);
+}
+
+vapo_backend *vapo_backend_open(const char *name, int threads)
+{
+    int device = 0;
+    if (vapo_device_parse(name, &device))
+        return NULL;
+    if (device == VAPO_DEVICE_CPU)
         return vapo_backend_cpu(threads);
-    if (!strcmp(name, "cuda"))
-        return vapo_backend_cuda(0);
-    int device, end = 0;
-    if (sscanf(name, "cuda:%d%n", &device, &end) == 1 && !name[end] && device >= 0)
-        return vapo_backend_cuda(device);
-    vapo_fail("unknown device '%s' (expected cpu, cuda, cuda:N or auto)", name);
-    return NULL;
+    vapo_backend *be = vapo_backend_cuda(device == VAPO_DEVICE_AUTO ? 0 : device);
+    if (be || device != VAPO_DEVICE_AUTO) {
+        if (!be)
+            vapo_fail("cannot open device '%s': %s", name, vapo_last_error());
+        return be;
+    }
+    fprintf(stderr, "vapo: no usable CUDA device (%s); using the CPU backend\n", vapo_last_error());
+    return vapo_backend_cpu(threads);
 }

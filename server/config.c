@@ -1,6 +1,7 @@
 #include "config.h"
 
-#include <errno.h>
+#include <stddef.h>
+
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,95 +13,9 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include "opt.h"
+
 #define DEFAULT_MODEL "models/fmnist-small.safetensors"
-
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: vapo-serve [options] [MODEL.safetensors]\n"
-            "\n"
-            "Serves a VAPO energy model over HTTP: POST /generate, /interpolate, /energy;\n"
-            "GET /healthz, /readyz, /metrics, /v1/model, /openapi.yaml and a page at /.\n"
-            "MODEL defaults to $VAPO_MODEL, else " DEFAULT_MODEL " in the current\n"
-            "folder, else ../models/ next to the executable.\n"
-            "\n"
-            "network:\n"
-            "  --host H             address to bind (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
-            "  --port P             TCP port (default 8080; 0 picks a free one)\n"
-            "  --api-key KEY        require 'Authorization: Bearer KEY' on every route but\n"
-            "                       /healthz and /readyz (default: $VAPO_API_KEY; with neither,\n"
-            "                       a --host beyond loopback gets a random key, printed once at start)\n"
-            "  --insecure-no-auth   serve beyond loopback without a key (default off)\n"
-            "  --metrics-key KEY    a second key that opens GET /metrics only (default: $VAPO_METRICS_KEY)\n"
-            "  --metrics-open       GET /metrics needs no key, e.g. for a Prometheus scrape (default off)\n"
-            "  --allowed-hosts LIST without a key, requests must name the server by an IP address,\n"
-            "                       localhost or one of these comma-separated Host names ('*' for\n"
-            "                       any); stops DNS rebinding (default: $VAPO_ALLOWED_HOSTS, else none)\n"
-            "  --cors ORIGIN        allow cross-origin requests from ORIGIN ('*' for any; default off)\n"
-            "  --max-connections N  concurrent connections (default 256)\n"
-            "  --max-connections-per-ip N  concurrent connections from one address (default 64;\n"
-            "                       0 = no limit; raise it behind a proxy that connects for everyone)\n"
-            "  --conn-timeout-s N   close a connection idle for N seconds (default 30)\n"
-            "  --request-timeout-s N  close a connection that has not delivered a whole request\n"
-            "                       (headers and body) N seconds after it opened or after its\n"
-            "                       previous reply (default 20)\n"
-            "  --http-threads N     HTTP worker threads (default 4)\n"
-            "  --max-body-bytes N   largest request body on any route (default 8388608); each route\n"
-            "                       also has its own: 8 KiB of JSON for /generate and /interpolate,\n"
-            "                       --max-images model-sized PNGs for /energy\n"
-            "device and scheduler:\n"
-            "  --device D           cpu, cuda or auto (default auto: CUDA when usable)\n"
-            "  --threads N          CPU backend threads (default 0 = all cores)\n"
-            "  --max-batch N        rows per batched model call (default 64)\n"
-            "  --max-queue N        images queued or running before new work gets 503 (default 1024)\n"
-            "  --max-wait-ms N      when the device is idle, wait up to N ms after a request arrives\n"
-            "                       for more to start in the same batch (default 0: work that\n"
-            "                       arrives later joins at the next evaluation anyway)\n"
-            "  --timeout-s S        deadline per request; 504 when exceeded (default 60)\n"
-            "  --grace-s S          on SIGTERM/SIGINT, time to finish in-flight work before\n"
-            "                       cancelling it (default 10)\n"
-            "request limits:\n"
-            "  --max-images N       images per request (default 64)\n"
-            "  --max-steps N        steps of the fixed-step solvers (default 1000)\n"
-            "  --max-nfe N          function evaluations per sample (default 2000)\n"
-            "other:\n"
-            "  --quiet              no per-request log lines\n"
-            "  --version            print the version\n"
-            "  -h, --help           this text\n"
-            "environment:\n"
-            "  VAPO_MODEL           the model file when MODEL is not given\n"
-            "  VAPO_API_KEY         the bearer token when --api-key is not given\n"
-            "  VAPO_METRICS_KEY     the metrics key when --metrics-key is not given\n"
-            "  VAPO_METRICS_OPEN=1  as --metrics-open\n"
-            "  VAPO_INSECURE_NO_AUTH=1  as --insecure-no-auth\n"
-            "  VAPO_ALLOWED_HOSTS   as --allowed-hosts\n");
-}
-
-static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "vapo-serve: %s expects an integer in %ld..%ld, got '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_double(const char *flag, const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "vapo-serve: %s expects a number in %g..%g, got '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
 
 /* The variable's value, or NULL when unset or empty. */
 static const char *env_string(const char *name)
@@ -116,123 +31,92 @@ static int env_flag(const char *name)
     return v && (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"));
 }
 
-typedef struct {
-    const char *name;
-    char kind; /* i: int, z: size, d: double, s: string, b: flag without a value */
-    void *dst;
-    double lo, hi;
-} option;
+#define F(field) offsetof(serve_config, field)
+static const opt_def table[] = {
+    OPT_HEADING("network:"),
+    OPT(OPT_STRING, "--host", "H", F(host), 0, 0, "127.0.0.1", "address to bind (0.0.0.0 or :: for all)"),
+    OPT(OPT_INT, "--port", "P", F(port), 0, 65535, "8080", "TCP port (0 picks a free one)"),
+    OPT(OPT_STRING, "--api-key", "KEY", F(api_key), 0, 0, NULL,
+        "require 'Authorization: Bearer KEY' on every route but /healthz and\n"
+        "/readyz (default: $VAPO_API_KEY; with neither, a --host beyond loopback\n"
+        "gets a random key, printed once at start)"),
+    OPT(OPT_FLAG, "--insecure-no-auth", NULL, F(insecure_no_auth), 0, 0, NULL, "serve beyond loopback without a key"),
+    OPT(OPT_STRING, "--metrics-key", "KEY", F(metrics_key), 0, 0, NULL,
+        "a second key that opens GET /metrics only (default: $VAPO_METRICS_KEY)"),
+    OPT(OPT_FLAG, "--metrics-open", NULL, F(metrics_open), 0, 0, NULL,
+        "GET /metrics needs no key, e.g. for a Prometheus scrape"),
+    OPT(OPT_STRING, "--allowed-hosts", "LIST", F(allowed_hosts), 0, 0, NULL,
+        "without a key, requests must name the server by an IP address,\n"
+        "localhost or one of these comma-separated Host names ('*' for any);\n"
+        "stops DNS rebinding (default: $VAPO_ALLOWED_HOSTS, else none)"),
+    OPT(OPT_STRING, "--cors", "ORIGIN", F(cors_origin), 0, 0, NULL,
+        "allow cross-origin requests from ORIGIN ('*' for any; default off)"),
+    OPT(OPT_INT, "--max-connections", "N", F(max_connections), 1, 1 << 20, "256", "concurrent connections"),
+    OPT(OPT_INT, "--max-connections-per-ip", "N", F(max_per_ip), 0, 1 << 20, "64",
+        "concurrent connections from one address (0: no limit; raise it behind\n"
+        "a proxy that connects for everyone)"),
+    OPT(OPT_INT, "--conn-timeout-s", "N", F(conn_timeout_s), 1, 86400, "30", "close a connection idle for N seconds"),
+    OPT(OPT_INT, "--request-timeout-s", "N", F(request_timeout_s), 1, 86400, "20",
+        "close a connection that has not delivered a whole request (headers and\n"
+        "body) N seconds after it opened or after its previous reply"),
+    OPT(OPT_INT, "--http-threads", "N", F(http_threads), 1, 256, "4", "HTTP worker threads"),
+    OPT(OPT_SIZE, "--max-body-bytes", "N", F(max_body_bytes), 1024, 1 << 30, "8388608",
+        "largest request body on any route; each route also has its own: 8 KiB\n"
+        "of JSON for /generate and /interpolate, --max-images model-sized PNGs\n"
+        "for /energy"),
+    OPT_HEADING("device and scheduler:"),
+    OPT_GROUP(F(dev), opt_device_group),
+    OPT(OPT_INT, "--max-batch", "N", F(max_batch), 1, 65536, "64", "rows per batched model call"),
+    OPT(OPT_INT, "--max-queue", "N", F(max_queue), 1, 1 << 24, "1024",
+        "images queued or running before new work gets 503"),
+    OPT(OPT_INT, "--max-wait-ms", "N", F(max_wait_ms), 0, 10000, "0",
+        "when the device is idle, wait up to N ms after a request arrives for\n"
+        "more to start in the same batch (0: work that arrives later joins at\n"
+        "the next evaluation anyway)"),
+    OPT(OPT_DOUBLE, "--timeout-s", "S", F(timeout_s), 0.001, 86400, "60", "deadline per request; 504 when exceeded"),
+    OPT(OPT_DOUBLE, "--grace-s", "S", F(grace_s), 0, 3600, "10",
+        "on SIGTERM/SIGINT, time to finish in-flight work before cancelling it"),
+    OPT_HEADING("request limits:"),
+    OPT(OPT_INT, "--max-images", "N", F(max_images), 1, 1 << 20, "64", "images per request"),
+    OPT(OPT_INT, "--max-steps", "N", F(max_steps), 1, 100000, "1000", "steps of the fixed-step solvers"),
+    OPT(OPT_INT, "--max-nfe", "N", F(max_nfe), 1, 1000000, "2000", "function evaluations per sample"),
+    OPT_HEADING("other:"),
+    OPT(OPT_FLAG, "--quiet", NULL, F(quiet), 0, 0, NULL, "no per-request log lines"),
+    OPT_TABLE_END};
+
+static const opt_spec spec = {
+    .prog = "vapo-serve",
+    .usage = "[options] [MODEL.safetensors]",
+    .about = "Serves a VAPO energy model over HTTP: POST /generate, /interpolate, /energy;\n"
+             "GET /healthz, /readyz, /metrics, /v1/model, /openapi.yaml and a page at /.\n"
+             "MODEL defaults to $VAPO_MODEL, else " DEFAULT_MODEL " in the current\n"
+             "folder, else ../models/ next to the executable.",
+    .table = table,
+    .footer = "environment:\n"
+              "  VAPO_MODEL           the model file when MODEL is not given\n"
+              "  VAPO_API_KEY         the bearer token when --api-key is not given\n"
+              "  VAPO_METRICS_KEY     the metrics key when --metrics-key is not given\n"
+              "  VAPO_METRICS_OPEN=1  as --metrics-open\n"
+              "  VAPO_INSECURE_NO_AUTH=1  as --insecure-no-auth\n"
+              "  VAPO_ALLOWED_HOSTS   as --allowed-hosts\n"
+              "Exit status: 0 ok, 1 failure (model, address), 2 bad command line.\n",
+    .version = "1.0.0",
+    .pos_name = "model",
+    .max_pos = 1,
+};
 
 int config_parse(int argc, char **argv, serve_config *cfg, int *exit_code)
 {
-    *cfg = (serve_config){
-        .host = "127.0.0.1", .port = 8080, .device = "auto", .threads = 0, .max_batch = 64,
-        .max_queue = 1024, .max_wait_ms = 0, .timeout_s = 60, .max_images = 64, .max_steps = 1000,
-        .max_nfe = 2000, .max_body_bytes = 8u << 20, .max_connections = 256, .max_per_ip = 64, .conn_timeout_s = 30,
-        .request_timeout_s = 20,
-        .http_threads = 4, .grace_s = 10,
-    };
-    const option options[] = {
-        {"--host", 's', &cfg->host, 0, 0},
-        {"--port", 'i', &cfg->port, 0, 65535},
-        {"--device", 's', &cfg->device, 0, 0},
-        {"--threads", 'i', &cfg->threads, 0, 1024},
-        {"--max-batch", 'i', &cfg->max_batch, 1, 65536},
-        {"--max-queue", 'i', &cfg->max_queue, 1, 1 << 24},
-        {"--max-wait-ms", 'i', &cfg->max_wait_ms, 0, 10000},
-        {"--timeout-s", 'd', &cfg->timeout_s, 0.001, 86400},
-        {"--grace-s", 'd', &cfg->grace_s, 0, 3600},
-        {"--max-images", 'i', &cfg->max_images, 1, 1 << 20},
-        {"--max-steps", 'i', &cfg->max_steps, 1, 100000},
-        {"--max-nfe", 'i', &cfg->max_nfe, 1, 1000000},
-        {"--max-body-bytes", 'z', &cfg->max_body_bytes, 1024, 1 << 30},
-        {"--max-connections", 'i', &cfg->max_connections, 1, 1 << 20},
-        {"--max-connections-per-ip", 'i', &cfg->max_per_ip, 0, 1 << 20},
-        {"--conn-timeout-s", 'i', &cfg->conn_timeout_s, 1, 86400},
-        {"--request-timeout-s", 'i', &cfg->request_timeout_s, 1, 86400},
-        {"--http-threads", 'i', &cfg->http_threads, 1, 256},
-        {"--api-key", 's', &cfg->api_key, 0, 0},
-        {"--cors", 's', &cfg->cors_origin, 0, 0},
-        {"--metrics-key", 's', &cfg->metrics_key, 0, 0},
-        {"--allowed-hosts", 's', &cfg->allowed_hosts, 0, 0},
-        {"--insecure-no-auth", 'b', &cfg->insecure_no_auth, 0, 0},
-        {"--metrics-open", 'b', &cfg->metrics_open, 0, 0},
-        {"--quiet", 'b', &cfg->quiet, 0, 0},
-    };
-    *exit_code = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 1;
-        }
-        if (!strcmp(a, "--version")) {
-            printf("vapo-serve 1.0.0\n");
-            return 1;
-        }
-        if (a[0] != '-' || !strcmp(a, "-")) {
-            if (cfg->model_arg) {
-                fprintf(stderr, "vapo-serve: more than one model given ('%s', '%s')\n", cfg->model_arg, a);
-                goto bad;
-            }
-            cfg->model_arg = a;
-            continue;
-        }
-        /* --flag VALUE or --flag=VALUE */
-        const char *eq = strchr(a, '=');
-        size_t name_len = eq ? (size_t)(eq - a) : strlen(a);
-        const option *opt = NULL;
-        for (size_t k = 0; k < sizeof options / sizeof options[0]; k++)
-            if (strlen(options[k].name) == name_len && !strncmp(options[k].name, a, name_len))
-                opt = &options[k];
-        if (!opt) {
-            fprintf(stderr, "vapo-serve: unknown option '%s' (see --help)\n", a);
-            goto bad;
-        }
-        if (opt->kind == 'b') {
-            if (eq) {
-                fprintf(stderr, "vapo-serve: %s takes no value\n", opt->name);
-                goto bad;
-            }
-            *(int *)opt->dst = 1;
-            continue;
-        }
-        const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-        if (!val) {
-            fprintf(stderr, "vapo-serve: %s needs a value\n", opt->name);
-            goto bad;
-        }
-        long l;
-        double d;
-        switch (opt->kind) {
-        case 'i':
-            if (parse_long(opt->name, val, (long)opt->lo, (long)opt->hi, &l))
-                goto bad;
-            *(int *)opt->dst = (int)l;
-            break;
-        case 'z':
-            if (parse_long(opt->name, val, (long)opt->lo, (long)opt->hi, &l))
-                goto bad;
-            *(size_t *)opt->dst = (size_t)l;
-            break;
-        case 'd':
-            if (parse_double(opt->name, val, opt->lo, opt->hi, &d))
-                goto bad;
-            *(double *)opt->dst = d;
-            break;
-        default:
-            *(const char **)opt->dst = val;
-        }
-    }
-    if (strcmp(cfg->device, "cpu") && strcmp(cfg->device, "cuda") && strcmp(cfg->device, "auto")) {
-        fprintf(stderr, "vapo-serve: --device expects cpu, cuda or auto, got '%s'\n", cfg->device);
-        goto bad;
-    }
-    if (cfg->max_images > cfg->max_queue) {
-        fprintf(stderr, "vapo-serve: --max-images (%d) must not exceed --max-queue (%d)\n", cfg->max_images,
-                cfg->max_queue);
-        goto bad;
-    }
+    *cfg = (serve_config){0};
+    opt_positionals pos = {0};
+    int rc = opt_parse(&spec, argc, argv, cfg, &pos);
+    cfg->model_arg = pos.n ? pos.v[0] : NULL;
+    free(pos.v);
+    if (rc == OPT_GO && cfg->max_images > cfg->max_queue)
+        rc = opt_usage_error("--max-images (%d) must not exceed --max-queue (%d)", cfg->max_images, cfg->max_queue);
+    *exit_code = rc == OPT_GO ? 0 : rc;
+    if (rc != OPT_GO)
+        return 1;
     if (cfg->api_key && !*cfg->api_key)
         cfg->api_key = NULL;
     cfg->api_key = cfg->api_key ? cfg->api_key : env_string("VAPO_API_KEY");
@@ -245,9 +129,6 @@ int config_parse(int argc, char **argv, serve_config *cfg, int *exit_code)
     if (cfg->cors_origin && !*cfg->cors_origin)
         cfg->cors_origin = NULL;
     return 0;
-bad:
-    *exit_code = 2;
-    return 1;
 }
 
 int config_host_is_loopback(const char *host)

@@ -1,15 +1,16 @@
-/* vapo-serve's command line: options, defaults, --help, and where the model
- * file comes from when none is given. */
+/* vapo-serve's command line: its option table (common/opt.h: defaults,
+ * --help, --config), and where the model file comes from when none is given. */
 #ifndef SERVE_CONFIG_H
 #define SERVE_CONFIG_H
 
 #include <stddef.h>
 
+#include "opt.h"
+
 typedef struct {
     const char *host;      /* 127.0.0.1 */
     int port;              /* 8080; 0 = any free port (printed at start) */
-    const char *device;    /* cpu | cuda | auto */
-    int threads;           /* CPU backend threads; 0 = all cores */
+    opt_device dev;        /* --device (auto), --threads (0 = all cores) */
     int max_batch;         /* rows per model call */
     int max_queue;         /* images queued or in flight before 503 */
     int max_wait_ms;       /* batching delay when the device is idle */

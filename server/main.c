@@ -108,8 +108,8 @@ int main(int argc, char **argv)
 
     metrics *mx = metrics_create(cfg.max_batch);
     batcher_config bc = {.model_path = model_path,
-                         .device = cfg.device,
-                         .threads = cfg.threads,
+                         .device = cfg.dev.device,
+                         .threads = cfg.dev.threads,
                          .max_batch = cfg.max_batch,
                          .max_queue = cfg.max_queue,
                          .max_wait_ms = cfg.max_wait_ms};
@@ -160,7 +160,7 @@ int main(int argc, char **argv)
              json_pack("{s:s, s:s, s:s, s:[i,i,i], s:I, s:s, s:i, s:i, s:i}", "model", model_path, "preset",
                        mi->preset, "backend", mi->backend, "shape", mi->c, mi->h, mi->w, "parameters",
                        (json_int_t)mi->params, "auth", cfg.api_key ? "bearer" : "none", "max_batch", cfg.max_batch,
-                       "max_queue", cfg.max_queue, "threads", cfg.threads),
+                       "max_queue", cfg.max_queue, "threads", cfg.dev.threads),
              "ready: model %s (%s, %dx%dx%d) on %s", model_path, mi->preset, mi->c, mi->h, mi->w, mi->backend);
 
     while (!sig) /* (a signal may already have come during the last wait for the load) */

@@ -4,7 +4,7 @@
 # AUROC, and clear errors (exit 1 or 2, never a crash) for bad inputs.
 add_executable(make-test-model ${CMAKE_SOURCE_DIR}/train/tools/make-test-model.c ${VAPO_TRAIN_COMMON})
 target_include_directories(make-test-model PRIVATE ${CMAKE_SOURCE_DIR}/train)
-target_link_libraries(make-test-model PRIVATE vapo)
+target_link_libraries(make-test-model PRIVATE vapo vapo_opt)
 
 set(VAPO_TOOLS_WORK ${CMAKE_BINARY_DIR}/tools-test)
 set(VAPO_TOOLS_MODEL ${VAPO_TOOLS_WORK}/tiny.safetensors)

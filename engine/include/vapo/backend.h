@@ -216,7 +216,15 @@ vapo_backend *vapo_backend_cpu(int threads);
  * when the build has no CUDA or no usable GPU is present. */
 vapo_backend *vapo_backend_cuda(int device);
 
-/* "cpu", "cuda" (GPU 0), "cuda:N" or "auto" (CUDA when usable, else CPU, saying so on stderr). */
+/* A --device value: "cpu" (*device = VAPO_DEVICE_CPU), "auto" or NULL
+ * (VAPO_DEVICE_AUTO), "cuda" (0) or "cuda:N" (N); -1 with a message naming
+ * the value otherwise. Every program's --device goes through it. */
+enum { VAPO_DEVICE_CPU = -1, VAPO_DEVICE_AUTO = -2 };
+int vapo_device_parse(const char *name, int *device);
+
+/* Opens the backend a device name (as vapo_device_parse) asks for: auto is
+ * CUDA when usable, else the CPU, saying so on stderr. NULL with a message
+ * naming the device when it cannot be opened. */
 vapo_backend *vapo_backend_open(const char *name, int threads);
 
 #endif

@@ -68,9 +68,11 @@ int vapo_estimator_parse(const char *name, vapo_estimator *out)
 
 const char *vapo_estimator_name(vapo_estimator e) { return e == VAPO_ESTIMATOR_PATHWISE ? "pathwise" : "score"; }
 
+double vapo_loss_l_eps(const vapo_loss_config *c) { return log((1.0 + c->eps) / c->eps); }
+
 vapo_schedule vapo_schedule_at(const vapo_loss_config *c, double t)
 {
-    const double l_eps = log((1.0 + c->eps) / c->eps);
+    const double l_eps = vapo_loss_l_eps(c);
     const double w2 = c->omega * c->omega, n2 = c->nu * c->nu;
     vapo_schedule s;
     s.tau = c->eps * expm1(t * l_eps);

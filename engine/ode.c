@@ -140,6 +140,17 @@ const ode_tableau *ode_method_tableau(vapo_ode_method m)
     return NULL;
 }
 
+int vapo_ode_nfe_per_step(vapo_ode_method m)
+{
+    const ode_tableau *tab = ode_method_tableau(m);
+    return tab ? tab->stages : 0;
+}
+
+long long vapo_ode_fixed_nfe(const vapo_ode_config *cfg)
+{
+    return cfg->method == VAPO_ODE_RK45 ? 0 : (long long)cfg->steps * vapo_ode_nfe_per_step(cfg->method);
+}
+
 int vapo_ode_config_validate(const vapo_ode_config *cfg)
 {
     if (!cfg)
@@ -165,7 +176,7 @@ int vapo_ode_config_validate(const vapo_ode_config *cfg)
         if (cfg->steps < 1 || cfg->steps > 100000)
             return vapo_fail("ode: steps must be in 1..100000 for %s, got %d",
                              vapo_ode_method_name(cfg->method), cfg->steps);
-        long long need = (long long)cfg->steps * tab->stages;
+        const long long need = vapo_ode_fixed_nfe(cfg);
         if (need > cfg->max_nfe)
             return vapo_fail("ode: %s with %d steps needs %lld evaluations, more than max_nfe %d",
                              vapo_ode_method_name(cfg->method), cfg->steps, need, cfg->max_nfe);

@@ -204,14 +204,11 @@ static int parse_solver(app *a, json_t *obj, const model_info *mi, vapo_ode_conf
         get_int(obj, "steps", 1, a->cfg->max_steps, &steps, r))
         return -1;
     ode->steps = (int)steps;
-    if (ode->method != VAPO_ODE_RK45) {
-        static const int stages[] = {[VAPO_ODE_EULER] = 1, [VAPO_ODE_HEUN] = 2, [VAPO_ODE_RK4] = 4};
-        long long need = (long long)ode->steps * stages[ode->method];
-        if (need > a->cfg->max_nfe) {
-            reply_error(r, 422, NULL, "%s with %d steps needs %lld evaluations per sample, above the limit of %d",
-                        vapo_ode_method_name(ode->method), ode->steps, need, a->cfg->max_nfe);
-            return -1;
-        }
+    const long long need = vapo_ode_fixed_nfe(ode);
+    if (need > a->cfg->max_nfe) {
+        reply_error(r, 422, NULL, "%s with %d steps needs %lld evaluations per sample, above the limit of %d",
+                    vapo_ode_method_name(ode->method), ode->steps, need, a->cfg->max_nfe);
+        return -1;
     }
     if (vapo_ode_config_validate(ode)) {
         reply_error(r, 422, NULL, "%s", vapo_last_error());

@@ -53,6 +53,9 @@ int vapo_estimator_parse(const char *name, vapo_estimator *out);
 const char *vapo_estimator_name(vapo_estimator e);
 
 vapo_schedule vapo_schedule_at(const vapo_loss_config *cfg, double t);
+/* L_eps = ln((1 + eps) / eps), the rate of the time law
+ * tau(t) = eps (exp(t L_eps) - 1) (VAPO-MATH.md). */
+double vapo_loss_l_eps(const vapo_loss_config *cfg);
 
 /* The training time for a uniform draw u in [0, 1): u itself, or with a time
  * tilt k the inverse CDF of the density k e^{kt} / (e^k - 1). A tilt k > 0

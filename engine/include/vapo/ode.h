@@ -51,6 +51,13 @@ vapo_ode_config vapo_ode_config_default(void);
 /* 0 if cfg is usable, else -1 with a message saying which field is wrong. */
 int vapo_ode_config_validate(const vapo_ode_config *cfg);
 
+/* Field evaluations per step of a method (its stages: euler 1, heun 2, rk4 4,
+ * rk45 6); 0 for an invalid value. */
+int vapo_ode_nfe_per_step(vapo_ode_method m);
+/* The evaluations a fixed-step config takes per trajectory (steps x stages);
+ * 0 for rk45, whose count depends on the field. */
+long long vapo_ode_fixed_nfe(const vapo_ode_config *cfg);
+
 /* "rk45", "euler", "heun", "rk4" (case-insensitive) -> method; -1 otherwise. */
 int vapo_ode_method_parse(const char *name, vapo_ode_method *out);
 /* The method's name as parsed above; "unknown" for an invalid value. */

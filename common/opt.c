@@ -165,7 +165,7 @@ typedef struct {
 /* The long name without "--" (the --config key), or NULL. */
 static const char *long_name(const opt_def *d, size_t *len)
 {
-    const char *p = strstr(d->names, "--");
+    const char *p = d->names ? strstr(d->names, "--") : NULL;
     if (!p)
         return NULL;
     *len = strcspn(p + 2, "|");

@@ -36,7 +36,7 @@ expect $? 2 "$out" "/nonexistent/m.safetensors" "missing model"
 
 # a command instead of the server
 out=$("$entry" vapo-sample --help 2>&1)
-expect $? 0 "$out" "Usage: vapo-sample" "entrypoint vapo-sample --help"
+expect $? 0 "$out" "usage: vapo-sample" "entrypoint vapo-sample --help"
 
 if [ ! -x "$build/vapo-serve" ]; then
     echo "test_tools_docker: vapo-serve not built, server part skipped"

@@ -98,19 +98,19 @@ with tempfile.TemporaryDirectory() as d:
     h = subprocess.run([train, "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--innovation-weight" in h.stdout and "--resume" in h.stdout
     bad = subprocess.run([train, "--lr", "fast"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "--lr needs a number" in bad.stderr, bad.stderr
+    assert bad.returncode != 0 and "--lr: 'fast' is not a number" in bad.stderr, bad.stderr
     for args, want in [(["--head-act", "tanh"], "unknown activation 'tanh'"),
-                       (["--quadratic", "-1"], "--quadratic needs auto or a number"),
+                       (["--quadratic", "-1"], "--quadratic (auto or a number): -1 is out of range"),
                        (["--heads", "some"], "--heads takes all or last"),
                        (["--quadratic", "0", "--anchor", "on"], "--anchor on centres the quadratic"),
                        (["--anchor", "maybe"], "--anchor takes on, off or auto"),
-                       (["--global-head", "5000"], "--global-head must be 0..4096"),
-                       (["--time-tilt", "nan"], "--time-tilt needs a number"),
-                       (["--widths", "8,,16"], "--widths needs 1..6 comma-separated"),
-                       (["--widths", "0,8"], "--widths needs"),
-                       (["--widths", "8,16,"], "--widths ends with a comma"),
+                       (["--global-head", "5000"], "--global-head: 5000 is out of range (0..4096)"),
+                       (["--time-tilt", "nan"], "--time-tilt: 'nan' is not a finite number"),
+                       (["--widths", "8,,16"], "--widths: needs 1..6 comma-separated"),
+                       (["--widths", "0,8"], "--widths: needs"),
+                       (["--widths", "8,16,"], "--widths: ends with a comma"),
                        (["--widths", "8,8,8,8,8,8"], "6 levels are too many for 28x28"),
-                       (["--blocks", "65"], "--blocks must be 0..64")]:
+                       (["--blocks", "65"], "--blocks: 65 is out of range (0..64)")]:
         bad = subprocess.run([train] + args, capture_output=True, text=True)
         assert bad.returncode != 0 and want in bad.stderr, (args, bad.stderr)
     bad = subprocess.run([train, "--resume", f"{d}/missing.safetensors"], capture_output=True, text=True)

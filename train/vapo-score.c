@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,40 +32,6 @@
 /* Noise images for --auroc-vs: a stream of the RNG outside the ranges that
  * vapo/rng.h reserves for sampling, initialisation and training. */
 #define SCORE_STREAM_NOISE ((uint64_t)1 << 22)
-
-static const char usage[] =
-    "Usage: vapo-score MODEL INPUT... [options]\n"
-    "Energies Phi(x) and out-of-distribution scores of images. INPUT is a PNG file, a\n"
-    "folder of PNG files or an idx3-ubyte image file (optionally .gz).\n"
-    "\n"
-    "Options:\n"
-    "  --format F         csv (default) or json, on stdout\n"
-    "  --summary          print only the summary (no row per image)\n"
-    "  --limit N          score at most the first N input images\n"
-    "  --resize           centre-crop and resize images whose size differs from the\n"
-    "                     model's (default: such an image is an error)\n"
-    "  --auroc-vs SET     also score an out-of-distribution set and print the AUROC\n"
-    "                     (inputs positive: P(energy of input > energy of SET)).\n"
-    "                     SET is 'uniform' (uniform 8-bit pixels), 'gaussian' (pixels\n"
-    "                     N(0, 0.5^2) around mid-gray, clipped), or a PNG/folder/idx path\n"
-    "  --auroc-n N        noise images for uniform/gaussian (default 1000); for a\n"
-    "                     path, score at most its first N images (default all)\n"
-    "  --auroc-seed S     seed of the noise images (default 0)\n"
-    "  --batch B          images per network pass (default 256)\n"
-    "  -q, --quiet        no progress line or settings on stderr\n"
-    "  -h, --help         this text\n"
-    "\n";
-
-static const char usage_tail[] =
-    "\n"
-    "Columns: source, index (image within an idx file, else 0), energy, ood_score\n"
-    "(fraction of the model's calibration energies above this one: 0 typical, 1\n"
-    "below everything seen) and in_distribution (ood_score <= the model's keep\n"
-    "fraction). Without a calibration in the model the last two are empty (null).\n"
-    "The summary goes to stderr (stdout with --summary; inside the object for json).\n"
-    "Progress on stderr: a live line on a terminal, else a line every 10 s\n"
-    "(VAPO_PROGRESS=off|tty|plain|auto, VAPO_PROGRESS_INTERVAL=SECONDS).\n"
-    "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n";
 
 /* ---- image sets -------------------------------------------------------------------- */
 
@@ -387,101 +354,95 @@ static void csv_field(FILE *f, const char *s)
     fputc('"', f);
 }
 
+typedef struct {
+    const char *format, *auroc_vs;
+    int summary_only, limit, resize, auroc_n, batch, quiet;
+    uint64_t auroc_seed;
+    opt_device dev;
+} options;
+
+#define F(field) offsetof(options, field)
+static const opt_def table[] = {
+    OPT(OPT_CHOICE, "--format", "F", F(format), 0, 0, "csv", "csv or json, on stdout", .choices = "csv|json"),
+    OPT(OPT_FLAG, "--summary", NULL, F(summary_only), 0, 0, NULL, "print only the summary (no row per image)"),
+    OPT(OPT_INT, "--limit", "N", F(limit), 1, 2000000000, NULL, "score at most the first N input images"),
+    OPT(OPT_FLAG, "--resize", NULL, F(resize), 0, 0, NULL,
+        "centre-crop and resize images whose size differs from the model's\n"
+        "(default: such an image is an error)"),
+    OPT(OPT_STRING, "--auroc-vs", "SET", F(auroc_vs), 0, 0, NULL,
+        "also score an out-of-distribution set and print the AUROC (inputs\n"
+        "positive: P(energy of input > energy of SET)). SET is 'uniform'\n"
+        "(uniform 8-bit pixels), 'gaussian' (pixels N(0, 0.5^2) around mid-gray,\n"
+        "clipped), or a PNG/folder/idx path"),
+    OPT(OPT_INT, "--auroc-n", "N", F(auroc_n), 1, 10000000, NULL,
+        "noise images for uniform/gaussian (default 1000); for a path, score at\n"
+        "most its first N images (default all)"),
+    OPT(OPT_U64, "--auroc-seed", "S", F(auroc_seed), 0, 0, "0", "seed of the noise images"),
+    OPT(OPT_INT, "--batch", "B", F(batch), 1, 65536, "256", "images per network pass"),
+    OPT(OPT_FLAG, "-q|--quiet", NULL, F(quiet), 0, 0, NULL, "no progress line or settings on stderr"),
+    OPT_HEADING("Device options:"),
+    OPT_GROUP(F(dev), opt_device_group),
+    OPT_TABLE_END};
+
+static const opt_spec spec = {
+    .prog = "vapo-score",
+    .usage = "MODEL INPUT... [options]",
+    .about = "Energies Phi(x) and out-of-distribution scores of images. INPUT is a PNG file, a\n"
+             "folder of PNG files or an idx3-ubyte image file (optionally .gz).",
+    .table = table,
+    .footer = "Columns: source, index (image within an idx file, else 0), energy, ood_score\n"
+              "(fraction of the model's calibration energies above this one: 0 typical, 1\n"
+              "below everything seen) and in_distribution (ood_score <= the model's keep\n"
+              "fraction). Without a calibration in the model the last two are empty (null).\n"
+              "The summary goes to stderr (stdout with --summary; inside the object for json).\n"
+              "Progress on stderr: a live line on a terminal, else a line every 10 s\n"
+              "(VAPO_PROGRESS=off|tty|plain|auto, VAPO_PROGRESS_INTERVAL=SECONDS).\n"
+              "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n",
+    .pos_name = "model",
+    .min_pos = 1,
+    .max_pos = -1,
+};
+
 int main(int argc, char **argv)
 {
-    const char *model_path = NULL, *auroc_vs = NULL;
-    const char **inputs = calloc(argc > 0 ? argc : 1, sizeof(char *));
-    int ninputs = 0, format = 0, summary_only = 0, limit = 0, resize = 0, auroc_n = 1000, has_auroc_n = 0;
-    int batch = 256, quiet = 0;
-    uint64_t auroc_seed = 0;
-    cli_device_opts dev;
-    cli_device_defaults(&dev);
-    if (!inputs)
-        return cli_error("out of memory");
-
-    cli_set_prog("vapo-score");
-    cli_args it;
-    cli_args_init(&it, argc, argv);
-    int usage_rc = -1;
-    for (int k, r; usage_rc < 0 && (k = cli_next(&it)) != CLI_END;) {
-        if (k == CLI_POSITIONAL) {
-            if (!model_path)
-                model_path = it.arg;
-            else
-                inputs[ninputs++] = it.arg;
-        } else if (cli_is(&it, "-h|--help")) {
-            printf("%s%s%s", usage, cli_device_help(), usage_tail);
-            usage_rc = 0;
-        } else if (cli_is(&it, "--format")) {
-            if (cli_choice(&it, "csv|json", &format))
-                usage_rc = CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--summary")) {
-            if (cli_flag(&it))
-                usage_rc = CLI_EXIT_USAGE;
-            summary_only = 1;
-        } else if (cli_is(&it, "--limit")) {
-            if (cli_int(&it, 1, 2000000000, &limit))
-                usage_rc = CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--resize")) {
-            if (cli_flag(&it))
-                usage_rc = CLI_EXIT_USAGE;
-            resize = 1;
-        } else if (cli_is(&it, "--auroc-vs")) {
-            if (!(auroc_vs = cli_value(&it)))
-                usage_rc = CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--auroc-n")) {
-            if (cli_int(&it, 1, 10000000, &auroc_n))
-                usage_rc = CLI_EXIT_USAGE;
-            has_auroc_n = 1;
-        } else if (cli_is(&it, "--auroc-seed")) {
-            if (cli_u64(&it, &auroc_seed))
-                usage_rc = CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--batch")) {
-            if (cli_int(&it, 1, 65536, &batch))
-                usage_rc = CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "-q|--quiet")) {
-            if (cli_flag(&it))
-                usage_rc = CLI_EXIT_USAGE;
-            quiet = 1;
-        } else if ((r = cli_device_option(&it, &dev)) != 0) {
-            if (r < 0)
-                usage_rc = CLI_EXIT_USAGE;
-        } else {
-            usage_rc = cli_unknown(&it);
-        }
+    options o = {0};
+    opt_positionals pos = {0};
+    int status = opt_parse(&spec, argc, argv, &o, &pos);
+    if (status == OPT_GO && pos.n < 2)
+        status = opt_usage_error("no input images given (PNG files, folders of PNGs or idx files)");
+    if (status != OPT_GO) {
+        free(pos.v);
+        return status;
     }
-    if (usage_rc < 0 && !model_path)
-        usage_rc = cli_usage_error("no model given");
-    else if (usage_rc < 0 && ninputs == 0)
-        usage_rc = cli_usage_error("no input images given (PNG files, folders of PNGs or idx files)");
-    if (usage_rc >= 0) {
-        free(inputs);
-        return usage_rc;
-    }
+    const char *model_path = pos.v[0], *auroc_vs = o.auroc_vs, **inputs = pos.v + 1;
+    const int ninputs = pos.n - 1, format = !strcmp(o.format, "json"), summary_only = o.summary_only;
+    const int limit = o.limit, resize = o.resize, quiet = o.quiet, auroc_n = o.auroc_n ? o.auroc_n : 1000;
+    const uint64_t auroc_seed = o.auroc_seed;
+    int batch = o.batch;
     const int noise_kind = !auroc_vs ? -1 : !strcmp(auroc_vs, "uniform") ? 0 : !strcmp(auroc_vs, "gaussian") ? 1 : 2;
 
     /* Read the inputs before loading the model: a typo fails fast. */
     image_set set = {0}, ood = {0};
-    int rc = CLI_EXIT_FAILURE;
+    int rc = OPT_EXIT_FAILURE;
     vapo_backend *be = NULL;
     vapo_model *m = NULL;
     float *energy = NULL, *ood_energy = NULL;
     scorer sc = {0};
     for (int i = 0; i < ninputs; i++)
         if (add_input(&set, inputs[i])) {
-            cli_error("%s", vapo_last_error());
+            opt_error("%s", vapo_last_error());
             goto done;
         }
     if (noise_kind == 2 && add_input(&ood, auroc_vs)) {
-        cli_error("--auroc-vs: %s", vapo_last_error());
+        opt_error("--auroc-vs: %s", vapo_last_error());
         goto done;
     }
     const int n = limit && limit < set.n ? limit : set.n;
     const int n_ood = noise_kind < 0    ? 0
-                      : noise_kind == 2 ? (has_auroc_n && auroc_n < ood.n ? auroc_n : ood.n)
+                      : noise_kind == 2 ? (o.auroc_n && o.auroc_n < ood.n ? o.auroc_n : ood.n)
                                         : auroc_n;
 
-    if (!(m = cli_model_load(model_path, &dev, &be)))
+    if (!(m = cli_model_load(model_path, &o.dev, &be)))
         goto done;
     const size_t d = vapo_net_input_size(m->net);
     if (batch > (n > n_ood ? n : n_ood))
@@ -490,14 +451,14 @@ int main(int argc, char **argv)
     ood_energy = malloc(sizeof(float) * (n_ood ? n_ood : 1));
     sc = (scorer){.m = m, .batch = batch, .x = malloc(sizeof(float) * d * batch)};
     if (!energy || !ood_energy || !sc.x) {
-        cli_error("out of memory for %d images", n);
+        opt_error("out of memory for %d images", n);
         goto done;
     }
     if (!quiet)
-        cli_info("%s: scoring %d image(s) of %dx%dx%d%s on %s", model_path, n, m->arch.in_c, m->arch.in_h,
+        opt_info("%s: scoring %d image(s) of %dx%dx%d%s on %s", model_path, n, m->arch.in_c, m->arch.in_h,
                  m->arch.in_w, n_ood ? " and the AUROC set" : "", be->name);
     if (m->n_calib == 0)
-        cli_warn("%s has no OOD calibration: only energies are reported", model_path);
+        opt_warn("%s has no OOD calibration: only energies are reported", model_path);
 
     cli_progress prog;
     cli_progress_start(&prog, "scoring", n + n_ood, "images", !quiet);
@@ -506,7 +467,7 @@ int main(int argc, char **argv)
         (noise_kind == 2 && score_set(&sc, &ood, n_ood, resize, ood_energy)) ||
         (noise_kind >= 0 && noise_kind < 2 && score_noise(&sc, noise_kind, auroc_seed, n_ood, ood_energy))) {
         cli_progress_finish(&prog);
-        cli_error("%s", vapo_last_error());
+        opt_error("%s", vapo_last_error());
         goto done;
     }
     cli_progress_finish(&prog);
@@ -583,7 +544,7 @@ int main(int argc, char **argv)
                     pre, auc, n_ood, ood_name, so.mean, so.std);
     }
     if (fflush(stdout) != 0 || ferror(stdout)) {
-        cli_error("cannot write the results to stdout");
+        opt_error("cannot write the results to stdout");
         goto done;
     }
     rc = 0;
@@ -594,6 +555,6 @@ done:
     vapo_model_free(m);
     if (be)
         be->destroy(be);
-    free(inputs);
+    free(pos.v);
     return rc;
 }

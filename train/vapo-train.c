@@ -11,10 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "common/cli.h"
 #include "trainer/dist.h"
 #include "trainer/optim.h"
 #include "trainer/options.h"
@@ -42,17 +41,10 @@ typedef struct {
     int rows, row0;       /* this rank's rows of the global batch: row0 .. row0+rows-1 */
     double *terms;        /* host, the loss terms of every row of the global batch */
     float *grad_host;     /* host staging for the gradient exchange (ranks > 1) */
-    char device[32];      /* --device, made cuda:LOCAL_RANK under mpirun */
-    long step; /* steps done */
+    long step, step0; /* steps done, at the start of this process */
     FILE *log;
+    cli_progress progress; /* the step line on stderr */
 } run;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 static void out_path(const run *r, char *buf, size_t size, const char *name)
 {
@@ -116,29 +108,25 @@ static int read_state(const vapo_ckpt *ck, const char *name, size_t n, float *ds
     return vapo_ckpt_read_f32(ck, name, 1, shape, dst);
 }
 
-/* Restores options, step, weights, EMA and moments from a checkpoint. The
- * saved options are applied first; the command line's then override them. */
-static int load_resume(run *r, const char *path, int argc, char **argv)
+/* The options and step of the checkpoint to resume: its saved options, then
+ * --config and the command line, which win. OPT_GO, or an exit status. */
+static int resume_options(run *r, int argc, char **argv)
 {
+    const char *path = r->o.resume, *out = r->o.out;
     vapo_ckpt *ck = vapo_ckpt_load(path);
     if (!ck)
-        return -1;
+        return opt_error("%s", vapo_last_error());
     const json_t *train = json_object_get(json_object_get(vapo_ckpt_metadata(ck), "vapo"), "train");
     const json_t *step = json_object_get(train, "step");
-    if (!json_is_integer(step) || json_integer_value(step) < 0) {
-        vapo_ckpt_free(ck);
-        return vapo_fail("%s: no trainer state (metadata vapo.train.step) to resume from", path);
-    }
-    const char *out = r->o.out;
-    /* checkpoints from before these options trained the paper's network */
-    r->o.quadratic = "0", r->o.heads = "last", r->o.anchor = "off", r->o.global_head = 0;
-    int rc = train_options_apply_json(&r->o, json_object_get(train, "options"), path);
-    r->o.out = out;
-    if (!rc)
-        rc = train_options_parse(&r->o, argc, argv); /* command line wins */
+    int rc = OPT_EXIT_FAILURE;
+    if (!json_is_integer(step) || json_integer_value(step) < 0)
+        opt_error("%s: no trainer state (metadata vapo.train.step) to resume from", path);
+    else
+        rc = train_options_resume(&r->o, json_object_get(train, "options"), path, argc, argv);
+    r->o.out = out, r->o.resume = path; /* neither is saved */
     r->step = (long)json_integer_value(step);
     vapo_ckpt_free(ck);
-    return rc < 0 ? -1 : 0;
+    return rc;
 }
 
 /* The EMA weights, saved under the network's parameter names, into host. */
@@ -247,31 +235,23 @@ static int write_grid(run *r, const char *name)
     vapo_ode_config cfg = r->ema->sampling;
     cfg.rtol = cfg.atol = r->o.sample_tol;
     vapo_model_noise(r->ema, 0, 0, n, x); /* fixed seeds: the same images over training */
-    double t0 = now();
+    const double t0 = cli_now();
     int rc = vapo_ode_solve(&cfg, n, d, x, vapo_model_field, r->ema, nfe, progress_dot, NULL);
     if (!rc) {
         char path[1024];
-        vapo_image img;
         out_path(r, path, sizeof path, name);
-        rc = vapo_image_grid_u8(x, n, a->in_c, a->in_h, a->in_w, 0, 2, 1.0f, &img);
-        if (!rc) {
-            unsigned char *png;
-            size_t len;
-            rc = vapo_png_encode_u8(&img, &png, &len);
-            FILE *f = rc ? NULL : fopen(path, "wb");
-            if (!rc && (!f || fwrite(png, 1, len, f) != len))
-                rc = vapo_fail("cannot write %s: %s", path, strerror(errno));
-            if (f)
-                fclose(f);
-            if (!rc)
-                free(png);
-            vapo_image_free(&img);
-        }
+        unsigned char *png = NULL;
+        size_t len = 0;
+        vapo_image img = {0};
+        rc = vapo_image_grid_u8(x, n, a->in_c, a->in_h, a->in_w, 0, 2, 1.0f, &img) ||
+             vapo_png_encode_u8(&img, &png, &len) || cli_write_file(path, png, len);
+        vapo_image_free(&img);
+        free(png);
         long total = 0;
         for (int i = 0; i < n; i++)
             total += nfe[i];
-        fprintf(stderr, "\nvapo-train: wrote %s (%d samples, mean NFE %.1f, %.1f s)\n", path, n, (double)total / n,
-                now() - t0);
+        if (!rc)
+            opt_info("wrote %s (%d samples, mean NFE %.1f, %.1f s)", path, n, (double)total / n, cli_now() - t0);
         report_field(r);
     }
     free(x), free(nfe);
@@ -309,12 +289,17 @@ static int calibrate(run *r)
 
 /* ---- the loop ------------------------------------------------------------------ */
 
+/* The shared progress line on stderr (printed when due: cheap otherwise). */
+static void progress(run *r, const vapo_loss_terms *t, double gnorm)
+{
+    cli_progress_update(&r->progress, (double)(r->step - r->step0),
+                        "step %ld/%ld, loss %+.5f (dir %.4f cov %+.4f l2 %.2e), |grad| %.3g", r->step, r->o.steps,
+                        t->total, t->dirichlet, t->covariance, t->spectral, gnorm);
+}
+
+/* A line of the metrics log (JSONL). */
 static void report(run *r, const vapo_loss_terms *t, double gnorm, double rate)
 {
-    const double eta = rate > 0 ? (r->o.steps - r->step) / rate : 0;
-    fprintf(stderr, "\rstep %ld/%ld  loss %+.5f (dir %.4f cov %+.4f l2 %.2e)  |grad| %.3g  %.2f steps/s  ETA %02d:%02d:%02d%s",
-            r->step, r->o.steps, t->total, t->dirichlet, t->covariance, t->spectral, gnorm, rate, (int)(eta / 3600),
-            (int)fmod(eta / 60, 60), (int)fmod(eta, 60), "   ");
     if (r->log) {
         fprintf(r->log,
                 "{\"step\": %ld, \"loss\": %.8g, \"dirichlet\": %.8g, \"covariance\": %.8g, \"spectral\": %.8g, "
@@ -360,29 +345,31 @@ static int train_step(run *r, vapo_loss_terms *terms, double *gnorm)
 static int train_loop(run *r)
 {
     vapo_loss_terms terms = {0};
-    double gnorm = 0, t0 = now(), rate = 0;
-    long s0 = r->step;
+    double gnorm = 0, t0 = cli_now(), rate = 0;
+    const long s0 = r->step0 = r->step;
     const int writer = r->world.rank == 0;
+    cli_progress_start(&r->progress, "training", (double)(r->o.steps - s0), "steps", writer);
     /* every rank stops at the same step: a signal may reach them at different ones */
     while (r->step < r->o.steps && !dist_any(&r->world, stop_requested)) {
         if (train_step(r, &terms, &gnorm))
-            return -1;
-        rate = (r->step - s0) / (now() - t0);
+            return cli_progress_break(&r->progress), -1;
+        rate = (r->step - s0) / (cli_now() - t0);
         if (!writer)
             continue;
+        progress(r, &terms, gnorm);
         if (r->step % r->o.log_every == 0 || r->step == s0 + 1 || r->step == r->o.steps)
             report(r, &terms, gnorm, rate);
         if (r->step % r->o.save_every == 0 && save_step_checkpoint(r))
-            return -1;
+            return cli_progress_break(&r->progress), -1;
         if (r->o.sample_every && r->step % r->o.sample_every == 0 && r->step < r->o.steps) {
             char name[64];
+            cli_progress_break(&r->progress);
             snprintf(name, sizeof name, "samples-%08ld.png", r->step);
             if (write_grid(r, name))
                 return -1;
         }
     }
-    if (writer)
-        fputc('\n', stderr);
+    cli_progress_finish(&r->progress);
     if (r->step < r->o.steps)
         stop_requested = 1; /* maybe another rank's signal: this one saves the interrupted state */
     return 0;
@@ -418,8 +405,7 @@ static int init_scale(run *r)
         double norm = 0;
         for (int i = 0; i < n; i++)
             norm += rownorm[i] / n;
-        const double l_eps = log((1 + r->o.loss.eps) / r->o.loss.eps);
-        const double want = 0.5 * l_eps * r->o.loss.omega * sqrt((double)d);
+        const double want = 0.5 * vapo_loss_l_eps(&r->o.loss) * r->o.loss.omega * sqrt((double)d);
         const vapo_param *gain = vapo_net_param_find(r->net, "head.g");
         float value;
         r->be->download(r->be, &value, vapo_net_params(r->net) + gain->offset, sizeof value);
@@ -452,7 +438,7 @@ static int init_anchor(run *r)
     for (size_t i = 0; i < (size_t)ds->n; i++)
         for (size_t j = 0; j < d; j++)
             sum[j] += ds->pixels[i * d + j] / 127.5 - 1.0;
-    const double l_eps = log((1 + r->o.loss.eps) / r->o.loss.eps), scale = l_eps / r->o.kappa / ds->n;
+    const double scale = vapo_loss_l_eps(&r->o.loss) / r->o.kappa / ds->n;
     for (size_t j = 0; j < d; j++) {
         const size_t x = j % ds->w, mirror = j - x + (ds->w - 1 - x);
         mu[j] = (float)(0.5 * scale * (sum[j] + sum[mirror]));
@@ -483,8 +469,7 @@ static void truncate_log(const char *path, long step)
         rename(tmp, path);
 }
 
-/* This rank's rows of the global batch, and its device: under mpirun,
- * cuda (or auto) is the GPU of the rank's number on its machine. */
+/* This rank's rows of the global batch. */
 static int split_batch(run *r)
 {
     const int R = r->world.size;
@@ -492,41 +477,48 @@ static int split_batch(run *r)
         return vapo_fail("--batch %d does not split over %d ranks: it must be a multiple of the rank count",
                          r->o.batch, R);
     r->rows = r->o.batch / R, r->row0 = r->world.rank * r->rows;
-    const int gpu = R > 1 && (!strcmp(r->o.device, "cuda") || !strcmp(r->o.device, "auto"));
-    if (gpu)
-        snprintf(r->device, sizeof r->device, "cuda:%d", r->world.local_rank);
-    else
-        snprintf(r->device, sizeof r->device, "%.31s", r->o.device);
     return 0;
 }
 
-static int setup(run *r, int argc, char **argv)
+/* The device: under mpirun, cuda (or auto, when CUDA is usable) is the GPU
+ * of the rank's number on its machine. */
+static vapo_backend *open_device(const run *r)
 {
-    train_options_default(&r->o);
-    int rc = train_options_parse(&r->o, argc, argv);
-    if (rc)
-        return rc;
-    const char *resume = r->o.resume;
-    if (resume && load_resume(r, resume, argc, argv))
+    const char *dev = r->o.dev.device;
+    if (r->world.size == 1 || (strcmp(dev, "cuda") && strcmp(dev, "auto")))
+        return vapo_backend_open(dev, r->o.dev.threads);
+    char name[32];
+    snprintf(name, sizeof name, "cuda:%d", r->world.local_rank);
+    vapo_backend *be = vapo_backend_open(name, r->o.dev.threads);
+    if (!be && !strcmp(dev, "auto"))
+        be = vapo_backend_open("cpu", r->o.dev.threads);
+    return be;
+}
+
+/* The run's device, folder and data; the network comes next. */
+static int open_run(run *r, vapo_arch *arch)
+{
+    if (train_options_arch(&r->o, arch) || split_batch(r))
         return -1;
-    vapo_arch arch;
-    if (train_options_arch(&r->o, &arch) || split_batch(r))
+    if (r->world.rank == 0 && cli_mkdir_p(r->o.out))
         return -1;
-    if (r->world.rank == 0 && mkdir(r->o.out, 0755) && errno != EEXIST)
-        return vapo_fail("cannot create %s: %s", r->o.out, strerror(errno));
-    r->be = vapo_backend_open(r->device, r->o.threads);
-    if (!r->be)
+    if (!(r->be = open_device(r)))
         return -1;
-    if (vapo_dataset_open(r->o.data, "train", arch.in_c, arch.in_h, arch.in_w, &r->data) ||
-        vapo_loader_create(r->data, (uint64_t)r->o.seed, r->o.batch, 1, &r->loader))
-        return -1;
-    r->net = vapo_net_create(r->be, &arch);
-    vapo_net *ema_net = vapo_net_create(r->be, &arch);
+    return vapo_dataset_open(r->o.data, "train", arch->in_c, arch->in_h, arch->in_w, &r->data) ||
+           vapo_loader_create(r->data, (uint64_t)r->o.seed, r->o.batch, 1, &r->loader);
+}
+
+/* The network, its EMA copy and the step's buffers: freshly initialised, or
+ * the checkpoint's state when resuming. */
+static int build_model(run *r, const vapo_arch *arch)
+{
+    const int resume = r->o.resume != NULL;
+    r->net = vapo_net_create(r->be, arch);
+    vapo_net *ema_net = vapo_net_create(r->be, arch);
     if (!r->net || !ema_net || vapo_net_init(r->net, (uint64_t)r->o.seed))
-        return -1;
-    r->ema = vapo_model_wrap(ema_net, &r->o.loss);
-    if (!r->ema)
-        return -1;
+        return vapo_net_free(ema_net), -1;
+    if (!(r->ema = vapo_model_wrap(ema_net, &r->o.loss)))
+        return vapo_net_free(ema_net), -1;
     r->ema->sampling.t_end = r->o.t_end; /* the served samples look like the training grids */
     r->ema->sampling.rtol = r->ema->sampling.atol = r->o.sample_tol;
     r->ema->meta = json_object();
@@ -539,29 +531,59 @@ static int setup(run *r, int argc, char **argv)
     r->grad_host = r->world.size > 1 ? malloc(sizeof(float) * np) : NULL;
     if (!r->batch || !r->grad || !r->work || !r->terms || (r->world.size > 1 && !r->grad_host))
         return vapo_fail("out of memory");
-    if (!resume && arch.quadratic == 0.0f && init_scale(r))
+    if (!resume && arch->quadratic == 0.0f && init_scale(r))
         return -1;
-    if (!resume && arch.anchor && init_anchor(r))
+    if (!resume && arch->anchor && init_anchor(r))
         return -1;
     if (optim_init(&r->opt, &r->o.opt, r->net, vapo_net_params(r->net)))
         return -1;
-    if (resume && load_resume_tensors(r, resume))
-        return -1;
+    return resume ? load_resume_tensors(r, r->o.resume) : 0;
+}
+
+/* Rank 0's metrics log (continued from the resumed step) and the run's summary. */
+static int open_log(run *r, const vapo_arch *arch)
+{
     if (r->world.rank > 0)
         return 0;
     char path[1024];
     out_path(r, path, sizeof path, "metrics.jsonl");
     if (r->step > 0)
         truncate_log(path, r->step);
-    r->log = fopen(path, r->step > 0 ? "a" : "w");
+    if (!(r->log = fopen(path, r->step > 0 ? "a" : "w")))
+        return vapo_fail("cannot write %s: %s", path, strerror(errno));
     if (r->world.size > 1)
-        fprintf(stderr, "vapo-train: data-parallel over %d ranks, %d rows of the batch each\n", r->world.size,
-                r->rows);
-    fprintf(stderr, "vapo-train: %s (%zu parameters) on %s [%d images] with %s, batch %d, %ld steps, backend %s\n",
-            arch.preset, np, r->o.data, r->data->n, optim_kind_name(r->o.opt.kind), r->o.batch, r->o.steps,
-            r->be->name);
-    if (resume)
-        fprintf(stderr, "vapo-train: resumed from %s at step %ld\n", resume, r->step);
+        opt_info("data-parallel over %d ranks, %d rows of the batch each", r->world.size, r->rows);
+    opt_info("%s (%zu parameters) on %s [%d images] with %s, batch %d, %ld steps, backend %s", arch->preset,
+             vapo_net_param_count(r->net), r->o.data, r->data->n, optim_kind_name(r->o.opt.kind), r->o.batch,
+             r->o.steps, r->be->name);
+    if (r->o.resume)
+        opt_info("resumed from %s at step %ld", r->o.resume, r->step);
+    return 0;
+}
+
+/* After the loop: an interrupted run saves its state; a finished one its last
+ * steps, then the final grid, calibration and model. Rank 0 alone writes. */
+static int finish_run(run *r)
+{
+    char path[1024];
+    if (r->world.rank > 0)
+        return 0;
+    if (stop_requested) {
+        out_path(r, path, sizeof path, "interrupted.safetensors");
+        if (save_checkpoint(r, path))
+            return -1;
+        opt_info("interrupted at step %ld; saved %s (resume with --resume %s)", r->step, path, path);
+        return 0;
+    }
+    /* The last steps first: sampling the grid and calibrating can fail (a
+     * diverged model at max NFE, a full disk), and that must not lose up to
+     * save_every - 1 steps. */
+    if ((r->step % r->o.save_every != 0 && save_step_checkpoint(r)) || write_grid(r, "samples.png") || calibrate(r))
+        return -1;
+    out_path(r, path, sizeof path, "model.safetensors");
+    if (save_checkpoint(r, path))
+        return -1;
+    opt_info("done; model at %s", path);
     return 0;
 }
 
@@ -580,51 +602,35 @@ static void teardown(run *r)
     vapo_dataset_free(r->data);
     if (r->be)
         r->be->destroy(r->be);
-    train_options_free(&r->o);
+    opt_release();
 }
 
+/* parse -> open device and data -> build or resume -> loop -> final files */
 int main(int argc, char **argv)
 {
     run r = {0};
+    vapo_arch arch;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    int rc = dist_init(&argc, &argv, &r.world);
-    if (!rc)
-        rc = setup(&r, argc, argv);
-    if (rc == 1) {
-        teardown(&r);
+    if (dist_init(&argc, &argv, &r.world))
+        return opt_error("%s", vapo_last_error());
+    int status = train_options_parse(&r.o, argc, argv);
+    if (status == OPT_GO && r.o.resume)
+        status = resume_options(&r, argc, argv);
+    if (status != OPT_GO) {
+        opt_release();
         dist_finalize(&r.world);
-        return 0;
+        return status;
     }
-    if (!rc)
-        rc = train_loop(&r);
-    if (!rc && r.world.rank > 0) {
-        /* rank 0 alone writes the final files */
-    } else if (!rc && stop_requested) {
-        char path[1024];
-        out_path(&r, path, sizeof path, "interrupted.safetensors");
-        rc = save_checkpoint(&r, path);
-        fprintf(stderr, "vapo-train: interrupted at step %ld; saved %s (resume with --resume %s)\n", r.step, path, path);
-    } else if (!rc) {
-        char path[1024];
-        /* The last steps first: sampling the grid and calibrating can fail (a
-         * diverged model at max NFE, a full disk), and that must not lose up
-         * to save_every - 1 steps. */
-        if (r.step % r.o.save_every != 0)
-            rc = save_step_checkpoint(&r);
-        rc = rc || write_grid(&r, "samples.png") || calibrate(&r);
-        out_path(&r, path, sizeof path, "model.safetensors");
-        if (!rc)
-            rc = save_checkpoint(&r, path);
-        if (!rc)
-            fprintf(stderr, "vapo-train: done; model at %s\n", path);
-    }
+    int rc = open_run(&r, &arch) || build_model(&r, &arch) || open_log(&r, &arch) || train_loop(&r) ||
+             finish_run(&r);
     if (rc && r.world.size > 1) {
         fprintf(stderr, "vapo-train (rank %d of %d): error: %s\n", r.world.rank, r.world.size, vapo_last_error());
         dist_abort(&r.world, 1); /* the other ranks would wait for this one forever */
-    } else if (rc)
-        fprintf(stderr, "vapo-train: error: %s\n", vapo_last_error());
+    } else if (rc) {
+        opt_error("%s", vapo_last_error());
+    }
     teardown(&r);
     dist_finalize(&r.world);
-    return rc ? 1 : 0;
+    return rc ? OPT_EXIT_FAILURE : 0;
 }

@@ -3,9 +3,9 @@
 #include "common/cli.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,373 +15,57 @@
 #include "vapo/error.h"
 #include "vapo/ode_batch.h"
 
-/* ---- messages ------------------------------------------------------------------- */
-
-static char prog_name[64] = "vapo";
-
-void cli_set_prog(const char *name)
-{
-    const char *slash = name ? strrchr(name, '/') : NULL;
-    snprintf(prog_name, sizeof prog_name, "%s", slash ? slash + 1 : (name ? name : "vapo"));
-}
-
-const char *cli_prog(void) { return prog_name; }
-
-static void vmessage(const char *kind, const char *fmt, va_list ap)
-{
-    char buf[2048];
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    fprintf(stderr, "%s: %s%s\n", prog_name, kind, buf);
-}
-
-int cli_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vmessage("error: ", fmt, ap);
-    va_end(ap);
-    return CLI_EXIT_FAILURE;
-}
-
-int cli_usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vmessage("error: ", fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "Try '%s --help'.\n", prog_name);
-    return CLI_EXIT_USAGE;
-}
-
-void cli_warn(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vmessage("warning: ", fmt, ap);
-    va_end(ap);
-}
-
-void cli_info(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vmessage("", fmt, ap);
-    va_end(ap);
-}
-
-/* ---- argument iteration ----------------------------------------------------------- */
-
-void cli_args_init(cli_args *it, int argc, char **argv)
-{
-    memset(it, 0, sizeof *it);
-    it->argc = argc;
-    it->argv = argv;
-    it->i = 1;
-    if (argc > 0 && argv[0] && !strcmp(prog_name, "vapo"))
-        cli_set_prog(argv[0]);
-}
-
-int cli_next(cli_args *it)
-{
-    it->inline_val = NULL;
-    it->name[0] = '\0';
-    if (it->i >= it->argc)
-        return CLI_END;
-    it->arg = it->argv[it->i++];
-    if (!it->positional_only && !strcmp(it->arg, "--")) {
-        it->positional_only = 1;
-        return cli_next(it);
-    }
-    if (it->positional_only || it->arg[0] != '-' || it->arg[1] == '\0')
-        return CLI_POSITIONAL;
-    const char *eq = it->arg[1] == '-' ? strchr(it->arg, '=') : NULL;
-    size_t len = eq ? (size_t)(eq - it->arg) : strlen(it->arg);
-    if (len >= sizeof it->name)
-        len = sizeof it->name - 1;
-    memcpy(it->name, it->arg, len);
-    it->name[len] = '\0';
-    it->inline_val = eq ? eq + 1 : NULL;
-    return CLI_OPTION;
-}
-
-int cli_is(const cli_args *it, const char *names)
-{
-    size_t len = strlen(it->name);
-    for (const char *p = names; *p;) {
-        const char *bar = strchr(p, '|');
-        size_t n = bar ? (size_t)(bar - p) : strlen(p);
-        if (n == len && !strncmp(p, it->name, n))
-            return 1;
-        if (!bar)
-            break;
-        p = bar + 1;
-    }
-    return 0;
-}
-
-const char *cli_value(cli_args *it)
-{
-    if (it->inline_val)
-        return it->inline_val;
-    if (it->i >= it->argc) {
-        cli_usage_error("option '%s' needs a value", it->name);
-        return NULL;
-    }
-    return it->argv[it->i++];
-}
-
-int cli_flag(cli_args *it)
-{
-    if (it->inline_val) {
-        cli_usage_error("option '%s' takes no value", it->name);
-        return -1;
-    }
-    return 0;
-}
-
-int cli_unknown(const cli_args *it)
-{
-    return cli_usage_error("unknown option '%s'", it->name);
-}
-
-/* ---- numbers ------------------------------------------------------------------------ */
-
-static int blank(const char *s) { return !s || !*s; }
-
-int cli_parse_ll(const char *opt, const char *s, long long lo, long long hi, long long *out)
-{
-    char *end;
-    if (blank(s)) {
-        cli_usage_error("%s: expected an integer, got an empty value", opt);
-        return -1;
-    }
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (*end != '\0' || end == s) {
-        cli_usage_error("%s: '%s' is not an integer", opt, s);
-        return -1;
-    }
-    if (errno == ERANGE || v < lo || v > hi) {
-        cli_usage_error("%s: %s is out of range (%lld..%lld)", opt, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_parse_int(const char *opt, const char *s, long long lo, long long hi, int *out)
-{
-    long long v;
-    if (lo < INT_MIN)
-        lo = INT_MIN;
-    if (hi > INT_MAX)
-        hi = INT_MAX;
-    if (cli_parse_ll(opt, s, lo, hi, &v))
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
-int cli_parse_u64(const char *opt, const char *s, uint64_t *out)
-{
-    char *end;
-    if (blank(s)) {
-        cli_usage_error("%s: expected a non-negative integer, got an empty value", opt);
-        return -1;
-    }
-    const char *p = s;
-    while (*p == ' ' || *p == '\t')
-        p++;
-    if (*p == '-') {
-        cli_usage_error("%s: '%s' is negative (expected 0..%llu)", opt, s, (unsigned long long)UINT64_MAX);
-        return -1;
-    }
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end != '\0' || end == s) {
-        cli_usage_error("%s: '%s' is not a non-negative integer", opt, s);
-        return -1;
-    }
-    if (errno == ERANGE) {
-        cli_usage_error("%s: %s is out of range (0..%llu)", opt, s, (unsigned long long)UINT64_MAX);
-        return -1;
-    }
-    *out = (uint64_t)v;
-    return 0;
-}
-
-int cli_parse_double(const char *opt, const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    if (blank(s)) {
-        cli_usage_error("%s: expected a number, got an empty value", opt);
-        return -1;
-    }
-    errno = 0;
-    double v = strtod(s, &end);
-    if (*end != '\0' || end == s) {
-        cli_usage_error("%s: '%s' is not a number", opt, s);
-        return -1;
-    }
-    if (!isfinite(v) || errno == ERANGE) {
-        cli_usage_error("%s: '%s' is not a finite number", opt, s);
-        return -1;
-    }
-    if (v < lo || v > hi) {
-        if (isinf(hi))
-            cli_usage_error("%s: %s is out of range (must be >= %g)", opt, s, lo);
-        else if (isinf(lo))
-            cli_usage_error("%s: %s is out of range (must be <= %g)", opt, s, hi);
-        else
-            cli_usage_error("%s: %s is out of range (%g..%g)", opt, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_int(cli_args *it, long long lo, long long hi, int *out)
-{
-    const char *v = cli_value(it);
-    return v ? cli_parse_int(it->name, v, lo, hi, out) : -1;
-}
-
-int cli_ll(cli_args *it, long long lo, long long hi, long long *out)
-{
-    const char *v = cli_value(it);
-    return v ? cli_parse_ll(it->name, v, lo, hi, out) : -1;
-}
-
-int cli_u64(cli_args *it, uint64_t *out)
-{
-    const char *v = cli_value(it);
-    return v ? cli_parse_u64(it->name, v, out) : -1;
-}
-
-int cli_double(cli_args *it, double lo, double hi, double *out)
-{
-    const char *v = cli_value(it);
-    return v ? cli_parse_double(it->name, v, lo, hi, out) : -1;
-}
-
-int cli_choice(cli_args *it, const char *choices, int *index)
-{
-    const char *v = cli_value(it);
-    if (!v)
-        return -1;
-    int k = 0;
-    size_t len = strlen(v);
-    for (const char *p = choices; *p; k++) {
-        const char *bar = strchr(p, '|');
-        size_t n = bar ? (size_t)(bar - p) : strlen(p);
-        if (n == len && !strncmp(p, v, n)) {
-            *index = k;
-            return 0;
-        }
-        if (!bar)
-            break;
-        p = bar + 1;
-    }
-    char list[256];
-    snprintf(list, sizeof list, "%s", choices);
-    for (char *c = list; *c; c++)
-        if (*c == '|')
-            *c = ',';
-    cli_usage_error("%s: '%s' is not one of %s", it->name, v, list);
-    return -1;
-}
-
 /* ---- solver options ------------------------------------------------------------------ */
 
-int cli_ode_option(cli_args *it, cli_ode_opts *o)
+static int parse_solver(void *field, const char *opt, const char *value)
 {
-    if (cli_is(it, "--solver")) {
-        const char *v = cli_value(it);
-        if (!v)
-            return -1;
-        if (vapo_ode_method_parse(v, &o->method)) {
-            cli_usage_error("%s: unknown solver '%s' (expected rk45, euler, heun or rk4)", it->name, v);
-            return -1;
-        }
-        o->has_method = 1;
-        return 1;
-    }
-    if (cli_is(it, "--t-end")) {
-        if (cli_double(it, 1e-9, 1e6, &o->t_end))
-            return -1;
-        o->has_t_end = 1;
-        return 1;
-    }
-    if (cli_is(it, "--rtol")) {
-        if (cli_double(it, 1e-13, 1.0, &o->rtol))
-            return -1;
-        o->has_rtol = 1;
-        return 1;
-    }
-    if (cli_is(it, "--atol")) {
-        if (cli_double(it, 1e-300, 1e6, &o->atol))
-            return -1;
-        o->has_atol = 1;
-        return 1;
-    }
-    if (cli_is(it, "--steps")) {
-        if (cli_int(it, 1, 100000, &o->steps))
-            return -1;
-        o->has_steps = 1;
-        return 1;
-    }
-    if (cli_is(it, "--max-nfe")) {
-        if (cli_int(it, 1, 100000000, &o->max_nfe))
-            return -1;
-        o->has_max_nfe = 1;
-        return 1;
-    }
+    vapo_ode_method m;
+    if (vapo_ode_method_parse(value, &m))
+        return opt_fail("%s: unknown solver '%s' (expected rk45, euler, heun or rk4)", opt, value);
+    *(const char **)field = value;
     return 0;
 }
 
-static int method_stages(vapo_ode_method m)
-{
-    switch (m) {
-    case VAPO_ODE_EULER:
-        return 1;
-    case VAPO_ODE_HEUN:
-        return 2;
-    case VAPO_ODE_RK4:
-        return 4;
-    default:
-        return 6;
-    }
-}
+#define ODE(field) offsetof(cli_ode_opts, field)
+const opt_def cli_ode_group[] = {
+    OPT_HEADING("Solver options (default: the model's sampling settings):"),
+    OPT(OPT_CALL, "--solver", "NAME", ODE(solver), 0, 0, NULL,
+        "rk45 (adaptive Dormand-Prince), euler, heun or rk4 (fixed step)", .call = parse_solver),
+    OPT(OPT_DOUBLE, "--t-end", "T", ODE(t_end), 1e-9, 1e6, NULL, "integrate dx/dt = grad Phi(x) on [0, T]"),
+    OPT(OPT_DOUBLE, "--rtol", "R", ODE(rtol), 1e-13, 1.0, NULL, "rk45 relative tolerance"),
+    OPT(OPT_DOUBLE, "--atol", "A", ODE(atol), 1e-300, 1e6, NULL, "rk45 absolute tolerance"),
+    OPT(OPT_INT, "--steps", "N", ODE(steps), 1, 100000, NULL, "steps of a fixed-step solver"),
+    OPT(OPT_INT, "--max-nfe", "N", ODE(max_nfe), 1, 100000000, NULL,
+        "give up on a sample after N field evaluations (default 10000, raised\n"
+        "to what --steps needs). The states stay on the GPU with CUDA (float);\n"
+        "on the CPU they are kept in double."),
+    OPT_TABLE_END};
 
 int cli_ode_apply(const cli_ode_opts *o, vapo_ode_config *cfg)
 {
-    if (o->has_method)
-        cfg->method = o->method;
-    if (o->has_t_end)
+    if (o->solver)
+        vapo_ode_method_parse(o->solver, &cfg->method); /* checked by parse_solver */
+    if (o->t_end)
         cfg->t_end = o->t_end;
-    if (o->has_rtol)
+    if (o->rtol)
         cfg->rtol = o->rtol;
-    if (o->has_atol)
+    if (o->atol)
         cfg->atol = o->atol;
-    if (o->has_steps)
+    if (o->steps)
         cfg->steps = o->steps;
-    if (o->has_max_nfe)
+    if (o->max_nfe)
         cfg->max_nfe = o->max_nfe;
     const int fixed = cfg->method != VAPO_ODE_RK45;
-    if (fixed && (o->has_rtol || o->has_atol))
-        cli_warn("--rtol/--atol have no effect with the fixed-step solver %s (use --steps)",
+    if (fixed && (o->rtol || o->atol))
+        opt_warn("--rtol/--atol have no effect with the fixed-step solver %s (use --steps)",
                  vapo_ode_method_name(cfg->method));
-    if (!fixed && o->has_steps)
-        cli_warn("--steps has no effect with the adaptive solver rk45 (use --rtol/--atol, or --solver rk4)");
-    if (fixed && !o->has_max_nfe) {
-        long long need = (long long)cfg->steps * method_stages(cfg->method);
-        if (need > cfg->max_nfe)
-            cfg->max_nfe = (int)need;
-    }
-    if (vapo_ode_config_validate(cfg)) {
-        cli_usage_error("solver options: %s", vapo_last_error());
-        return -1;
-    }
+    if (!fixed && o->steps)
+        opt_warn("--steps has no effect with the adaptive solver rk45 (use --rtol/--atol, or --solver rk4)");
+    const long long need = vapo_ode_fixed_nfe(cfg);
+    if (!o->max_nfe && need > cfg->max_nfe)
+        cfg->max_nfe = (int)need;
+    if (vapo_ode_config_validate(cfg))
+        return opt_fail("solver options: %s", vapo_last_error());
     return 0;
 }
 
@@ -391,76 +75,6 @@ void cli_ode_describe(const vapo_ode_config *cfg, char *buf, size_t size)
         snprintf(buf, size, "rk45 (rtol %g, atol %g), t_end %g", cfg->rtol, cfg->atol, cfg->t_end);
     else
         snprintf(buf, size, "%s (%d steps), t_end %g", vapo_ode_method_name(cfg->method), cfg->steps, cfg->t_end);
-}
-
-const char *cli_ode_help(void)
-{
-    return "Solver options (default: the model's sampling settings):\n"
-           "  --solver NAME      rk45 (adaptive Dormand-Prince), euler, heun or rk4 (fixed step)\n"
-           "  --t-end T          integrate dx/dt = grad Phi(x) on [0, T] (T > 0)\n"
-           "  --rtol R           rk45 relative tolerance\n"
-           "  --atol A           rk45 absolute tolerance\n"
-           "  --steps N          steps of a fixed-step solver (1..100000)\n"
-           "  --max-nfe N        give up on a sample after N field evaluations\n"
-           "                     (default 10000, raised to what --steps needs)\n"
-           "  The states stay on the GPU with CUDA (float); on the CPU they are kept in double.\n";
-}
-
-/* ---- device options ------------------------------------------------------------------- */
-
-void cli_device_defaults(cli_device_opts *o)
-{
-    snprintf(o->device, sizeof o->device, "auto");
-    o->threads = 0;
-}
-
-int cli_device_option(cli_args *it, cli_device_opts *o)
-{
-    if (cli_is(it, "--device")) {
-        const char *v = cli_value(it);
-        if (!v)
-            return -1;
-        int ok = !strcmp(v, "cpu") || !strcmp(v, "cuda") || !strcmp(v, "auto");
-        if (!ok && !strncmp(v, "cuda:", 5)) {
-            int dev;
-            char opt[80];
-            snprintf(opt, sizeof opt, "%s (cuda:N)", it->name);
-            if (cli_parse_int(opt, v + 5, 0, 1023, &dev))
-                return -1;
-            ok = 1;
-        }
-        if (!ok || strlen(v) >= sizeof o->device) {
-            cli_usage_error("%s: unknown device '%s' (expected cpu, cuda, cuda:N or auto)", it->name, v);
-            return -1;
-        }
-        snprintf(o->device, sizeof o->device, "%s", v);
-        return 1;
-    }
-    if (cli_is(it, "--threads")) {
-        if (cli_int(it, 0, 4096, &o->threads))
-            return -1;
-        return 1;
-    }
-    return 0;
-}
-
-vapo_backend *cli_backend_open(const cli_device_opts *o)
-{
-    vapo_backend *be;
-    if (!strncmp(o->device, "cuda:", 5))
-        be = vapo_backend_cuda(atoi(o->device + 5));
-    else
-        be = vapo_backend_open(o->device, o->threads);
-    if (!be)
-        cli_error("cannot open device '%s': %s", o->device, vapo_last_error());
-    return be;
-}
-
-const char *cli_device_help(void)
-{
-    return "Device options:\n"
-           "  --device D         cpu, cuda, cuda:N or auto (default auto: CUDA when usable, else CPU)\n"
-           "  --threads N        CPU threads (default 0 = all cores)\n";
 }
 
 /* ---- progress -------------------------------------------------------------------------- */
@@ -546,6 +160,7 @@ static void progress_print(cli_progress *p, double now, int final)
         fprintf(stderr, "\r%s\033[K%s", line, final ? "\n" : "");
     else
         fprintf(stderr, "%s\n", line);
+    p->live = p->mode == PROGRESS_TTY && !final;
     fflush(stderr);
     p->printed++;
     p->printed_done = p->done;
@@ -571,28 +186,37 @@ void cli_progress_update(cli_progress *p, double done, const char *extra_fmt, ..
     progress_print(p, now, 0);
 }
 
+void cli_progress_break(cli_progress *p)
+{
+    if (p->live)
+        fputc('\n', stderr);
+    p->live = 0;
+}
+
 void cli_progress_finish(cli_progress *p)
 {
     if (p->mode == PROGRESS_OFF || !p->printed)
         return;
     if (p->done != p->printed_done)
         progress_print(p, cli_now(), 1); /* ends a live line with '\n' too */
-    else if (p->mode == PROGRESS_TTY)
-        fputc('\n', stderr);
+    else
+        cli_progress_break(p);
     p->mode = PROGRESS_OFF;
 }
 
 /* ---- models ------------------------------------------------------------------------------ */
 
-vapo_model *cli_model_load(const char *path, const cli_device_opts *dev, vapo_backend **be_out)
+vapo_model *cli_model_load(const char *path, const opt_device *dev, vapo_backend **be_out)
 {
     *be_out = NULL;
-    vapo_backend *be = cli_backend_open(dev);
-    if (!be)
+    vapo_backend *be = vapo_backend_open(dev->device, dev->threads);
+    if (!be) {
+        opt_error("%s", vapo_last_error());
         return NULL;
+    }
     vapo_model *m = vapo_model_load(path, be);
     if (!m) {
-        cli_error("cannot load model: %s", vapo_last_error());
+        opt_error("cannot load model: %s", vapo_last_error());
         be->destroy(be);
         return NULL;
     }

@@ -11,6 +11,7 @@
  * the ODE and rounded to 8 bits as a PNG would store them), so its own
  * samples score as in distribution and flat noise mostly does not. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,18 +20,6 @@
 #include "vapo/error.h"
 #include "vapo/image.h"
 #include "vapo/model.h"
-
-static const char usage[] =
-    "Usage: make-test-model OUT.safetensors [options]\n"
-    "Writes a random model (for tests) with non-zero ReZero scales and an OOD calibration.\n"
-    "\n"
-    "Options:\n"
-    "  --preset NAME      architecture preset (default tiny: 1x8x8)\n"
-    "  --seed S           initialisation seed (default 7)\n"
-    "  --scale V          value of every ReZero scale (default 0.5)\n"
-    "  --calib N          samples used for the OOD calibration (default 64, >= 2)\n"
-    "  --no-calib         write no OOD calibration\n"
-    "  -h, --help         this text\n";
 
 static int calibrate(vapo_model *m, int n)
 {
@@ -57,66 +46,64 @@ done:
     return rc;
 }
 
+typedef struct {
+    const char *preset;
+    uint64_t seed;
+    double scale;
+    int calib, no_calib;
+} options;
+
+#define F(field) offsetof(options, field)
+static const opt_def table[] = {
+    OPT(OPT_STRING, "--preset", "NAME", F(preset), 0, 0, "tiny", "architecture preset (tiny: 1x8x8)"),
+    OPT(OPT_U64, "--seed", "S", F(seed), 0, 0, "7", "initialisation seed"),
+    OPT(OPT_DOUBLE, "--scale", "V", F(scale), -100, 100, "0.5", "value of every ReZero scale"),
+    OPT(OPT_INT, "--calib", "N", F(calib), 2, 1000000, "64", "samples used for the OOD calibration"),
+    OPT(OPT_FLAG, "--no-calib", NULL, F(no_calib), 0, 0, NULL, "write no OOD calibration"),
+    OPT_TABLE_END};
+
+static const opt_spec spec = {
+    .prog = "make-test-model",
+    .usage = "OUT.safetensors [options]",
+    .about = "Writes a random model (for tests) with non-zero ReZero scales and an OOD calibration.",
+    .table = table,
+    .pos_name = "output file",
+    .min_pos = 1,
+    .max_pos = 1,
+};
+
 int main(int argc, char **argv)
 {
-    const char *out = NULL, *preset = "tiny";
-    uint64_t seed = 7;
-    double scale = 0.5;
-    int n_calib = 64;
-
-    cli_set_prog("make-test-model");
-    cli_args it;
-    cli_args_init(&it, argc, argv);
-    for (int k; (k = cli_next(&it)) != CLI_END;) {
-        if (k == CLI_POSITIONAL) {
-            if (out)
-                return cli_usage_error("more than one output file given ('%s' and '%s')", out, it.arg);
-            out = it.arg;
-        } else if (cli_is(&it, "-h|--help")) {
-            fputs(usage, stdout);
-            return 0;
-        } else if (cli_is(&it, "--preset")) {
-            if (!(preset = cli_value(&it)))
-                return CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--seed")) {
-            if (cli_u64(&it, &seed))
-                return CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--scale")) {
-            if (cli_double(&it, -100, 100, &scale))
-                return CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--calib")) {
-            if (cli_int(&it, 2, 1000000, &n_calib))
-                return CLI_EXIT_USAGE;
-        } else if (cli_is(&it, "--no-calib")) {
-            if (cli_flag(&it))
-                return CLI_EXIT_USAGE;
-            n_calib = 0;
-        } else {
-            return cli_unknown(&it);
-        }
-    }
-    if (!out)
-        return cli_usage_error("no output file given");
+    options o = {0};
+    opt_positionals pos = {0};
+    int status = opt_parse(&spec, argc, argv, &o, &pos);
+    const char *out = pos.n ? pos.v[0] : NULL, *preset = o.preset;
+    free(pos.v);
+    if (status != OPT_GO)
+        return status;
+    const uint64_t seed = o.seed;
+    const double scale = o.scale;
+    const int n_calib = o.no_calib ? 0 : o.calib;
 
     vapo_arch arch;
     if (vapo_arch_preset(preset, &arch))
-        return cli_usage_error("--preset: %s", vapo_last_error());
+        return opt_usage_error("--preset: %s", vapo_last_error());
     vapo_backend *be = vapo_backend_cpu(1);
     if (!be)
-        return cli_error("cannot open the CPU backend: %s", vapo_last_error());
+        return opt_error("cannot open the CPU backend: %s", vapo_last_error());
     vapo_net *net = vapo_net_create(be, &arch);
     if (!net || vapo_net_init(net, seed) || vapo_net_set_scales(net, (float)scale)) {
-        cli_error("cannot build the network: %s", vapo_last_error());
+        opt_error("cannot build the network: %s", vapo_last_error());
         vapo_net_free(net);
         be->destroy(be);
-        return CLI_EXIT_FAILURE;
+        return OPT_EXIT_FAILURE;
     }
     vapo_loss_config loss = vapo_loss_config_default();
     vapo_model *m = vapo_model_wrap(net, &loss);
     if (!m) {
         vapo_net_free(net);
         be->destroy(be);
-        return cli_error("%s", vapo_last_error());
+        return opt_error("%s", vapo_last_error());
     }
     snprintf(m->dataset, sizeof m->dataset, "random-test-model");
     m->sampling.method = VAPO_ODE_RK45;
@@ -126,9 +113,9 @@ int main(int argc, char **argv)
 
     int rc = 0;
     if (n_calib > 0 && calibrate(m, n_calib))
-        rc = cli_error("calibration failed: %s", vapo_last_error());
+        rc = opt_error("calibration failed: %s", vapo_last_error());
     else if (vapo_model_save(out, m, NULL, 0))
-        rc = cli_error("cannot save '%s': %s", out, vapo_last_error());
+        rc = opt_error("cannot save '%s': %s", out, vapo_last_error());
     else
         printf("wrote %s (%s, seed %llu, ReZero scales %g, %d calibration energies)\n", out, preset,
                (unsigned long long)seed, scale, m->n_calib);

@@ -490,8 +490,10 @@ static vapo_backend *open_device(const run *r)
     char name[32];
     snprintf(name, sizeof name, "cuda:%d", r->world.local_rank);
     vapo_backend *be = vapo_backend_open(name, r->o.dev.threads);
-    if (!be && !strcmp(dev, "auto"))
+    if (!be && !strcmp(dev, "auto")) {
+        opt_info("%s; using the CPU backend", vapo_last_error());
         be = vapo_backend_open("cpu", r->o.dev.threads);
+    }
     return be;
 }
 

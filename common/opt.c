@@ -236,8 +236,7 @@ static int set_value(const opt_def *d, void *p, const char *opt, const char *val
     case OPT_INT:
         return opt_parse_int(opt, value, clamp_ll(lo), clamp_ll(hi), (int *)p);
     case OPT_LONG:
-        if (opt_parse_ll(opt, value, lo < LONG_MIN ? LONG_MIN : clamp_ll(lo), hi > LONG_MAX ? LONG_MAX : clamp_ll(hi),
-                         &ll))
+        if (opt_parse_ll(opt, value, clamp_ll(lo), clamp_ll(hi), &ll)) /* long is 64 bits on every target */
             return -1;
         *(long *)p = (long)ll;
         return 0;

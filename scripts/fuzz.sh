@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh --build-only             build only
 #   scripts/fuzz.sh --no-build SECONDS T...  run only (ctest: after the fuzz_build test)
 #
-# Targets: png b64 json ckpt generate interpolate energy (default: all).
+# Targets: png b64 json opt ckpt generate interpolate energy (default: all).
 # Build folder: $VAPO_FUZZ_BUILD (default build-fuzz). New inputs go to
 # BUILD/fuzz/corpus/TARGET (the committed corpus is only read); a crash is kept
 # as BUILD/fuzz/crashes/TARGET-crash-<sha1> and the script exits 1 naming it
@@ -15,7 +15,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${VAPO_FUZZ_BUILD:-$root/build-fuzz}
-all=(png b64 json ckpt generate interpolate energy)
+all=(png b64 json opt ckpt generate interpolate energy)
 
 do_build=1 do_run=1
 case "${1:-}" in

@@ -8,7 +8,7 @@ if(NOT VAPO_FUZZ)
   add_test(NAME fuzz_build COMMAND bash ${CMAKE_SOURCE_DIR}/scripts/fuzz.sh --build-only)
   set_tests_properties(fuzz_build PROPERTIES ENVIRONMENT "${fuzz_env}" FIXTURES_SETUP vapo_fuzz
                        SKIP_RETURN_CODE 77 TIMEOUT 900 LABELS fuzz)
-  foreach(t png b64 json ckpt generate interpolate energy)
+  foreach(t png b64 json opt ckpt generate interpolate energy)
     add_test(NAME fuzz_${t} COMMAND bash ${CMAKE_SOURCE_DIR}/scripts/fuzz.sh --no-build ${VAPO_FUZZ_SECONDS} ${t})
     math(EXPR fuzz_timeout "${VAPO_FUZZ_SECONDS} + 120")
     set_tests_properties(fuzz_${t} PROPERTIES ENVIRONMENT "${fuzz_env}" FIXTURES_REQUIRED vapo_fuzz

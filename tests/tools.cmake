@@ -32,6 +32,21 @@ else()
   message(STATUS "vapo: ✗ /usr/bin/python3 or a tool is missing: the tools_* tests are not run")
 endif()
 
+# Every program's command line, table-driven (cli_test.py): the same usage
+# errors (exit 2, message, usage line), --config with wrong types, --help, and
+# --device cuda:7 named in a clear error.
+if(EXISTS /usr/bin/python3 AND TARGET vapo-train AND TARGET vapo-sample AND TARGET vapo-interpolate AND TARGET vapo-score)
+  set(VAPO_CLI_PROGRAMS train=$<TARGET_FILE:vapo-train> sample=$<TARGET_FILE:vapo-sample>
+      interpolate=$<TARGET_FILE:vapo-interpolate> score=$<TARGET_FILE:vapo-score>)
+  if(TARGET vapo-serve)
+    list(APPEND VAPO_CLI_PROGRAMS serve=$<TARGET_FILE:vapo-serve>)
+  endif()
+  add_test(NAME cli COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/cli_test.py --model ${VAPO_TOOLS_MODEL}
+                            --work ${CMAKE_BINARY_DIR}/cli-test ${VAPO_CLI_PROGRAMS}
+           WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+  set_tests_properties(cli PROPERTIES FIXTURES_REQUIRED vapo_tools_model TIMEOUT 300)
+endif()
+
 # docker/entrypoint.sh and docker/healthcheck.sh with the real vapo-serve (no
 # Docker needed); the server part is skipped when vapo-serve is not built.
 add_test(NAME tools_docker_entrypoint

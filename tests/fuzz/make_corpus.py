@@ -106,6 +106,13 @@ def main():
         "scalar.json": '"text"',
         "nested.json": '[[[[{"x": []}]]]]',
     })
+    # fuzz_opt: NUL-separated arguments; a first argument starting with { or [ is a --config document
+    write("opt", {
+        "args": "--int\0" "3\0-f\0x",
+        "config": '{"int": 2, "double": 0.25, "flag": true, "choice": "bb", "device": "cuda:1"}\0--long=5',
+        "bad": "--double=nan\0--size\0" "0",
+        "dashes": "--\0--int\0--help",
+    })
     ckpt = {
         "two_tensors.safetensors": safetensors(
             [("a", "F32", [2, 2], struct.pack("<4f", 1, 2, 3, 4)), ("b", "I64", [1], struct.pack("<q", 7)),

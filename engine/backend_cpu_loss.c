@@ -1,7 +1,12 @@
-/* The CPU backend's noise and VAPO-loss ops (backend.h). One sample per
- * OpenMP iteration; each row's sums run in a fixed order, so results do not
- * depend on the thread count. */
+/* The CPU backend's noise and VAPO-loss ops (backend.h), and the host entry
+ * points of loss.h that run them on host arrays. One sample per OpenMP
+ * iteration; each row's sums run in a fixed order, so results do not depend
+ * on the thread count. */
+#include <math.h>
+#include <stdlib.h>
+
 #include "backend_cpu.h"
+#include "vapo/loss.h"
 #include "vapo/rng.h"
 
 void cpu_rng_normal(vapo_backend *be, uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out)
@@ -49,4 +54,30 @@ void cpu_loss_seeds(vapo_backend *be, int batch, int d, double scale, double lam
         phi_bar[i] = vapo_loss_phi_bar(scale, lambda, wgc, phi[i]);
         vapo_loss_row_terms(scale, lambda, gg, v ? -gv : wgc * phi[i], wgc, phi[i], terms + (size_t)VAPO_ROW_TERMS * i);
     }
+}
+
+/* The host entry points: the ops above ignore their backend argument. */
+void vapo_loss_perturb(const vapo_loss_config *cfg, int batch, int d, const float *xbar, const double *t,
+                       const float *z, float *x, vapo_path_coef *coef, double *zx, float *v)
+{
+    for (int i = 0; i < batch; i++)
+        coef[i] = vapo_path_coef_at(cfg, t[i]);
+    cpu_loss_perturb(NULL, batch, d, coef, xbar, z, x, v, zx);
+}
+
+void vapo_loss_eval(const vapo_loss_config *cfg, int batch, int d, const vapo_path_coef *coef, const double *zx,
+                    const float *phi, const float *grad, const float *v, vapo_loss_terms *terms, float *phi_bar,
+                    float *u)
+{
+    float *u_tmp = u ? NULL : malloc(sizeof(float) * batch * d), *pb_tmp = phi_bar ? NULL : malloc(sizeof(float) * batch);
+    double *rows = malloc(sizeof(double) * VAPO_ROW_TERMS * batch);
+    if ((!u && !u_tmp) || (!phi_bar && !pb_tmp) || !rows) {
+        free(u_tmp), free(pb_tmp), free(rows);
+        *terms = (vapo_loss_terms){.total = NAN};
+        return;
+    }
+    cpu_loss_seeds(NULL, batch, d, 1.0 / ((double)batch * d), cfg->lambda, coef, zx, phi, grad, v, u ? u : u_tmp,
+                   phi_bar ? phi_bar : pb_tmp, rows);
+    vapo_loss_terms_sum(batch, rows, terms);
+    free(u_tmp), free(pb_tmp), free(rows);
 }

@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_cpu.h"
 #include "vapo/error.h"
 #include "vapo/rng.h"
 
@@ -95,32 +94,6 @@ vapo_path_coef vapo_path_coef_at(const vapo_loss_config *cfg, double t)
     /* gamma - E[gamma | xbar, t] written in z: no cancellation of two ~d/nu^2 terms */
     return (vapo_path_coef){.m = (float)s.m, .sigma = (float)s.sigma, .vm = (float)s.vm, .vs = (float)s.vs,
                             .wz = s.w * s.sigma * s.sigma / n2, .wx = -2.0 * s.w * (1.0 - s.m) * s.sigma / n2};
-}
-
-/* The host entry points run the CPU backend's ops, which ignore the backend. */
-void vapo_loss_perturb(const vapo_loss_config *cfg, int batch, int d, const float *xbar, const double *t,
-                       const float *z, float *x, vapo_path_coef *coef, double *zx, float *v)
-{
-    for (int i = 0; i < batch; i++)
-        coef[i] = vapo_path_coef_at(cfg, t[i]);
-    cpu_loss_perturb(NULL, batch, d, coef, xbar, z, x, v, zx);
-}
-
-void vapo_loss_eval(const vapo_loss_config *cfg, int batch, int d, const vapo_path_coef *coef, const double *zx,
-                    const float *phi, const float *grad, const float *v, vapo_loss_terms *terms, float *phi_bar,
-                    float *u)
-{
-    float *u_tmp = u ? NULL : malloc(sizeof(float) * batch * d), *pb_tmp = phi_bar ? NULL : malloc(sizeof(float) * batch);
-    double *rows = malloc(sizeof(double) * VAPO_ROW_TERMS * batch);
-    if ((!u && !u_tmp) || (!phi_bar && !pb_tmp) || !rows) {
-        free(u_tmp), free(pb_tmp), free(rows);
-        *terms = (vapo_loss_terms){.total = NAN};
-        return;
-    }
-    cpu_loss_seeds(NULL, batch, d, 1.0 / ((double)batch * d), cfg->lambda, coef, zx, phi, grad, v, u ? u : u_tmp,
-                   phi_bar ? phi_bar : pb_tmp, rows);
-    vapo_loss_terms_sum(batch, rows, terms);
-    free(u_tmp), free(pb_tmp), free(rows);
 }
 
 void vapo_loss_terms_sum(int batch, const double *rows, vapo_loss_terms *terms)

@@ -285,16 +285,20 @@ void opt_defaults(const opt_spec *spec, void *dst)
 static char **kept;
 static size_t nkept;
 
-static const char *keep(const char *s)
+/* Keeps p (malloc'd) until opt_release; NULL (p freed) when out of memory. */
+static void *keep_ptr(void *p)
 {
-    char **k = realloc(kept, sizeof *kept * (nkept + 1));
-    char *copy = k ? strdup(s) : NULL;
-    if (k)
-        kept = k;
-    if (copy)
-        kept[nkept++] = copy;
-    return copy;
+    char **k = p ? realloc(kept, sizeof *kept * (nkept + 1)) : NULL;
+    if (!k) {
+        free(p);
+        return NULL;
+    }
+    kept = k;
+    kept[nkept++] = p;
+    return p;
 }
+
+static const char *keep(const char *s) { return keep_ptr(strdup(s)); }
 
 void opt_release(void)
 {
@@ -462,16 +466,19 @@ static void help_entry(const char *names, const char *arg, const char *help, con
     putchar('\n');
 }
 
-static void help_table(const opt_def *table)
+/* The table's lines; returns how many headings it printed (each after a blank line). */
+static int help_table(const opt_def *table)
 {
+    int headings = 0;
     for (const opt_def *d = table; d->type != OPT_END; d++) {
         if (d->type == OPT_INCLUDE)
-            help_table(d->group);
+            headings += help_table(d->group);
         else if (d->type == OPT_SECTION)
-            printf("%s\n", d->help);
+            printf("\n%s\n", d->help), headings++;
         else
             help_entry(d->names, d->arg, d->help, d->type == OPT_FLAG ? NULL : d->def);
     }
+    return headings;
 }
 
 void opt_help(const opt_spec *spec)
@@ -480,10 +487,10 @@ void opt_help(const opt_spec *spec)
     print_usage(stdout);
     if (spec->about)
         printf("%s\n", spec->about);
-    putchar('\n');
     if (spec->table[0].type != OPT_SECTION)
-        printf("Options:\n");
-    help_table(spec->table);
+        printf("\nOptions:\n");
+    if (help_table(spec->table))
+        putchar('\n');
     help_entry("--config", "FILE.json", "options as a JSON object: the long names without --, numbers as\n"
                                         "numbers, flags as true/false (the command line wins)", NULL);
     if (spec->version)
@@ -559,7 +566,7 @@ static int option(const opt_spec *spec, int argc, char **argv, int *i, void *dst
 
 int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst, opt_positionals *pos)
 {
-    opt_positionals none = {0};
+    opt_positionals none;
     opt_set_prog(spec->prog, spec->usage);
     if (wants(argc, argv, "-h", "--help")) {
         opt_help(spec);
@@ -575,7 +582,7 @@ int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst, opt_p
     if (!pos)
         pos = &none;
     pos->n = 0;
-    if (!pos->v && !(pos->v = malloc(sizeof(char *) * (argc > 0 ? argc : 1))))
+    if (!(pos->v = keep_ptr(malloc(sizeof(char *) * (argc > 0 ? argc : 1)))))
         return opt_error("out of memory");
     int rc = 0, only_pos = 0;
     for (int i = 1; !rc && i < argc; i++) {
@@ -589,7 +596,6 @@ int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst, opt_p
     }
     if (!rc && pos->n < spec->min_pos)
         rc = opt_fail("no %s given", spec->pos_name ? spec->pos_name : "argument");
-    free(none.v);
     return rc ? OPT_EXIT_USAGE : OPT_GO;
 }
 

@@ -22,6 +22,8 @@
  *   static const opt_spec spec = {"vapo-sample", "MODEL [options]", "about", table, .min_pos = 1};
  *   int rc = opt_parse(&spec, argc, argv, &o, &pos);
  *   if (rc != OPT_GO) return rc;
+ *   ... pos.v[0] is the model (min_pos = 1) ...
+ *   opt_release();
  */
 #ifndef VAPO_OPT_H
 #define VAPO_OPT_H
@@ -86,7 +88,7 @@ typedef struct {
 } opt_spec;
 
 typedef struct {
-    const char **v; /* positional arguments, in order (free v) */
+    const char **v; /* positional arguments, in order (kept until opt_release) */
     int n;
 } opt_positionals;
 
@@ -107,7 +109,7 @@ int opt_apply_json(const opt_spec *spec, const struct json_t *obj, const char *o
 struct json_t *opt_to_json(const opt_spec *spec, const void *src);
 /* Prints the help text to stdout. */
 void opt_help(const opt_spec *spec);
-/* Frees the strings kept from JSON files (at exit). */
+/* Frees what the parser kept: strings from JSON files, positional lists. */
 void opt_release(void);
 
 /* ---- messages ----------------------------------------------------------------

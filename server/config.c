@@ -108,10 +108,9 @@ static const opt_spec spec = {
 int config_parse(int argc, char **argv, serve_config *cfg, int *exit_code)
 {
     *cfg = (serve_config){0};
-    opt_positionals pos = {0};
+    opt_positionals pos;
     int rc = opt_parse(&spec, argc, argv, cfg, &pos);
-    cfg->model_arg = pos.n ? pos.v[0] : NULL;
-    free(pos.v);
+    cfg->model_arg = rc == OPT_GO && pos.n ? pos.v[0] : NULL;
     if (rc == OPT_GO && cfg->max_images > cfg->max_queue)
         rc = opt_usage_error("--max-images (%d) must not exceed --max-queue (%d)", cfg->max_images, cfg->max_queue);
     *exit_code = rc == OPT_GO ? 0 : rc;

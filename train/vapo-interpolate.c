@@ -30,11 +30,10 @@ typedef struct {
 
 typedef struct {
     const char *out, *out_dir;
-    int frames, rows, pad, batch, quiet;
+    int frames, rows;
     seed_opt seed_a, seed_b;
     pair_list pairs;
-    cli_ode_opts ode;
-    opt_device dev;
+    cli_solve_opts run;
 } options;
 
 static int parse_seed(void *field, const char *opt, const char *value)
@@ -75,12 +74,7 @@ static const opt_def table[] = {
     OPT(OPT_INT, "--frames", "K", F(frames), 1, 1000, "10", "frames per row, s = linspace(0, 1, K)"),
     OPT(OPT_STRING, "-o|--out", "FILE", F(out), 0, 0, "interpolation.png", "the strip (grid) PNG"),
     OPT(OPT_STRING, "--out-dir", "DIR", F(out_dir), 0, 0, NULL, "also write each frame, DIR/row<r>_frame<k>.png"),
-    OPT(OPT_INT, "--pad", "P", F(pad), 0, 64, "2", "pixels between tiles"),
-    OPT(OPT_INT, "--batch", "B", F(batch), 1, 65536, "64", "frames solved together; does not change results"),
-    OPT(OPT_FLAG, "-q|--quiet", NULL, F(quiet), 0, 0, NULL, "no progress line or settings on stderr"),
-    OPT_GROUP(F(ode), cli_ode_group),
-    OPT_HEADING("Device options:"),
-    OPT_GROUP(F(dev), opt_device_group),
+    OPT_GROUP(F(run), cli_solve_group),
     OPT_TABLE_END};
 
 static const opt_spec spec = {
@@ -89,9 +83,7 @@ static const opt_spec spec = {
     .about = "Spherical interpolation between the initial noises of two samples; each frame is\n"
              "pushed through the model's ODE. One row per pair of samples, one column per frame.",
     .table = table,
-    .footer = "Progress on stderr: a live line on a terminal, else a line every 10 s\n"
-              "(VAPO_PROGRESS=off|tty|plain|auto, VAPO_PROGRESS_INTERVAL=SECONDS).\n"
-              "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
+    .footer = CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
     .pos_name = "model",
     .min_pos = 1,
     .max_pos = 1,
@@ -100,30 +92,29 @@ static const opt_spec spec = {
 int main(int argc, char **argv)
 {
     static options o; /* the pair list is large */
-    opt_positionals pos = {0};
+    opt_positionals pos;
     int status = opt_parse(&spec, argc, argv, &o, &pos);
-    const char *model_path = pos.n ? pos.v[0] : NULL;
-    free(pos.v);
     if (status != OPT_GO)
         return status;
+    const char *model_path = pos.v[0];
     const int npairs = o.pairs.n;
     if (npairs && (o.seed_a.given || o.seed_b.given || o.rows))
         return opt_usage_error("give either --pair A:B or --seed-a/--seed-b/--rows, not both");
     if (!npairs && !(o.seed_a.given && o.seed_b.given))
         return opt_usage_error("give --seed-a and --seed-b (or --pair A:B)");
-    const int rows = npairs ? npairs : o.rows ? o.rows : 1, frames = o.frames, pad = o.pad, batch = o.batch;
+    const int rows = npairs ? npairs : o.rows ? o.rows : 1, frames = o.frames, pad = o.run.pad, batch = o.run.batch;
     const char *out = o.out, *out_dir = o.out_dir;
     const int total = rows * frames;
 
     vapo_backend *be;
-    vapo_model *m = cli_model_load(model_path, &o.dev, &be);
+    vapo_model *m = cli_model_load(model_path, &o.run.tool.dev, &be);
     if (!m)
         return OPT_EXIT_FAILURE;
     vapo_ode_config cfg = m->sampling;
     int rc = OPT_EXIT_FAILURE;
     float *all = NULL, *xa = NULL, *xb = NULL;
     int *nfe = NULL;
-    if (cli_ode_apply(&o.ode, &cfg)) {
+    if (cli_ode_apply(&o.run.ode, &cfg)) {
         rc = OPT_EXIT_USAGE;
         goto done;
     }
@@ -161,11 +152,11 @@ int main(int argc, char **argv)
 
     char solver[128];
     cli_ode_describe(&cfg, solver, sizeof solver);
-    if (!o.quiet)
+    if (!o.run.tool.quiet)
         opt_info("%s: %d row(s) x %d frames of %dx%dx%d, %s, batch %d on %s", model_path, rows, frames, c, h, w,
                  solver, batch, be->name);
     cli_progress prog;
-    cli_progress_start(&prog, "interpolating", total, "frames", !o.quiet);
+    cli_progress_start(&prog, "interpolating", total, "frames", !o.run.tool.quiet);
     const double t0 = cli_now();
     for (int done = 0; done < total; done += batch) {
         const int nb = total - done < batch ? total - done : batch;
@@ -209,5 +200,6 @@ done:
     free(all), free(xa), free(xb), free(nfe);
     vapo_model_free(m);
     be->destroy(be);
+    opt_release();
     return rc;
 }

@@ -16,10 +16,9 @@
 
 typedef struct {
     const char *out, *out_dir;
-    int n, first, cols, pad, batch, quiet;
+    int n, first, cols;
     uint64_t seed;
-    cli_ode_opts ode;
-    opt_device dev;
+    cli_solve_opts run;
 } options;
 
 #define F(field) offsetof(options, field)
@@ -31,12 +30,7 @@ static const opt_def table[] = {
     OPT(OPT_STRING, "--out-dir", "DIR", F(out_dir), 0, 0, NULL,
         "write one PNG per sample, DIR/seed<S>_<k>.png (created if missing)"),
     OPT(OPT_INT, "--cols", "C", F(cols), 1, 100000, NULL, "grid columns (default ceil(sqrt(N)))"),
-    OPT(OPT_INT, "--pad", "P", F(pad), 0, 64, "2", "pixels between grid tiles"),
-    OPT(OPT_INT, "--batch", "B", F(batch), 1, 65536, "64", "samples solved together; does not change results"),
-    OPT(OPT_FLAG, "-q|--quiet", NULL, F(quiet), 0, 0, NULL, "no progress line or settings on stderr"),
-    OPT_GROUP(F(ode), cli_ode_group),
-    OPT_HEADING("Device options:"),
-    OPT_GROUP(F(dev), opt_device_group),
+    OPT_GROUP(F(run), cli_solve_group),
     OPT_TABLE_END};
 
 static const opt_spec spec = {
@@ -47,9 +41,7 @@ static const opt_spec spec = {
     .table = table,
     .footer = "Output: the grid (or folder) and, on stdout, one summary line with the\n"
               "average number of field evaluations (NFE) per sample.\n"
-              "Progress on stderr: a live line on a terminal, else a line every 10 s\n"
-              "(VAPO_PROGRESS=off|tty|plain|auto, VAPO_PROGRESS_INTERVAL=SECONDS).\n"
-              "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
+              CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
     .pos_name = "model",
     .min_pos = 1,
     .max_pos = 1,
@@ -58,12 +50,11 @@ static const opt_spec spec = {
 int main(int argc, char **argv)
 {
     options o = {0};
-    opt_positionals pos = {0};
+    opt_positionals pos;
     int status = opt_parse(&spec, argc, argv, &o, &pos);
-    const char *model_path = pos.n ? pos.v[0] : NULL;
-    free(pos.v);
     if (status != OPT_GO)
         return status;
+    const char *model_path = pos.v[0];
     if (o.out && o.out_dir)
         return opt_usage_error("give either --out or --out-dir, not both");
     const char *out = o.out, *out_dir = o.out_dir;
@@ -71,19 +62,19 @@ int main(int argc, char **argv)
         out = "samples.png";
     if ((long long)o.first + o.n > 2000000000LL)
         return opt_usage_error("--first + --num must stay below 2000000000");
-    const int n = o.n, first = o.first, cols = o.cols, pad = o.pad, quiet = o.quiet;
+    const int n = o.n, first = o.first, cols = o.cols, pad = o.run.pad, quiet = o.run.tool.quiet;
     const uint64_t seed = o.seed;
-    int batch = o.batch;
+    int batch = o.run.batch;
 
     vapo_backend *be;
-    vapo_model *m = cli_model_load(model_path, &o.dev, &be);
+    vapo_model *m = cli_model_load(model_path, &o.run.tool.dev, &be);
     if (!m)
         return OPT_EXIT_FAILURE;
     vapo_ode_config cfg = m->sampling;
     int rc = OPT_EXIT_FAILURE;
     float *all = NULL, *x = NULL;
     int *nfe = NULL;
-    if (cli_ode_apply(&o.ode, &cfg)) {
+    if (cli_ode_apply(&o.run.ode, &cfg)) {
         rc = OPT_EXIT_USAGE;
         goto done;
     }
@@ -174,5 +165,6 @@ done:
     free(all), free(x), free(nfe);
     vapo_model_free(m);
     be->destroy(be);
+    opt_release();
     return rc;
 }

@@ -356,9 +356,9 @@ static void csv_field(FILE *f, const char *s)
 
 typedef struct {
     const char *format, *auroc_vs;
-    int summary_only, limit, resize, auroc_n, batch, quiet;
+    int summary_only, limit, resize, auroc_n, batch;
     uint64_t auroc_seed;
-    opt_device dev;
+    cli_tool_opts tool;
 } options;
 
 #define F(field) offsetof(options, field)
@@ -379,9 +379,7 @@ static const opt_def table[] = {
         "most its first N images (default all)"),
     OPT(OPT_U64, "--auroc-seed", "S", F(auroc_seed), 0, 0, "0", "seed of the noise images"),
     OPT(OPT_INT, "--batch", "B", F(batch), 1, 65536, "256", "images per network pass"),
-    OPT(OPT_FLAG, "-q|--quiet", NULL, F(quiet), 0, 0, NULL, "no progress line or settings on stderr"),
-    OPT_HEADING("Device options:"),
-    OPT_GROUP(F(dev), opt_device_group),
+    OPT_GROUP(F(tool), cli_tool_group),
     OPT_TABLE_END};
 
 static const opt_spec spec = {
@@ -395,9 +393,7 @@ static const opt_spec spec = {
               "below everything seen) and in_distribution (ood_score <= the model's keep\n"
               "fraction). Without a calibration in the model the last two are empty (null).\n"
               "The summary goes to stderr (stdout with --summary; inside the object for json).\n"
-              "Progress on stderr: a live line on a terminal, else a line every 10 s\n"
-              "(VAPO_PROGRESS=off|tty|plain|auto, VAPO_PROGRESS_INTERVAL=SECONDS).\n"
-              "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n",
+              CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n",
     .pos_name = "model",
     .min_pos = 1,
     .max_pos = -1,
@@ -406,17 +402,15 @@ static const opt_spec spec = {
 int main(int argc, char **argv)
 {
     options o = {0};
-    opt_positionals pos = {0};
+    opt_positionals pos;
     int status = opt_parse(&spec, argc, argv, &o, &pos);
     if (status == OPT_GO && pos.n < 2)
         status = opt_usage_error("no input images given (PNG files, folders of PNGs or idx files)");
-    if (status != OPT_GO) {
-        free(pos.v);
+    if (status != OPT_GO)
         return status;
-    }
     const char *model_path = pos.v[0], *auroc_vs = o.auroc_vs, **inputs = pos.v + 1;
     const int ninputs = pos.n - 1, format = !strcmp(o.format, "json"), summary_only = o.summary_only;
-    const int limit = o.limit, resize = o.resize, quiet = o.quiet, auroc_n = o.auroc_n ? o.auroc_n : 1000;
+    const int limit = o.limit, resize = o.resize, quiet = o.tool.quiet, auroc_n = o.auroc_n ? o.auroc_n : 1000;
     const uint64_t auroc_seed = o.auroc_seed;
     int batch = o.batch;
     const int noise_kind = !auroc_vs ? -1 : !strcmp(auroc_vs, "uniform") ? 0 : !strcmp(auroc_vs, "gaussian") ? 1 : 2;
@@ -442,7 +436,7 @@ int main(int argc, char **argv)
                       : noise_kind == 2 ? (o.auroc_n && o.auroc_n < ood.n ? o.auroc_n : ood.n)
                                         : auroc_n;
 
-    if (!(m = cli_model_load(model_path, &o.dev, &be)))
+    if (!(m = cli_model_load(model_path, &o.tool.dev, &be)))
         goto done;
     const size_t d = vapo_net_input_size(m->net);
     if (batch > (n > n_ood ? n : n_ood))
@@ -555,6 +549,6 @@ done:
     vapo_model_free(m);
     if (be)
         be->destroy(be);
-    free(pos.v);
+    opt_release();
     return rc;
 }

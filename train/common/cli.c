@@ -41,6 +41,21 @@ const opt_def cli_ode_group[] = {
         "on the CPU they are kept in double."),
     OPT_TABLE_END};
 
+#define TOOL(field) offsetof(cli_tool_opts, field)
+const opt_def cli_tool_group[] = {
+    OPT(OPT_FLAG, "-q|--quiet", NULL, TOOL(quiet), 0, 0, NULL, "no progress line or settings on stderr"),
+    OPT_HEADING("Device options:"),
+    OPT_GROUP(TOOL(dev), opt_device_group),
+    OPT_TABLE_END};
+
+#define SOLVE(field) offsetof(cli_solve_opts, field)
+const opt_def cli_solve_group[] = {
+    OPT(OPT_INT, "--batch", "B", SOLVE(batch), 1, 65536, "64", "images solved together; does not change results"),
+    OPT(OPT_INT, "--pad", "P", SOLVE(pad), 0, 64, "2", "pixels between grid tiles"),
+    OPT_GROUP(SOLVE(tool), cli_tool_group),
+    OPT_GROUP(offsetof(cli_solve_opts, ode), cli_ode_group),
+    OPT_TABLE_END};
+
 int cli_ode_apply(const cli_ode_opts *o, vapo_ode_config *cfg)
 {
     if (o->solver)

@@ -24,6 +24,27 @@ typedef struct {
 
 extern const opt_def cli_ode_group[]; /* OPT_GROUP(offsetof(..., ode), cli_ode_group) */
 
+/* What every image tool takes: -q/--quiet and the device options. */
+typedef struct {
+    int quiet;
+    opt_device dev;
+} cli_tool_opts;
+extern const opt_def cli_tool_group[];
+
+/* The tools that integrate the ODE into a grid: --batch, --pad, the above
+ * and the solver options. */
+typedef struct {
+    int batch, pad;
+    cli_tool_opts tool;
+    cli_ode_opts ode;
+} cli_solve_opts;
+extern const opt_def cli_solve_group[];
+
+/* The help's paragraph on the progress line (cli_progress below). */
+#define CLI_PROGRESS_HELP                                                                                              \
+    "Progress on stderr: a live line on a terminal, else a line every 10 s\n"                                          \
+    "(VAPO_PROGRESS=off|tty|plain|auto, VAPO_PROGRESS_INTERVAL=SECONDS).\n"
+
 /* Overrides the fields given on the command line in cfg (the model's
  * sampling defaults), raises max_nfe to what a fixed-step method needs when
  * --max-nfe was not given, and validates. -1 after a usage message. */

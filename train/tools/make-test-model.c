@@ -75,12 +75,11 @@ static const opt_spec spec = {
 int main(int argc, char **argv)
 {
     options o = {0};
-    opt_positionals pos = {0};
+    opt_positionals pos;
     int status = opt_parse(&spec, argc, argv, &o, &pos);
-    const char *out = pos.n ? pos.v[0] : NULL, *preset = o.preset;
-    free(pos.v);
     if (status != OPT_GO)
         return status;
+    const char *out = pos.v[0], *preset = o.preset;
     const uint64_t seed = o.seed;
     const double scale = o.scale;
     const int n_calib = o.no_calib ? 0 : o.calib;
@@ -121,5 +120,6 @@ int main(int argc, char **argv)
                (unsigned long long)seed, scale, m->n_calib);
     vapo_model_free(m);
     be->destroy(be);
+    opt_release();
     return rc;
 }

@@ -466,31 +466,36 @@ static void help_entry(const char *names, const char *arg, const char *help, con
     putchar('\n');
 }
 
-/* The table's lines; returns how many headings it printed (each after a blank line). */
-static int help_table(const opt_def *table)
+static int is_arg(const opt_def *d) { return d->type == OPT_ARG || d->type == OPT_ARGS; }
+
+/* The table's lines: the positional arguments under "Arguments:", then the
+ * options under "Options:" unless a heading of the table's comes first. */
+static void help_table(const opt_def *table, const opt_def **prev)
 {
-    int headings = 0;
     for (const opt_def *d = table; d->type != OPT_END; d++) {
-        if (d->type == OPT_INCLUDE)
-            headings += help_table(d->group);
-        else if (d->type == OPT_SECTION)
-            printf("\n%s\n", d->help), headings++;
+        if (d->type == OPT_INCLUDE) {
+            help_table(d->group, prev);
+            continue;
+        }
+        if (d->type != OPT_SECTION && (!*prev || is_arg(*prev) != is_arg(d)))
+            printf("\n%s\n", is_arg(d) ? "Arguments:" : "Options:");
+        if (d->type == OPT_SECTION)
+            printf("\n%s\n", d->help);
         else
-            help_entry(d->names, d->arg, d->help, d->type == OPT_FLAG ? NULL : d->def);
+            help_entry(d->names, is_arg(d) ? NULL : d->arg, d->help, d->type == OPT_FLAG ? NULL : d->def);
+        *prev = d;
     }
-    return headings;
 }
 
 void opt_help(const opt_spec *spec)
 {
+    const opt_def *prev = NULL;
     opt_set_prog(spec->prog, spec->usage);
     print_usage(stdout);
     if (spec->about)
         printf("%s\n", spec->about);
-    if (spec->table[0].type != OPT_SECTION)
-        printf("\nOptions:\n");
-    if (help_table(spec->table))
-        putchar('\n');
+    help_table(spec->table, &prev);
+    putchar('\n');
     help_entry("--config", "FILE.json", "options as a JSON object: the long names without --, numbers as\n"
                                         "numbers, flags as true/false (the command line wins)", NULL);
     if (spec->version)
@@ -526,16 +531,29 @@ static int wants(int argc, char **argv, const char *a, const char *b)
     return 0;
 }
 
-static int positional(const opt_spec *spec, opt_positionals *pos, const char *arg)
+/* The positional arguments (n of them in v) into the table's OPT_ARG and
+ * OPT_ARGS rows, in order. */
+static int positionals(const opt_spec *spec, const char **v, int n, void *dst)
 {
-    const char *what = spec->pos_name ? spec->pos_name : "argument";
-    if (spec->max_pos >= 0 && pos->n >= spec->max_pos) {
-        if (spec->max_pos == 0)
-            return opt_fail("unexpected argument '%s'", arg);
-        return opt_fail("more than one %s given ('%s' and '%s')", what, pos->v[0], arg);
+    const opt_def *last = NULL;
+    int k = 0;
+    for (const opt_def *d = spec->table; d->type != OPT_END; d++) {
+        if (d->type != OPT_ARG && d->type != OPT_ARGS)
+            continue;
+        const int count = d->type == OPT_ARG ? (k < n) : n - k;
+        if (count < d->lo)
+            return opt_fail("no %s given", d->arg);
+        if (d->type == OPT_ARG && count)
+            *(const char **)((char *)dst + d->offset) = v[k];
+        else if (d->type == OPT_ARGS)
+            *(opt_positionals *)((char *)dst + d->offset) = (opt_positionals){v + k, count};
+        k += count, last = d;
     }
-    pos->v[pos->n++] = arg;
-    return 0;
+    if (k == n)
+        return 0;
+    if (last && last->type == OPT_ARG)
+        return opt_fail("more than one %s given ('%s' and '%s')", last->arg, v[k - 1], v[k]);
+    return opt_fail("unexpected argument '%s'", v[k]);
 }
 
 /* One "--name[=value]" or "-x" at argv[*i]; advances *i past its value. */
@@ -564,9 +582,8 @@ static int option(const opt_spec *spec, int argc, char **argv, int *i, void *dst
     return set_value(f.d, (char *)dst + f.offset, name, value);
 }
 
-int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst, opt_positionals *pos)
+int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst)
 {
-    opt_positionals none;
     opt_set_prog(spec->prog, spec->usage);
     if (wants(argc, argv, "-h", "--help")) {
         opt_help(spec);
@@ -579,30 +596,28 @@ int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst, opt_p
     const char *config;
     if (find_config(argc, argv, &config) || (config && load_config(spec, config, dst)))
         return OPT_EXIT_USAGE;
+    const char **pos = keep_ptr(malloc(sizeof(char *) * (argc > 0 ? argc : 1)));
     if (!pos)
-        pos = &none;
-    pos->n = 0;
-    if (!(pos->v = keep_ptr(malloc(sizeof(char *) * (argc > 0 ? argc : 1)))))
         return opt_error("out of memory");
-    int rc = 0, only_pos = 0;
+    int rc = 0, npos = 0, only_pos = 0;
     for (int i = 1; !rc && i < argc; i++) {
         const char *a = argv[i];
         if (!only_pos && !strcmp(a, "--"))
             only_pos = 1;
         else if (only_pos || a[0] != '-' || !a[1])
-            rc = positional(spec, pos, a);
+            pos[npos++] = a;
         else
             rc = option(spec, argc, argv, &i, dst);
     }
-    if (!rc && pos->n < spec->min_pos)
-        rc = opt_fail("no %s given", spec->pos_name ? spec->pos_name : "argument");
+    if (!rc)
+        rc = positionals(spec, pos, npos, dst);
     return rc ? OPT_EXIT_USAGE : OPT_GO;
 }
 
-int opt_parse(const opt_spec *spec, int argc, char **argv, void *dst, opt_positionals *pos)
+int opt_parse(const opt_spec *spec, int argc, char **argv, void *dst)
 {
     opt_defaults(spec, dst);
-    return opt_parse_args(spec, argc, argv, dst, pos);
+    return opt_parse_args(spec, argc, argv, dst);
 }
 
 /* ---- the shared device options ----------------------------------------------------------- */

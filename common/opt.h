@@ -16,13 +16,14 @@
  * Typical use:
  *
  *   static const opt_def table[] = {
+ *       OPT(OPT_ARG, "MODEL", "model", F(model), 1, 1, NULL, "the model (.safetensors)"),
  *       OPT(OPT_INT, "-n|--num", "N", F(n), 1, 1e6, "64", "number of samples"),
  *       OPT_GROUP(F(dev), opt_device_group),
  *       OPT_TABLE_END};
- *   static const opt_spec spec = {"vapo-sample", "MODEL [options]", "about", table, .min_pos = 1};
- *   int rc = opt_parse(&spec, argc, argv, &o, &pos);
+ *   static const opt_spec spec = {"vapo-sample", "MODEL [options]", "about", table};
+ *   int rc = opt_parse(&spec, argc, argv, &o);
  *   if (rc != OPT_GO) return rc;
- *   ... pos.v[0] is the model (min_pos = 1) ...
+ *   ...
  *   opt_release();
  */
 #ifndef VAPO_OPT_H
@@ -50,13 +51,17 @@ typedef enum {
     OPT_STRING,  /* const char * (points into argv or a kept copy) */
     OPT_CHOICE,  /* const char *, one of choices ("csv|json") */
     OPT_CALL,    /* parsed by call (repeatable values, lists) */
+    OPT_ARG,     /* the next positional argument, const char * (lo = 1: required) */
+    OPT_ARGS,    /* the remaining positional arguments, opt_positionals (at least lo) */
 } opt_type;
 
 typedef struct opt_def opt_def;
 struct opt_def {
     opt_type type;
-    const char *names;  /* "-n|--num": the long name without "--" is the --config key */
-    const char *arg;    /* the value's name in the help ("N") */
+    const char *names;  /* "-n|--num": the long name without "--" is the --config key
+                           (OPT_ARG, OPT_ARGS: the help's "MODEL") */
+    const char *arg;    /* the value's name in the help ("N"; OPT_ARG, OPT_ARGS: in
+                           messages, "model") */
     size_t offset;      /* of the field in the program's options struct */
     double lo, hi;      /* the range of numbers */
     const char *def;    /* the default, parsed as a command-line value (NULL: 0 / NULL) */
@@ -83,8 +88,6 @@ typedef struct {
     const opt_def *table;
     const char *footer;  /* text after the options (environment, exit status) */
     const char *version; /* --version prints it when set */
-    const char *pos_name; /* what positional arguments are: "model" */
-    int min_pos, max_pos; /* counts allowed (max_pos < 0: any) */
 } opt_spec;
 
 typedef struct {
@@ -92,14 +95,15 @@ typedef struct {
     int n;
 } opt_positionals;
 
-/* Sets the table's defaults in dst, applies --config, then the command line.
- * OPT_GO to go on, else the exit status (0 after --help or --version, 2 after
- * a usage message). pos may be NULL when the program takes none. */
-int opt_parse(const opt_spec *spec, int argc, char **argv, void *dst, opt_positionals *pos);
+/* Sets the table's defaults in dst, applies --config, then the command line
+ * (positional arguments fill the OPT_ARG, OPT_ARGS rows in order). OPT_GO to
+ * go on, else the exit status (0 after --help or --version, 2 after a usage
+ * message). */
+int opt_parse(const opt_spec *spec, int argc, char **argv, void *dst);
 
 /* opt_parse without setting the defaults first (dst already has them, or
  * values the command line should override, such as a resumed run's). */
-int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst, opt_positionals *pos);
+int opt_parse_args(const opt_spec *spec, int argc, char **argv, void *dst);
 /* The table's defaults into dst. */
 void opt_defaults(const opt_spec *spec, void *dst);
 /* A JSON object of option values (a --config file, a checkpoint's saved

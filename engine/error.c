@@ -20,3 +20,15 @@ int vapo_fail(const char *fmt, ...)
 }
 
 const char *vapo_last_error(void) { return last_error; }
+
+int vapo_name_index(const char *what, const char *const *names, int n, const char *name)
+{
+    char list[256] = "";
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(names[i], name))
+            return i;
+        size_t len = strlen(list);
+        snprintf(list + len, sizeof list - len, "%s%s", i == 0 ? "" : i == n - 1 ? " or " : ", ", names[i]);
+    }
+    return vapo_fail("unknown %s '%s' (expected %s)", what, name, list);
+}

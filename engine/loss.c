@@ -38,34 +38,24 @@ double vapo_loss_time(const vapo_loss_config *c, double u)
     return k == 0 ? u : log1p(u * expm1(k)) / k;
 }
 
+static const char *const weight_names[] = {[VAPO_WEIGHT_JACOBIAN] = "jacobian", [VAPO_WEIGHT_CONSTANT] = "constant"};
+static const char *const estimator_names[] = {[VAPO_ESTIMATOR_SCORE] = "score", [VAPO_ESTIMATOR_PATHWISE] = "pathwise"};
+
 int vapo_innovation_weight_parse(const char *name, vapo_innovation_weight *out)
 {
-    if (!strcmp(name, "jacobian"))
-        *out = VAPO_WEIGHT_JACOBIAN;
-    else if (!strcmp(name, "constant"))
-        *out = VAPO_WEIGHT_CONSTANT;
-    else
-        return vapo_fail("unknown innovation weighting '%s' (expected jacobian or constant)", name);
-    return 0;
+    const int k = vapo_name_index("innovation weighting", weight_names, 2, name);
+    return k < 0 ? -1 : (*out = (vapo_innovation_weight)k, 0);
 }
 
-const char *vapo_innovation_weight_name(vapo_innovation_weight w)
-{
-    return w == VAPO_WEIGHT_CONSTANT ? "constant" : "jacobian";
-}
+const char *vapo_innovation_weight_name(vapo_innovation_weight w) { return weight_names[w == VAPO_WEIGHT_CONSTANT]; }
 
 int vapo_estimator_parse(const char *name, vapo_estimator *out)
 {
-    if (!strcmp(name, "score"))
-        *out = VAPO_ESTIMATOR_SCORE;
-    else if (!strcmp(name, "pathwise"))
-        *out = VAPO_ESTIMATOR_PATHWISE;
-    else
-        return vapo_fail("unknown estimator '%s' (expected pathwise or score)", name);
-    return 0;
+    const int k = vapo_name_index("estimator", estimator_names, 2, name);
+    return k < 0 ? -1 : (*out = (vapo_estimator)k, 0);
 }
 
-const char *vapo_estimator_name(vapo_estimator e) { return e == VAPO_ESTIMATOR_PATHWISE ? "pathwise" : "score"; }
+const char *vapo_estimator_name(vapo_estimator e) { return estimator_names[e == VAPO_ESTIMATOR_PATHWISE]; }
 
 double vapo_loss_l_eps(const vapo_loss_config *c) { return log((1.0 + c->eps) / c->eps); }
 

@@ -33,6 +33,7 @@ static int env_flag(const char *name)
 
 #define F(field) offsetof(serve_config, field)
 static const opt_def table[] = {
+    OPT(OPT_ARG, "MODEL", "model", F(model_arg), 0, 1, NULL, "the model (.safetensors; default: see above)"),
     OPT_HEADING("network:"),
     OPT(OPT_STRING, "--host", "H", F(host), 0, 0, "127.0.0.1", "address to bind (0.0.0.0 or :: for all)"),
     OPT(OPT_INT, "--port", "P", F(port), 0, 65535, "8080", "TCP port (0 picks a free one)"),
@@ -101,16 +102,12 @@ static const opt_spec spec = {
               "  VAPO_ALLOWED_HOSTS   as --allowed-hosts\n"
               "Exit status: 0 ok, 1 failure (model, address), 2 bad command line.\n",
     .version = "1.0.0",
-    .pos_name = "model",
-    .max_pos = 1,
 };
 
 int config_parse(int argc, char **argv, serve_config *cfg, int *exit_code)
 {
     *cfg = (serve_config){0};
-    opt_positionals pos;
-    int rc = opt_parse(&spec, argc, argv, cfg, &pos);
-    cfg->model_arg = rc == OPT_GO && pos.n ? pos.v[0] : NULL;
+    int rc = opt_parse(&spec, argc, argv, cfg);
     if (rc == OPT_GO && cfg->max_images > cfg->max_queue)
         rc = opt_usage_error("--max-images (%d) must not exceed --max-queue (%d)", cfg->max_images, cfg->max_queue);
     *exit_code = rc == OPT_GO ? 0 : rc;

@@ -609,10 +609,5 @@ int main(void)
     test_loader();
     test_fashion_mnist();
     nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (test_failures) {
-        printf("test_dataset: %d checks failed\n", test_failures);
-        return 1;
-    }
-    printf("test_dataset: all checks passed\n");
-    return 0;
+    return test_finish("test_dataset");
 }

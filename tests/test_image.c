@@ -518,10 +518,5 @@ int main(void)
     test_grid();
     test_crop_resize();
     test_channels();
-    if (test_failures) {
-        printf("test_image: %d checks failed\n", test_failures);
-        return 1;
-    }
-    printf("test_image: all checks passed\n");
-    return 0;
+    return test_finish("test_image");
 }

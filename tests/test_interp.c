@@ -170,10 +170,5 @@ int main(void)
     test_geometry();
     test_hand_case();
     test_degenerate();
-    if (test_failures) {
-        printf("test_interp: %d check(s) failed\n", test_failures);
-        return 1;
-    }
-    printf("test_interp: all checks passed\n");
-    return 0;
+    return test_finish("test_interp");
 }

@@ -667,10 +667,5 @@ int main(void)
     test_failures_and_progress();
     test_failure_kinds();
     write_scipy_cases();
-    if (test_failures) {
-        printf("test_ode: %d check(s) failed\n", test_failures);
-        return 1;
-    }
-    printf("test_ode: all checks passed\n");
-    return 0;
+    return test_finish("test_ode");
 }

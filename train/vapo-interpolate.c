@@ -29,7 +29,7 @@ typedef struct {
 } pair_list;
 
 typedef struct {
-    const char *out, *out_dir;
+    const char *model, *out, *out_dir;
     int frames, rows;
     seed_opt seed_a, seed_b;
     pair_list pairs;
@@ -63,6 +63,7 @@ static int parse_pair(void *field, const char *opt, const char *s)
 
 #define F(field) offsetof(options, field)
 static const opt_def table[] = {
+    OPT(OPT_ARG, "MODEL", "model", F(model), 1, 1, NULL, "the model (.safetensors)"),
     OPT(OPT_CALL, "--seed-a", "A", F(seed_a), 0, 0, NULL, "seed of the first end point", .call = parse_seed),
     OPT(OPT_CALL, "--seed-b", "B", F(seed_b), 0, 0, NULL, "seed of the second end point", .call = parse_seed),
     OPT(OPT_INT, "--rows", "R", F(rows), 1, MAX_PAIRS, NULL,
@@ -84,19 +85,15 @@ static const opt_spec spec = {
              "pushed through the model's ODE. One row per pair of samples, one column per frame.",
     .table = table,
     .footer = CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
-    .pos_name = "model",
-    .min_pos = 1,
-    .max_pos = 1,
 };
 
 int main(int argc, char **argv)
 {
     static options o; /* the pair list is large */
-    opt_positionals pos;
-    int status = opt_parse(&spec, argc, argv, &o, &pos);
+    int status = opt_parse(&spec, argc, argv, &o);
     if (status != OPT_GO)
         return status;
-    const char *model_path = pos.v[0];
+    const char *model_path = o.model;
     const int npairs = o.pairs.n;
     if (npairs && (o.seed_a.given || o.seed_b.given || o.rows))
         return opt_usage_error("give either --pair A:B or --seed-a/--seed-b/--rows, not both");

@@ -15,7 +15,7 @@
 #include "vapo/model.h"
 
 typedef struct {
-    const char *out, *out_dir;
+    const char *model, *out, *out_dir;
     int n, first, cols;
     uint64_t seed;
     cli_solve_opts run;
@@ -23,6 +23,7 @@ typedef struct {
 
 #define F(field) offsetof(options, field)
 static const opt_def table[] = {
+    OPT(OPT_ARG, "MODEL", "model", F(model), 1, 1, NULL, "the model (.safetensors)"),
     OPT(OPT_INT, "-n|--num", "N", F(n), 1, 1000000, "64", "number of samples"),
     OPT(OPT_U64, "--seed", "S", F(seed), 0, 0, "0", "noise seed"),
     OPT(OPT_INT, "--first", "K", F(first), 0, 1000000000, "0", "index of the first sample: samples K .. K+N-1"),
@@ -42,19 +43,15 @@ static const opt_spec spec = {
     .footer = "Output: the grid (or folder) and, on stdout, one summary line with the\n"
               "average number of field evaluations (NFE) per sample.\n"
               CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
-    .pos_name = "model",
-    .min_pos = 1,
-    .max_pos = 1,
 };
 
 int main(int argc, char **argv)
 {
     options o = {0};
-    opt_positionals pos;
-    int status = opt_parse(&spec, argc, argv, &o, &pos);
+    int status = opt_parse(&spec, argc, argv, &o);
     if (status != OPT_GO)
         return status;
-    const char *model_path = pos.v[0];
+    const char *model_path = o.model;
     if (o.out && o.out_dir)
         return opt_usage_error("give either --out or --out-dir, not both");
     const char *out = o.out, *out_dir = o.out_dir;

@@ -355,7 +355,8 @@ static void csv_field(FILE *f, const char *s)
 }
 
 typedef struct {
-    const char *format, *auroc_vs;
+    const char *model, *format, *auroc_vs;
+    opt_positionals inputs;
     int summary_only, limit, resize, auroc_n, batch;
     uint64_t auroc_seed;
     cli_tool_opts tool;
@@ -363,6 +364,9 @@ typedef struct {
 
 #define F(field) offsetof(options, field)
 static const opt_def table[] = {
+    OPT(OPT_ARG, "MODEL", "model", F(model), 1, 1, NULL, "the model (.safetensors)"),
+    OPT(OPT_ARGS, "INPUT...", "input images (PNG files, folders of PNGs or idx files)", F(inputs), 1, 0, NULL,
+        "the images to score"),
     OPT(OPT_CHOICE, "--format", "F", F(format), 0, 0, "csv", "csv or json, on stdout", .choices = "csv|json"),
     OPT(OPT_FLAG, "--summary", NULL, F(summary_only), 0, 0, NULL, "print only the summary (no row per image)"),
     OPT(OPT_INT, "--limit", "N", F(limit), 1, 2000000000, NULL, "score at most the first N input images"),
@@ -394,22 +398,16 @@ static const opt_spec spec = {
               "fraction). Without a calibration in the model the last two are empty (null).\n"
               "The summary goes to stderr (stdout with --summary; inside the object for json).\n"
               CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n",
-    .pos_name = "model",
-    .min_pos = 1,
-    .max_pos = -1,
 };
 
 int main(int argc, char **argv)
 {
     options o = {0};
-    opt_positionals pos;
-    int status = opt_parse(&spec, argc, argv, &o, &pos);
-    if (status == OPT_GO && pos.n < 2)
-        status = opt_usage_error("no input images given (PNG files, folders of PNGs or idx files)");
+    int status = opt_parse(&spec, argc, argv, &o);
     if (status != OPT_GO)
         return status;
-    const char *model_path = pos.v[0], *auroc_vs = o.auroc_vs, **inputs = pos.v + 1;
-    const int ninputs = pos.n - 1, format = !strcmp(o.format, "json"), summary_only = o.summary_only;
+    const char *model_path = o.model, *auroc_vs = o.auroc_vs, **inputs = o.inputs.v;
+    const int ninputs = o.inputs.n, format = !strcmp(o.format, "json"), summary_only = o.summary_only;
     const int limit = o.limit, resize = o.resize, quiet = o.tool.quiet, auroc_n = o.auroc_n ? o.auroc_n : 1000;
     const uint64_t auroc_seed = o.auroc_seed;
     int batch = o.batch;

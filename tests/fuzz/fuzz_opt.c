@@ -14,6 +14,8 @@
 #include "opt.h"
 
 typedef struct {
+    const char *arg;
+    opt_positionals rest;
     int flag, i;
     long l;
     uint64_t u;
@@ -33,6 +35,8 @@ static int count(void *field, const char *opt, const char *value)
 
 #define F(field) offsetof(options, field)
 static const opt_def table[] = {
+    OPT(OPT_ARG, "ARG", "arg", F(arg), 0, 1, NULL, "an optional argument"),
+    OPT(OPT_ARGS, "REST...", "rest", F(rest), 0, 0, NULL, "the others"),
     OPT(OPT_FLAG, "-f|--flag", NULL, F(flag), 0, 0, NULL, "a flag"),
     OPT(OPT_INT, "-i|--int", "N", F(i), -5, 5, "1", "an int"),
     OPT(OPT_LONG, "--long", "N", F(l), 0, 1e12, "0", "a long"),
@@ -46,7 +50,7 @@ static const opt_def table[] = {
     OPT_GROUP(F(dev), opt_device_group),
     OPT_TABLE_END};
 
-static const opt_spec spec = {"fuzz", "[options] [ARG]", "fuzzing", table, .pos_name = "arg", .max_pos = 1};
+static const opt_spec spec = {"fuzz", "[options] [ARG [REST...]]", "fuzzing", table};
 
 static void check(int ok, const char *what)
 {
@@ -77,10 +81,9 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     }
     argv[argc] = NULL;
     options o = {0};
-    opt_positionals pos = {0};
     FILE *out = stdout;
     stdout = fopen("/dev/null", "w"); /* --help */
-    int rc = opt_parse(&spec, argc, argv, &o, &pos);
+    int rc = opt_parse(&spec, argc, argv, &o);
     fclose(stdout);
     stdout = out;
     check(rc == OPT_GO || rc == 0 || rc == OPT_EXIT_USAGE, "an exit status other than go, 0 or 2");
@@ -88,10 +91,10 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         check(o.i >= -5 && o.i <= 5 && o.l >= 0 && o.l <= 1000000000000L, "an integer out of its range");
         check(o.z >= 1 && o.z <= 1 << 20 && isfinite(o.d) && o.d >= -1 && o.d <= 1, "a number out of its range");
         check(o.s && o.c && (!strcmp(o.c, "a") || !strcmp(o.c, "bb") || !strcmp(o.c, "ccc")), "a bad choice");
-        check(o.dev.device && o.dev.threads >= 0 && pos.n <= 1, "a bad device or positional count");
+        check(o.dev.device && o.dev.threads >= 0, "a bad device");
+        check(o.rest.n == 0 || (o.arg && o.rest.n < argc - 1), "positional arguments out of order");
         json_decref(opt_to_json(&spec, &o));
     }
-    free(pos.v);
     opt_release();
     if (*path)
         unlink(path);

@@ -47,7 +47,7 @@ done:
 }
 
 typedef struct {
-    const char *preset;
+    const char *out, *preset;
     uint64_t seed;
     double scale;
     int calib, no_calib;
@@ -55,6 +55,7 @@ typedef struct {
 
 #define F(field) offsetof(options, field)
 static const opt_def table[] = {
+    OPT(OPT_ARG, "OUT.safetensors", "output file", F(out), 1, 1, NULL, "the model file to write"),
     OPT(OPT_STRING, "--preset", "NAME", F(preset), 0, 0, "tiny", "architecture preset (tiny: 1x8x8)"),
     OPT(OPT_U64, "--seed", "S", F(seed), 0, 0, "7", "initialisation seed"),
     OPT(OPT_DOUBLE, "--scale", "V", F(scale), -100, 100, "0.5", "value of every ReZero scale"),
@@ -67,19 +68,15 @@ static const opt_spec spec = {
     .usage = "OUT.safetensors [options]",
     .about = "Writes a random model (for tests) with non-zero ReZero scales and an OOD calibration.",
     .table = table,
-    .pos_name = "output file",
-    .min_pos = 1,
-    .max_pos = 1,
 };
 
 int main(int argc, char **argv)
 {
     options o = {0};
-    opt_positionals pos;
-    int status = opt_parse(&spec, argc, argv, &o, &pos);
+    int status = opt_parse(&spec, argc, argv, &o);
     if (status != OPT_GO)
         return status;
-    const char *out = pos.v[0], *preset = o.preset;
+    const char *out = o.out, *preset = o.preset;
     const uint64_t seed = o.seed;
     const double scale = o.scale;
     const int n_calib = o.no_calib ? 0 : o.calib;

@@ -6,18 +6,15 @@
 
 #include "vapo/error.h"
 
+static const char *const kind_names[] = {[OPTIM_LAMB] = "lamb", [OPTIM_ADAM] = "adam"};
+
 int optim_kind_parse(const char *name, optim_kind *out)
 {
-    if (!strcmp(name, "lamb"))
-        *out = OPTIM_LAMB;
-    else if (!strcmp(name, "adam"))
-        *out = OPTIM_ADAM;
-    else
-        return vapo_fail("unknown optimizer '%s' (expected lamb or adam)", name);
-    return 0;
+    const int k = vapo_name_index("optimizer", kind_names, 2, name);
+    return k < 0 ? -1 : (*out = (optim_kind)k, 0);
 }
 
-const char *optim_kind_name(optim_kind k) { return k == OPTIM_ADAM ? "adam" : "lamb"; }
+const char *optim_kind_name(optim_kind k) { return kind_names[k == OPTIM_ADAM]; }
 
 int optim_init(optim_state *s, const optim_config *cfg, const vapo_net *net, const float *params)
 {

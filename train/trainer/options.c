@@ -86,7 +86,6 @@ static const opt_spec spec = {
     .footer = "Under mpirun each rank computes its rows of --batch; --device cuda or auto\n"
               "is then the rank's local GPU (cuda:LOCAL_RANK).\n"
               "Exit status: 0 ok, 1 failure (data, model, files), 2 bad command line.\n",
-    .max_pos = 0,
 };
 
 static int parse_widths(train_options *o)
@@ -157,7 +156,7 @@ static int finish(train_options *o)
 int train_options_parse(train_options *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
-    int rc = opt_parse(&spec, argc, argv, o, NULL);
+    int rc = opt_parse(&spec, argc, argv, o);
     return rc != OPT_GO ? rc : finish(o) ? OPT_EXIT_USAGE : OPT_GO;
 }
 
@@ -176,7 +175,7 @@ int train_options_resume(train_options *o, const json_t *saved, const char *orig
     json_decref(copy);
     if (rc)
         return OPT_EXIT_USAGE;
-    rc = opt_parse_args(&spec, argc, argv, o, NULL);
+    rc = opt_parse_args(&spec, argc, argv, o);
     return rc != OPT_GO ? rc : finish(o) ? OPT_EXIT_USAGE : OPT_GO;
 }
 

@@ -10,4 +10,8 @@ int vapo_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The last message recorded on this thread ("" if none). */
 const char *vapo_last_error(void);
 
+/* The index of `name` among the n names (an enum's, in order), or -1 with
+ * "unknown <what> '<name>' (expected a, b or c)". */
+int vapo_name_index(const char *what, const char *const *names, int n, const char *name);
+
 #endif

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vapo/error.h"
 
@@ -406,16 +407,33 @@ int vapo_png_write_file(const char *path, const float *chw, int c, int h, int w)
     size_t len;
     if (vapo_png_encode(chw, c, h, w, &png, &len))
         return -1;
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        free(png);
-        return vapo_fail("%s: cannot create: %s", path, strerror(errno));
-    }
-    size_t put = fwrite(png, 1, len, f);
-    int bad = put != len || fclose(f) != 0;
+    int rc = vapo_write_file(path, png, len);
     free(png);
-    if (bad)
-        return vapo_fail("%s: write failed", path);
+    return rc;
+}
+
+int vapo_write_file(const char *path, const void *data, size_t len)
+{
+    size_t n = strlen(path) + 32;
+    char *tmp = malloc(n);
+    if (!tmp)
+        return vapo_fail("out of memory");
+    snprintf(tmp, n, "%s.tmp%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        int e = errno;
+        free(tmp);
+        return vapo_fail("cannot write '%s': %s", path, strerror(e));
+    }
+    int ok = fwrite(data, 1, len, f) == len;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        remove(tmp);
+        free(tmp);
+        return vapo_fail("cannot write '%s': %s", path, strerror(e));
+    }
+    free(tmp);
     return 0;
 }
 

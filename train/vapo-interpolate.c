@@ -170,7 +170,7 @@ int main(int argc, char **argv)
     unsigned char *png = NULL;
     size_t len = 0;
     int bad = vapo_image_grid_u8(all, total, c, h, w, frames, pad, 1.0f, &grid) ||
-              vapo_png_encode_u8(&grid, &png, &len) || cli_write_file(out, png, len);
+              vapo_png_encode_u8(&grid, &png, &len) || vapo_write_file(out, png, len);
     vapo_image_free(&grid);
     free(png);
     if (bad) {

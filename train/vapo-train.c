@@ -244,7 +244,7 @@ static int write_grid(run *r, const char *name)
         size_t len = 0;
         vapo_image img = {0};
         rc = vapo_image_grid_u8(x, n, a->in_c, a->in_h, a->in_w, 0, 2, 1.0f, &img) ||
-             vapo_png_encode_u8(&img, &png, &len) || cli_write_file(path, png, len);
+             vapo_png_encode_u8(&img, &png, &len) || vapo_write_file(path, png, len);
         vapo_image_free(&img);
         free(png);
         long total = 0;

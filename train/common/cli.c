@@ -317,28 +317,3 @@ int cli_mkdir_p(const char *path)
     }
     return 0;
 }
-
-int cli_write_file(const char *path, const void *data, size_t len)
-{
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    if (!tmp)
-        return vapo_fail("out of memory");
-    snprintf(tmp, n, "%s.tmp%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        int e = errno;
-        free(tmp);
-        return vapo_fail("cannot write '%s': %s", path, strerror(e));
-    }
-    int ok = fwrite(data, 1, len, f) == len;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        free(tmp);
-        return vapo_fail("cannot write '%s': %s", path, strerror(e));
-    }
-    free(tmp);
-    return 0;
-}

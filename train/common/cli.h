@@ -1,7 +1,7 @@
 /* What the vapo tools (vapo-train, vapo-sample, vapo-interpolate, vapo-score)
  * share beyond their option tables (common/opt.h, which also has the
- * messages and exit codes): the solver option group, model loading, batched
- * solving with a progress line on stderr, and atomic file writes. */
+ * messages and exit codes): the tool and solver option groups, model
+ * loading, batched solving with a progress line on stderr, and folders. */
 #ifndef VAPO_TRAIN_CLI_H
 #define VAPO_TRAIN_CLI_H
 
@@ -110,7 +110,5 @@ int cli_solve(vapo_model *m, const vapo_ode_config *cfg, int n, float *x, int *n
 int cli_mkdir_p(const char *path);
 /* 1 if path is an existing directory. */
 int cli_is_dir(const char *path);
-/* Writes len bytes to path via a temp file and rename; -1 with a message. */
-int cli_write_file(const char *path, const void *data, size_t len);
 
 #endif

@@ -34,7 +34,12 @@ void vapo_image_free(vapo_image *img); /* frees data, zeroes the struct; NULL ok
 /* Encodes one float CHW image (c = 1 gray, 3 RGB) as an 8-bit PNG in memory.
  * *png is malloc'd (caller frees), *len its size. */
 int vapo_png_encode(const float *chw, int c, int h, int w, unsigned char **png, size_t *len);
+/* Encodes as above and writes the file with vapo_write_file. */
 int vapo_png_write_file(const char *path, const float *chw, int c, int h, int w);
+
+/* Writes len bytes to path through a temp file and a rename, so a reader
+ * never sees half a file; 0, or -1 with a message naming path. */
+int vapo_write_file(const char *path, const void *data, size_t len);
 /* Same from an 8-bit planar image. */
 int vapo_png_encode_u8(const vapo_image *img, unsigned char **png, size_t *len);
 

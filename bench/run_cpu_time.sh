@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY=passive
 model=models/fmnist-small.safetensors
 out=$(mktemp -d)
 cpu() { /usr/bin/time -f "%U %S" -o "$out/t" "$@" >/dev/null 2>&1; awk '{print $1 + $2}' "$out/t"; }
-vtrain() { cpu build/vapo-train --steps "$1" --batch 64 --threads 1 --estimator score --quadratic 0 --heads last \
+vtrain() { cpu build/vapo-train --device cpu --steps "$1" --batch 64 --threads 1 --estimator score --quadratic 0 --heads last \
   --global-head 0 --out "$out/run$1" --log-every 1 --save-every 100000 --sample-every 0 --grid 1 --calib 2 --sample-tol 1; }
 ttrain() { cpu /usr/bin/python3 bench/bench_train_torch.py --steps "$1" --batch 64 --threads 1 --warmup 1; }
 vsample() { cpu build/bench/bench_sample "$model" "$1" 1e-3 1 cpu shared; }

@@ -12,7 +12,7 @@ steps=${1:-15} batch=${2:-64} ranks=${3:-2} repeats=${4:-3}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-flags=(--preset fmnist-small --batch "$batch" --steps "$steps" --threads 1 --log-every 1 --save-every 100000
+flags=(--device cpu --preset fmnist-small --batch "$batch" --steps "$steps" --threads 1 --log-every 1 --save-every 100000
        --sample-every 0 --grid 1 --calib 2 --sample-tol 1)
 rate() {  # steps/s over the whole run, from the last loss record of metrics.jsonl
   /usr/bin/python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if '\"loss\"' in l]; print('%.3f' % r[-1]['steps_per_s'])" "$1"

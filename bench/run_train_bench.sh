@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-30} batch=${2:-64} threads=${3:-$(nproc)}
 out=$(mktemp -d)
-/usr/bin/time -f "%M" -o "$out/rss" build/vapo-train --steps $((steps + 1)) --batch "$batch" --threads "$threads" --estimator score \
+/usr/bin/time -f "%M" -o "$out/rss" build/vapo-train --device cpu --steps $((steps + 1)) --batch "$batch" --threads "$threads" --estimator score \
   --quadratic 0 --heads last --global-head 0 \
   --out "$out/run" --log-every 1 --save-every 100000 --sample-every 0 --grid 1 --calib 2 --sample-tol 1 >/dev/null 2>&1
 rate=$(/usr/bin/python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print('%.3f' % [x for x in r if 'steps_per_s' in x][-1]['steps_per_s'])" \

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pngio import encode  # noqa: E402
 
 train = sys.argv[1]
-common = ["--preset", "tiny", "--batch", "4", "--grid", "4", "--calib", "8", "--save-every", "1000",
+common = ["--device", "cpu", "--preset", "tiny", "--batch", "4", "--grid", "4", "--calib", "8", "--save-every", "1000",
           "--threads", "1"]
 
 

@@ -23,7 +23,7 @@ if not mpirun or not os.access(mpirun, os.X_OK):
     print("train_mpi: skipped: this build has no MPI (install openmpi-bin libopenmpi-dev, reconfigure)")
     sys.exit(77)
 
-common = ["--preset", "fmnist-small", "--widths", "16,16", "--blocks", "1", "--global-head", "16",
+common = ["--device", "cpu", "--preset", "fmnist-small", "--widths", "16,16", "--blocks", "1", "--global-head", "16",
           "--batch", "8", "--grid", "4", "--calib", "16", "--sample-tol", "1e-2", "--save-every", "2",
           "--log-every", "1", "--threads", "1", "--warmup", "3", "--lr", "3e-3"]
 env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive",

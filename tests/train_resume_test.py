@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 train = sys.argv[1]
-common = ["--preset", "fmnist-small", "--batch", "8", "--grid", "4", "--calib", "16", "--sample-tol", "1e-2",
+common = ["--device", "cpu", "--preset", "fmnist-small", "--batch", "8", "--grid", "4", "--calib", "16", "--sample-tol", "1e-2",
           "--save-every", "1000", "--log-every", "1", "--threads", "2", "--warmup", "3", "--lr", "3e-3"]
 
 

@@ -4,9 +4,9 @@
  * solve, "shared"), at the same tolerance, on a backend. Prints images/s and
  * mean NFE per image, and a RESULT line per solve.
  *
- * On the CPU the solver is the host one (vapo_ode_solve, double state); on
- * another backend it is vapo_ode_solve_backend with the states in device
- * memory and vapo_model_field_backend as the field. On a device it is timed
+ * The solver is the sampler pool (vapo_ode_solve_backend, states in backend
+ * memory, vapo_model_field_backend as the field) on every backend, as the
+ * tools and the server sample. On a device it is timed
  * after one untimed solve of the same noise (module loading, cuDNN handles,
  * scratch buffers and the per-shape algorithm choice are paid once; a
  * long-running sampler has paid them).
@@ -26,7 +26,7 @@ typedef struct {
     int n, d;
     float *x0;   /* host: the initial noise, n x d */
     float *x;    /* host: a solve's states */
-    float *dev;  /* backend: a solve's states (on a device) */
+    float *dev;  /* backend: a solve's states */
     int *nfe;    /* host, n */
 } sampler;
 
@@ -38,14 +38,9 @@ static double solve_once(sampler *s, const vapo_ode_config *cfg)
     const size_t bytes = sizeof(float) * s->n * s->d;
     memcpy(s->x, s->x0, bytes);
     const double t0 = bench_now();
-    int rc;
-    if (bench_on_device(be)) {
-        be->upload(be, s->dev, s->x, bytes);
-        rc = vapo_ode_solve_backend(cfg, be, s->n, s->d, s->dev, vapo_model_field_backend, s->m, s->nfe, NULL, NULL);
-        be->download(be, s->x, s->dev, bytes);
-    } else {
-        rc = vapo_ode_solve(cfg, s->n, s->d, s->x, vapo_model_field, s->m, s->nfe, NULL, NULL);
-    }
+    be->upload(be, s->dev, s->x, bytes);
+    int rc = vapo_ode_solve_backend(cfg, be, s->n, s->d, s->dev, vapo_model_field_backend, s->m, s->nfe, NULL, NULL);
+    be->download(be, s->x, s->dev, bytes);
     be->sync(be);
     const double t = bench_now() - t0;
     if (rc)
@@ -72,9 +67,8 @@ static int bench_solve(sampler *s, const vapo_ode_config *cfg, const char *label
     const double nfe = mean_nfe(s);
     printf("vapo RK45 %-16s %.3f images/s, mean NFE %.1f (rtol=atol=%g, T=%g, %d images, %s)\n", label, s->n / t,
            nfe, cfg->rtol, cfg->t_end, s->n, s->be->name);
-    bench_result(name, "device=%s n=%d rtol=%g t_end=%g images_per_s=%.4f mean_nfe=%.2f seconds=%.3f solver=%s status=ok",
-                 s->be->name, s->n, cfg->rtol, cfg->t_end, s->n / t, nfe, t,
-                 bench_on_device(s->be) ? "backend" : "host");
+    bench_result(name, "device=%s n=%d rtol=%g t_end=%g images_per_s=%.4f mean_nfe=%.2f seconds=%.3f solver=pool status=ok",
+                 s->be->name, s->n, cfg->rtol, cfg->t_end, s->n / t, nfe, t);
     return 0;
 }
 
@@ -115,8 +109,8 @@ static int setup(sampler *s, const char *path, int n)
     const size_t count = (size_t)n * s->d;
     s->x0 = malloc(sizeof(float) * count), s->x = malloc(sizeof(float) * count);
     s->nfe = malloc(sizeof(int) * n);
-    s->dev = bench_on_device(s->be) ? s->be->alloc(s->be, sizeof(float) * count) : NULL;
-    if (!s->x0 || !s->x || !s->nfe || (bench_on_device(s->be) && !s->dev))
+    s->dev = s->be->alloc(s->be, sizeof(float) * count);
+    if (!s->x0 || !s->x || !s->nfe || !s->dev)
         return vapo_fail("out of memory for %d images", n);
     vapo_model_noise(s->m, 1, 0, n, s->x0);
     return 0;

@@ -6,6 +6,7 @@
 
 #include "vapo/ckpt.h"
 #include "vapo/error.h"
+#include "vapo/ode_batch.h"
 #include "vapo/rng.h"
 
 static void model_defaults(vapo_model *m)
@@ -251,6 +252,59 @@ int vapo_model_field_backend(void *model, int count, const float *points, float 
     if (vapo_net_forward(m->net, count, points, m->dev_phi))
         return -1;
     return vapo_net_backward(m->net, out);
+}
+
+int vapo_model_eval_backend(void *model, int count, const float *x, float *grad, float *phi)
+{
+    vapo_model *m = model;
+    if (count < 1)
+        return vapo_fail("empty batch");
+    if (vapo_net_forward(m->net, count, x, phi))
+        return -1;
+    return grad ? vapo_net_backward(m->net, grad) : 0;
+}
+
+vapo_pool *vapo_model_pool(vapo_model *m)
+{
+    return vapo_pool_create(vapo_net_backend(m->net), (int)vapo_net_input_size(m->net), vapo_model_eval_backend, m);
+}
+
+int vapo_model_sample(vapo_model *m, const vapo_ode_config *cfg, int n, float *x, float *phi, int *nfe,
+                      vapo_ode_progress_fn progress, void *progress_ctx)
+{
+    const size_t d = vapo_net_input_size(m->net);
+    vapo_pool *p = vapo_model_pool(m);
+    int *ids = malloc(sizeof(int) * (n > 0 ? n : 1)), rc = 0, added = 0, failed = 0;
+    if (!p || !ids) {
+        free(ids);
+        vapo_pool_free(p);
+        return p ? vapo_fail("out of memory") : -1;
+    }
+    for (; rc == 0 && added < n; added++)
+        rc = (ids[added] = vapo_pool_add(p, cfg, x + added * d, phi ? VAPO_POOL_ENERGY : 0)) < 0 ? -1 : 0;
+    vapo_ode_progress pr = {.n = n, .t_end = cfg->t_end};
+    while (rc == 0 && (rc = vapo_pool_step(p, NULL, 0)) > 0) {
+        rc = 0;
+        vapo_pool_progress(p, ids, n, &pr);
+        if (progress && progress(progress_ctx, &pr))
+            rc = vapo_fail("sampling cancelled after %d evaluations", pr.calls);
+    }
+    char why[200] = "";
+    for (int i = 0; rc == 0 && i < n; i++) {
+        vapo_pool_result res;
+        vapo_pool_take(p, ids[i], x + i * d, &res);
+        if (nfe)
+            nfe[i] = res.nfe;
+        if (phi)
+            phi[i] = res.phi;
+        if (res.failure != VAPO_ODE_OK && failed++ == 0)
+            snprintf(why, sizeof why, "sample %d: %s", i, res.message);
+    }
+    if (rc == 0 && failed)
+        rc = vapo_fail("%d of %d samples failed; %s", failed, n, why);
+    free(ids);
+    vapo_pool_free(p);
+    return rc;
 }
 
 int vapo_model_energy(vapo_model *m, int count, const float *x, float *phi)

@@ -821,13 +821,13 @@ int vapo_net_backward(vapo_net *n, float *grad_x)
     const vapo_arch *a = &n->arch;
     if (a->quadratic != 0.0f)
         n->be->axpy(n->be, (size_t)a->in_c * n->batch * a->in_h * a->in_w, -a->quadratic, n->fwd.x, r.x);
-    if (a->anchor) { /* + kappa mu in every sample: X += (kappa 1) mu^T per channel */
-        const vapo_conv_shape rs = rows_shape(n);
-        const size_t hw = (size_t)rs.cin;
-        n->be->zero(n->be, r.t, sizeof(float) * n->batch);
-        n->be->axpy(n->be, n->batch, a->quadratic, n->ones, r.t);
+    if (a->anchor) { /* + kappa mu in every sample, image by image: an outer product
+                        * through a GEMM (conv_backward_filter) rounds differently
+                        * for different batch sizes, which batch invariance forbids */
+        const size_t hw = (size_t)a->in_h * a->in_w;
         for (int c = 0; c < a->in_c; c++)
-            n->be->conv_backward_filter(n->be, &rs, r.x + c * hw * n->batch, NULL, r.t, n->theta + n->anchor + c * hw);
+            for (int b = 0; b < n->batch; b++)
+                n->be->axpy(n->be, hw, a->quadratic, n->theta + n->anchor + c * hw, r.x + (c * n->batch + b) * hw);
     }
     n->be->cnhw_to_nchw(n->be, n->batch, a->in_c, a->in_h * a->in_w, grad_x, r.x);
     return 0;

@@ -1,11 +1,20 @@
-/* The batch ODE driver on backend memory (vapo/ode_batch.h).
+/* The sampler pool (vapo/ode_batch.h).
  *
- * Every running trajectory has had the same number of evaluations: they start
- * together and each field call evaluates all of them. So the stages of all
- * rows advance in lockstep, and one rk_combine builds a stage's points for the
- * whole batch. What differs per row lives on the host, per trajectory: the
- * clock (t, step sizes, SciPy's controller state), stepped by the same
- * functions as ode.c's (ode_rk.h) from the norms the backend computes. */
+ * Row `id` owns a fixed block of NBUF buffers of dim floats in one backend
+ * store: two states (accepted y and candidate y_new, swapped by index), the
+ * pending query point and the stage values k[0..6]. A row's roles map to
+ * buffers through small host tables, so accepting a step or the FSAL shift
+ * moves no data. What differs per row -- the phase of its solver, its clock
+ * (t, step sizes, SciPy's controller state) -- lives on the host and is
+ * stepped by the functions ode.c uses (ode_rk.h), from norms the backend
+ * computes row by row.
+ *
+ * One step: prepare the query point of each row named (rk_combine, rows = 1,
+ * after one upload of the step sizes), gather the points into one batch
+ * (rows_copy), evaluate, scatter the gradients into the rows' stage buffers,
+ * compute the norms the decisions need (rk_norm, rows = 1), download the
+ * norms and energies once, decide on the host. Device traffic per step: one
+ * upload of step sizes and row indices, one download of norms and energies. */
 #include "vapo/ode_batch.h"
 
 #include <limits.h>
@@ -19,382 +28,524 @@
 
 _Static_assert(ODE_MAX_STAGES <= VAPO_RK_MAX_TERMS, "rk_combine must take every stage of a step");
 
-enum { ST_RUNNING, ST_DONE, ST_FAILED };
+enum { B_Y0, B_Y1, B_Q, B_K0, NBUF = B_K0 + ODE_MAX_STAGES };
+enum { ROW_FREE, ROW_RUN, ROW_DONE, ROW_FAILED };
+enum { PH_F0, PH_H0, PH_STAGE, PH_PHI }; /* what the pending evaluation is for */
+enum { NORMS = 2 };                       /* norm slots per row */
 
 typedef struct {
-    const vapo_ode_config *cfg;
+    int state, phase, stage;
+    int ode, want_phi; /* a trajectory (else an energy row); evaluate its final energy */
+    int ready;         /* the query point is in place */
+    vapo_ode_config cfg;
     const ode_tableau *tab;
+    ode_clock c;
+    double h0_probe, h_fixed;
+    int nfe;
+    ode_failure why;
+    float phi;
+    unsigned char y, y_new, q, k[ODE_MAX_STAGES]; /* buffer of each role */
+} row;
+
+struct vapo_pool {
     vapo_backend *be;
-    int n_traj, dim, per_traj; /* shared step: one trajectory of n*dim, n points */
-    float *x;                  /* the caller's states, by trajectory */
-    vapo_field_backend_fn field;
+    int dim;
+    vapo_pool_eval_fn eval;
     void *ctx;
-    vapo_ode_progress_fn progress;
-    void *progress_ctx;
-    vapo_ode_progress prog;
-    int unreported; /* a field call whose outcome progress has not seen */
-
-    /* host, per trajectory */
-    ode_clock *clock;
-    int *status, *nfe;
-    ode_failure *why;
-    long long nfe_left; /* sum of nfe over trajectories that left */
-    /* host, per batch row: row r is trajectory live[r] */
-    int rows, nfe_now; /* running rows; the evaluations each has had */
-    int *live, *idx;   /* idx: 3 n_traj ints staged for rows_copy */
-    double *h, *norm;  /* n_traj and ODE_MAX_STAGES n_traj */
-
-    /* backend, n_traj rows of dim: y (accepted), y_new, query points, stages */
-    float *y, *y_new, *q, *k[ODE_MAX_STAGES];
-    float *state_block;
-    double *h_dev, *norm_dev; /* n_traj and ODE_MAX_STAGES n_traj */
+    int cap, live;
+    row *rows;
+    /* host */
+    double *h, *norm;  /* cap, NORMS cap: by row id */
+    int *idx, *ids;    /* 3 cap: gather/scatter indices; cap: the rows of step(NULL) */
+    float *phi;        /* cap: by batch position */
+    /* backend */
+    float *store;      /* cap NBUF dim */
+    double *h_dev, *norm_dev;
     int *idx_dev;
-} batch;
+    float *bx, *bg, *bphi; /* cap dim, cap dim, cap: one batch */
+};
 
-static void swap_rows(float **a, float **b)
+static const double unit[2] = {1.0, -1.0}; /* weights of f, and of f1 - f0 */
+
+static float *buf(const vapo_pool *p, int id, int b) { return p->store + ((size_t)id * NBUF + b) * p->dim; }
+static int buf_row(int id, int b) { return id * NBUF + b; } /* as a rows_copy index */
+static const row *get(const vapo_pool *p, int id) { return id >= 0 && id < p->cap ? &p->rows[id] : NULL; }
+
+/* ---- memory ------------------------------------------------------------------ */
+
+static void free_backend(vapo_pool *p)
 {
-    float *t = *a;
+    vapo_backend *be = p->be;
+    be->free(be, p->h_dev), be->free(be, p->idx_dev), be->free(be, p->bx), be->free(be, p->bg);
+    be->free(be, p->bphi);
+    p->h_dev = NULL, p->idx_dev = NULL, p->bx = p->bg = p->bphi = NULL;
+}
+
+/* Room for `need` rows: the store is copied over, the rest is scratch. */
+static int grow(vapo_pool *p, int need)
+{
+    if (need <= p->cap)
+        return 0;
+    vapo_backend *be = p->be;
+    int cap = p->cap ? p->cap : 16;
+    while (cap < need)
+        cap *= 2;
+    if ((long long)cap * NBUF > INT_MAX / 2)
+        return vapo_fail("sampler pool: %d rows are too many", need);
+    const size_t n = (size_t)cap, slab = n * p->dim;
+    row *rows = realloc(p->rows, n * sizeof *rows);
+    if (rows)
+        p->rows = rows;
+    double *h = realloc(p->h, n * (1 + NORMS) * sizeof *h);
+    if (h)
+        p->h = h, p->norm = h + n;
+    int *idx = realloc(p->idx, n * 4 * sizeof *idx);
+    if (idx)
+        p->idx = idx, p->ids = idx + 3 * n;
+    float *phi = realloc(p->phi, n * sizeof *phi);
+    if (phi)
+        p->phi = phi;
+    float *store = be->alloc(be, sizeof(float) * slab * NBUF);
+    if (!rows || !h || !idx || !phi || !store) {
+        be->free(be, store);
+        return vapo_fail("sampler pool: out of memory for %d rows of %d", cap, p->dim);
+    }
+    if (p->store)
+        be->copy(be, store, p->store, sizeof(float) * (size_t)p->cap * NBUF * p->dim);
+    be->free(be, p->store);
+    p->store = store;
+    free_backend(p);
+    p->h_dev = be->alloc(be, sizeof(double) * n * (1 + NORMS));
+    p->idx_dev = be->alloc(be, sizeof(int) * n * 3);
+    p->bx = be->alloc(be, sizeof(float) * slab);
+    p->bg = be->alloc(be, sizeof(float) * slab);
+    p->bphi = be->alloc(be, sizeof(float) * n);
+    if (!p->h_dev || !p->idx_dev || !p->bx || !p->bg || !p->bphi) {
+        free_backend(p);
+        p->cap = 0; /* the store is kept; nothing else is usable */
+        return vapo_fail("sampler pool: out of backend memory for %d rows of %d", cap, p->dim);
+    }
+    p->norm_dev = p->h_dev + n;
+    memset(p->rows + p->cap, 0, (n - p->cap) * sizeof *p->rows);
+    p->cap = cap;
+    return 0;
+}
+
+vapo_pool *vapo_pool_create(vapo_backend *be, int dim, vapo_pool_eval_fn eval, void *ctx)
+{
+    if (!be || dim < 1 || !eval) {
+        vapo_fail("sampler pool: needs a backend, dim >= 1 and an evaluation (dim %d)", dim);
+        return NULL;
+    }
+    if (!be->rk_combine || !be->rk_norm || !be->rows_copy) {
+        vapo_fail("sampler pool: the %s backend has no Runge-Kutta ops", be->name);
+        return NULL;
+    }
+    vapo_pool *p = calloc(1, sizeof *p);
+    if (!p) {
+        vapo_fail("out of memory");
+        return NULL;
+    }
+    p->be = be, p->dim = dim, p->eval = eval, p->ctx = ctx;
+    return p;
+}
+
+void vapo_pool_free(vapo_pool *p)
+{
+    if (!p)
+        return;
+    free_backend(p);
+    p->be->free(p->be, p->store);
+    free(p->rows), free(p->h), free(p->idx), free(p->phi);
+    free(p);
+}
+
+/* ---- rows -------------------------------------------------------------------- */
+
+int vapo_pool_add(vapo_pool *p, const vapo_ode_config *cfg, const float *x0, int flags)
+{
+    if (cfg && vapo_ode_config_validate(cfg) < 0)
+        return -1;
+    if (!x0)
+        return vapo_fail("sampler pool: a row needs a start point");
+    int id = 0;
+    while (id < p->cap && p->rows[id].state != ROW_FREE)
+        id++;
+    if (grow(p, id + 1))
+        return -1;
+    row *r = &p->rows[id];
+    memset(r, 0, sizeof *r);
+    r->state = ROW_RUN;
+    r->y = B_Y0, r->y_new = B_Y1, r->q = B_Q;
+    for (int j = 0; j < ODE_MAX_STAGES; j++)
+        r->k[j] = (unsigned char)(B_K0 + j);
+    r->ode = cfg != NULL;
+    r->want_phi = !cfg || (flags & VAPO_POOL_ENERGY);
+    if (cfg) {
+        r->cfg = *cfg;
+        r->tab = ode_method_tableau(cfg->method);
+        r->c.t_end = cfg->t_end;
+        r->c.h_abs = cfg->method == VAPO_ODE_RK45 ? cfg->h0 : 0;
+        r->h_fixed = cfg->t_end / cfg->steps;
+        /* every method starts with F(x0): rk45 as its FSAL k0, the others as stage 0 */
+        r->phase = cfg->method == VAPO_ODE_RK45 ? PH_F0 : PH_STAGE;
+    } else {
+        r->phase = PH_PHI;
+    }
+    const size_t bytes = sizeof(float) * p->dim;
+    if (flags & VAPO_POOL_DEVICE)
+        p->be->copy(p->be, buf(p, id, r->y), x0, bytes);
+    else
+        p->be->upload(p->be, buf(p, id, r->y), x0, bytes);
+    p->live++;
+    return id;
+}
+
+int vapo_pool_waiting(const vapo_pool *p)
+{
+    int n = 0;
+    for (int id = 0; id < p->cap; id++)
+        n += p->rows[id].state == ROW_RUN;
+    return n;
+}
+
+int vapo_pool_wants(const vapo_pool *p, int id)
+{
+    const row *r = get(p, id);
+    if (!r || r->state != ROW_RUN)
+        return 0;
+    return r->phase == PH_PHI ? 1 : 2;
+}
+
+static void finish(row *r, ode_failure why)
+{
+    r->why = why;
+    r->state = why == ODE_OK ? ROW_DONE : ROW_FAILED;
+}
+
+/* The trajectory reached t_end: done, or one more row for its energy. */
+static void arrive(row *r)
+{
+    if (r->want_phi) {
+        r->phase = PH_PHI;
+        r->ready = 0;
+    } else {
+        finish(r, ODE_OK);
+    }
+}
+
+/* The next evaluation is stage s of the current step (or, once the clock
+ * failed to begin an attempt, the row fails). */
+static void next_stage(row *r, int s, ode_failure begun)
+{
+    if (begun != ODE_OK) {
+        finish(r, begun);
+        return;
+    }
+    if (r->nfe >= r->cfg.max_nfe) {
+        finish(r, ODE_FAIL_MAX_NFE);
+        return;
+    }
+    r->phase = PH_STAGE;
+    r->stage = s;
+    r->ready = 0;
+}
+
+/* ---- one step ---------------------------------------------------------------- */
+
+/* The step size the row's next combination uses (uploaded before prepare). */
+static double row_h(const row *r)
+{
+    if (!r->ode)
+        return 0;
+    if (r->cfg.method != VAPO_ODE_RK45)
+        return r->h_fixed;
+    return r->phase == PH_H0 ? r->h0_probe : r->c.h;
+}
+
+static const float *const *stage_ptrs(const vapo_pool *p, int id, const float **k)
+{
+    const row *r = &p->rows[id];
+    for (int j = 0; j < ODE_MAX_STAGES; j++)
+        k[j] = buf(p, id, r->k[j]);
+    return k;
+}
+
+/* The buffer holding row id's query point, computing it if needed:
+ * F0, final energy: y; probe: y + h0 f0; stage s: y + h sum_j a[s][j] k[j];
+ * rk45's FSAL stage: y_new = y + h sum_j b[j] k[j]. */
+static int prepare(vapo_pool *p, int id)
+{
+    row *r = &p->rows[id];
+    if (r->phase == PH_F0 || r->phase == PH_PHI || (r->phase == PH_STAGE && r->stage == 0))
+        return r->y;
+    const int fsal = r->phase == PH_STAGE && r->stage == r->tab->stages;
+    const int to = fsal ? r->y_new : r->q;
+    if (!r->ready) {
+        const float *k[ODE_MAX_STAGES];
+        const int nk = r->phase == PH_H0 ? 1 : r->stage;
+        const double *c = r->phase == PH_H0 ? unit : fsal ? r->tab->b : r->tab->a[r->stage];
+        p->be->rk_combine(p->be, 1, p->dim, p->h_dev + id, nk, c, stage_ptrs(p, id, k), buf(p, id, r->y),
+                          buf(p, id, to));
+        r->ready = 1;
+    }
+    return to;
+}
+
+/* The buffer the evaluation's gradient goes to. */
+static int grad_buffer(const row *r)
+{
+    if (r->phase == PH_F0)
+        return r->k[0];
+    if (r->phase == PH_H0)
+        return r->k[1];
+    return r->k[r->stage];
+}
+
+/* Norm slot j of row id = rk_norm of sum_i c[i] k[i] (nk terms): scaled by
+ * the tolerances and y, or also by y_new and times the row's h (`err`), or
+ * (`plain`) unscaled, which is finite iff the terms are. */
+enum { SCALED, ERR, PLAIN };
+static void norm_of(vapo_pool *p, int id, int j, int nk, const double *c, const float *const *k, int how)
+{
+    const row *r = &p->rows[id];
+    const float *y_new = how == ERR ? buf(p, id, r->y_new) : NULL;
+    p->be->rk_norm(p->be, 1, p->dim, how == ERR ? p->h_dev + id : NULL, nk, c, k, buf(p, id, r->y), y_new,
+                   how == PLAIN ? 1.0 : r->cfg.atol, how == PLAIN ? 0.0 : r->cfg.rtol,
+                   p->norm_dev + (size_t)NORMS * id + j);
+}
+
+/* The norms row id's decision needs, after its evaluation; 1 if any. */
+static int norms(vapo_pool *p, int id)
+{
+    const row *r = &p->rows[id];
+    const float *k[ODE_MAX_STAGES];
+    stage_ptrs(p, id, k);
+    if (!r->ode || r->phase == PH_PHI)
+        return 0;
+    if (r->phase == PH_F0) { /* |y0| and |f0| */
+        const float *y0[1] = {buf(p, id, r->y)};
+        norm_of(p, id, 0, 1, unit, y0, SCALED);
+        norm_of(p, id, 1, 1, unit, k, SCALED);
+    } else if (r->phase == PH_H0) { /* |f0| and |f1 - f0| */
+        const float *diff[2] = {k[1], k[0]};
+        norm_of(p, id, 0, 1, unit, k, SCALED);
+        norm_of(p, id, 1, 2, unit, diff, SCALED);
+    } else if (r->cfg.method != VAPO_ODE_RK45) { /* finite iff F is */
+        const float *f[1] = {k[r->stage]};
+        norm_of(p, id, 0, 1, unit, f, PLAIN);
+    } else if (r->stage == r->tab->stages) { /* the attempt's error */
+        norm_of(p, id, 0, r->tab->stages + 1, r->tab->e, k, ERR);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static void swap(unsigned char *a, unsigned char *b)
+{
+    unsigned char t = *a;
     *a = *b;
     *b = t;
 }
 
-/* Trajectory live[r] stops after `nfe` evaluations: done (ODE_OK) or failed.
- * Its row stays until compact(). */
-static void leave(batch *b, int r, ode_failure why, int nfe)
+/* rk45: the error norm of the attempt decides, as in ode.c. */
+static void rk45_decide(row *r, double err)
 {
-    const int i = b->live[r];
-    b->status[i] = why == ODE_OK ? ST_DONE : ST_FAILED;
-    b->why[i] = why;
-    b->nfe[i] = nfe;
-    b->nfe_left += nfe;
+    if (!ode_finish_attempt(&r->c, err)) {
+        next_stage(r, 1, ode_begin_attempt(&r->c));
+        return;
+    }
+    swap(&r->y, &r->y_new);
+    swap(&r->k[0], &r->k[r->tab->stages]); /* FSAL */
+    if (r->c.t >= r->c.t_end)
+        arrive(r);
+    else
+        next_stage(r, 1, ode_begin_step(&r->c));
 }
 
-/* Rows whose trajectory stopped leave the batch: their states go to x, the
- * running rows' states (and FSAL stages, if `fsal`) move to the front. The
- * gathers go through a spare buffer, as rows_copy must not overlap. */
-static void compact(batch *b, int fsal)
+/* Fixed step: stage `stage` was evaluated (and is finite). */
+static void fixed_decide(vapo_pool *p, int id)
 {
-    vapo_backend *be = b->be;
-    int gone = 0, kept = 0;
-    for (int r = 0; r < b->rows; r++)
-        gone += b->status[b->live[r]] != ST_RUNNING;
-    if (!gone)
+    row *r = &p->rows[id];
+    if (r->stage + 1 < r->tab->stages) {
+        next_stage(r, r->stage + 1, ODE_OK);
         return;
-    int *src = b->idx, *dst = b->idx + gone, *keep = b->idx + 2 * gone;
-    for (int r = 0, g = 0; r < b->rows; r++) {
-        if (b->status[b->live[r]] != ST_RUNNING) {
-            src[g] = r;
-            dst[g++] = b->live[r];
+    }
+    const float *k[ODE_MAX_STAGES];
+    p->be->rk_combine(p->be, 1, p->dim, p->h_dev + id, r->tab->stages, r->tab->b, stage_ptrs(p, id, k),
+                      buf(p, id, r->y), buf(p, id, r->y_new));
+    swap(&r->y, &r->y_new);
+    if (ode_fixed_advance(&r->c, r->cfg.steps))
+        arrive(r);
+    else
+        next_stage(r, 0, ODE_OK);
+}
+
+/* Row id was evaluated (its energy is phi): its next phase. */
+static void decide(vapo_pool *p, int id, float phi)
+{
+    row *r = &p->rows[id];
+    const double *nm = p->norm + (size_t)NORMS * id;
+    if (r->phase == PH_PHI) {
+        r->phi = phi;
+        finish(r, ODE_OK);
+        return;
+    }
+    r->nfe++;
+    if (r->phase == PH_F0) {
+        if (!isfinite(nm[1])) {
+            finish(r, ODE_FAIL_INITIAL_NONFINITE);
+        } else if (r->c.h_abs > 0) {
+            next_stage(r, 1, ode_begin_step(&r->c));
+        } else if (r->nfe >= r->cfg.max_nfe) {
+            finish(r, ODE_FAIL_MAX_NFE);
         } else {
-            keep[kept] = r;
-            b->live[kept++] = b->live[r];
+            r->h0_probe = ode_probe_step(nm[0], nm[1]);
+            r->phase = PH_H0;
+            r->ready = 0;
         }
-    }
-    be->upload(be, b->idx_dev, b->idx, sizeof(int) * (2 * (size_t)gone + kept));
-    be->rows_copy(be, gone, b->dim, b->x, b->idx_dev + gone, b->y, b->idx_dev);
-    b->rows = kept;
-    if (!kept)
-        return;
-    const int *keep_dev = b->idx_dev + 2 * gone;
-    be->rows_copy(be, kept, b->dim, b->y_new, NULL, b->y, keep_dev);
-    swap_rows(&b->y, &b->y_new);
-    if (fsal) {
-        be->rows_copy(be, kept, b->dim, b->k[1], NULL, b->k[0], keep_dev);
-        swap_rows(&b->k[0], &b->k[1]);
+    } else if (r->phase == PH_H0) {
+        r->c.h_abs = ode_first_step(r->h0_probe, nm[0], nm[1]);
+        next_stage(r, 1, ode_begin_step(&r->c));
+    } else if (r->cfg.method != VAPO_ODE_RK45) {
+        if (!isfinite(nm[0]))
+            finish(r, ODE_FAIL_NONFINITE);
+        else
+            fixed_decide(p, id);
+    } else if (r->stage < r->tab->stages) {
+        next_stage(r, r->stage + 1, ODE_OK);
+    } else {
+        rk45_decide(r, nm[0]);
     }
 }
 
-/* Progress of the last field call, reported once the decisions it led to
- * are taken (as the host driver does), i.e. before the next call or at the end. */
-static int report_progress(batch *b)
+int vapo_pool_step(vapo_pool *p, const int *ids, int n)
 {
-    vapo_ode_progress *p = &b->prog;
-    if (!b->progress || !b->unreported)
-        return 0;
-    b->unreported = 0;
-    p->calls++;
-    p->done = (b->n_traj - b->rows) * b->per_traj;
-    p->nfe = (b->nfe_left + (long long)b->rows * b->nfe_now) * b->per_traj;
-    p->t_min = b->cfg->t_end;
-    for (int r = 0; r < b->rows; r++)
-        p->t_min = fmin(p->t_min, b->clock[b->live[r]].t);
-    if (b->progress(b->progress_ctx, p) != 0)
-        return vapo_fail("ode: solve cancelled by the progress callback after %d field calls", p->calls);
-    return 0;
-}
-
-/* out = F(points) for the running rows; they all fail instead when max_nfe
- * is reached (callers check b->rows afterwards). */
-static int evaluate(batch *b, const float *points, float *out)
-{
-    if (report_progress(b))
-        return -1;
-    if (b->nfe_now >= b->cfg->max_nfe) {
-        for (int r = 0; r < b->rows; r++)
-            leave(b, r, ODE_FAIL_MAX_NFE, b->nfe_now);
-        compact(b, 0);
-        return 0;
+    vapo_backend *be = p->be;
+    if (!ids) {
+        n = 0;
+        for (int id = 0; id < p->cap; id++)
+            if (p->rows[id].state == ROW_RUN)
+                p->ids[n++] = id;
+        ids = p->ids;
     }
-    int frc = b->field(b->ctx, b->rows * b->per_traj, points, out);
-    if (frc < 0) {
+    if (n == 0)
+        return 0;
+    int grad = 0, high = 0;
+    for (int i = 0; i < n; i++) {
+        const int w = vapo_pool_wants(p, ids[i]);
+        if (!w)
+            return vapo_fail("sampler pool: row %d does not wait for an evaluation", ids[i]);
+        grad |= w == 2;
+        high = ids[i] + 1 > high ? ids[i] + 1 : high;
+    }
+    for (int id = 0; id < high; id++)
+        p->h[id] = row_h(&p->rows[id]);
+    be->upload(be, p->h_dev, p->h, sizeof(double) * high);
+    /* indices: gather sources, then scatter destinations of the gradient rows and their positions */
+    int *src = p->idx, *dst = p->idx + n, *pos = p->idx + 2 * n, m = 0;
+    for (int i = 0; i < n; i++) {
+        const row *r = &p->rows[ids[i]];
+        src[i] = buf_row(ids[i], prepare(p, ids[i]));
+        if (r->phase != PH_PHI)
+            dst[m] = buf_row(ids[i], grad_buffer(r)), pos[m++] = i;
+    }
+    memmove(pos - n + m, pos, sizeof(int) * m); /* pack: src n, dst m, pos m */
+    pos = dst + m;
+    be->upload(be, p->idx_dev, p->idx, sizeof(int) * (n + 2 * (size_t)m));
+    be->rows_copy(be, n, p->dim, p->bx, NULL, p->store, p->idx_dev);
+    int rc = p->eval(p->ctx, n, p->bx, grad ? p->bg : NULL, p->bphi);
+    if (rc < 0) {
         char why[256];
         snprintf(why, sizeof why, "%s", vapo_last_error());
-        return vapo_fail("ode: field evaluation failed (%d): %s", frc, why[0] ? why : "no message");
+        return vapo_fail("sampler pool: evaluation of %d rows failed (%d): %s", n, rc, why[0] ? why : "no message");
     }
-    b->nfe_now++;
-    b->unreported = 1;
+    if (m)
+        be->rows_copy(be, m, p->dim, p->store, p->idx_dev + n, p->bg, p->idx_dev + n + m);
+    int any_norm = 0;
+    for (int i = 0; i < n; i++)
+        any_norm |= norms(p, ids[i]);
+    if (any_norm)
+        be->download(be, p->norm, p->norm_dev, sizeof(double) * NORMS * high);
+    be->download(be, p->phi, p->bphi, sizeof(float) * n);
+    for (int i = 0; i < n; i++)
+        decide(p, ids[i], p->phi[i]);
+    return n;
+}
+
+/* ---- results ----------------------------------------------------------------- */
+
+static vapo_ode_failure public_failure(ode_failure why)
+{
+    switch (why) {
+    case ODE_FAIL_MAX_NFE: return VAPO_ODE_MAX_NFE;
+    case ODE_FAIL_UNDERFLOW: return VAPO_ODE_TOO_STIFF;
+    case ODE_FAIL_INITIAL_NONFINITE:
+    case ODE_FAIL_NONFINITE: return VAPO_ODE_NONFINITE;
+    case ODE_OK: break;
+    }
+    return VAPO_ODE_OK;
+}
+
+int vapo_pool_take(vapo_pool *p, int id, float *x, vapo_pool_result *res)
+{
+    const row *r = get(p, id);
+    if (!r || (r->state != ROW_DONE && r->state != ROW_FAILED))
+        return vapo_fail("sampler pool: row %d has not finished", id);
+    if (x)
+        p->be->download(p->be, x, buf(p, id, r->y), sizeof(float) * p->dim);
+    if (res) {
+        memset(res, 0, sizeof *res);
+        res->failure = public_failure(r->why);
+        ode_failure_message(r->why, &r->c, res->message, sizeof res->message);
+        res->nfe = r->nfe;
+        res->steps = r->c.accepted;
+        res->rejected = r->c.rejected;
+        res->phi = r->phi;
+    }
+    vapo_pool_remove(p, id);
     return 0;
 }
 
-/* The rows' step sizes (clock.h) to the backend. */
-static void upload_steps(batch *b)
+void vapo_pool_remove(vapo_pool *p, int id)
 {
-    for (int r = 0; r < b->rows; r++)
-        b->h[r] = b->clock[b->live[r]].h;
-    b->be->upload(b->be, b->h_dev, b->h, sizeof(double) * b->rows);
+    if (id < 0 || id >= p->cap || p->rows[id].state == ROW_FREE)
+        return;
+    p->rows[id].state = ROW_FREE;
+    p->live--;
 }
 
-/* norm slot `slot` (rows doubles) = rk_norm of sum_j c[j] k[j], unscaled by h. */
-static void norm_into(batch *b, int slot, int nk, const double *c, const float *const *k)
+/* ---- vapo_ode_solve_backend -------------------------------------------------- */
+
+typedef struct {
+    vapo_field_backend_fn field;
+    void *ctx;
+    int per_row; /* shared step: a row is the whole batch */
+} field_adapter;
+
+static int adapt(void *ctx, int count, const float *x, float *grad, float *phi)
 {
-    b->be->rk_norm(b->be, b->rows, b->dim, NULL, nk, c, k, b->y, NULL, b->cfg->atol, b->cfg->rtol,
-                   b->norm_dev + (size_t)slot * b->rows);
+    (void)phi;
+    const field_adapter *a = ctx;
+    return a->field(a->ctx, count * a->per_row, x, grad);
 }
 
-static void download_norms(batch *b, int slots)
+void vapo_pool_progress(const vapo_pool *p, const int *ids, int n, vapo_ode_progress *pr)
 {
-    b->be->download(b->be, b->norm, b->norm_dev, sizeof(double) * slots * b->rows);
-}
-
-/* Rows that rejected the attempt keep y and the FSAL stage k[0]: copied into
- * y_new and k[last] before those are swapped in for everyone. */
-static void take_steps(batch *b, int n_keep, int last)
-{
-    vapo_backend *be = b->be;
-    if (n_keep) {
-        be->upload(be, b->idx_dev, b->idx, sizeof(int) * n_keep);
-        be->rows_copy(be, n_keep, b->dim, b->y_new, b->idx_dev, b->y, b->idx_dev);
-        if (last)
-            be->rows_copy(be, n_keep, b->dim, b->k[last], b->idx_dev, b->k[0], b->idx_dev);
+    pr->calls++;
+    pr->done = 0;
+    pr->nfe = 0;
+    pr->t_min = pr->t_end;
+    for (int i = 0; i < n; i++) {
+        const row *r = get(p, ids[i]);
+        if (!r || r->state == ROW_FREE)
+            continue;
+        pr->done += r->state != ROW_RUN || r->phase == PH_PHI;
+        pr->nfe += r->nfe;
+        if (r->state == ROW_RUN && r->phase != PH_PHI)
+            pr->t_min = fmin(pr->t_min, r->c.t);
     }
-    swap_rows(&b->y, &b->y_new);
-    if (last)
-        swap_rows(&b->k[0], &b->k[last]);
-}
-
-/* ---- rk45 ------------------------------------------------------------------ */
-
-static const double unit[2] = {1.0, -1.0}; /* weights of f and of f1 - f0 */
-
-/* F(x0) is in k[0]: check it, then SciPy's select_initial_step (one probe
- * evaluation) unless cfg->h0 is given, then every row's first attempt. */
-static int rk45_first_step(batch *b)
-{
-    const float *f0[1] = {b->k[0]}, *y0[1] = {b->y};
-    norm_into(b, 0, 1, unit, y0);
-    norm_into(b, 1, 1, unit, f0);
-    download_norms(b, 2);
-    for (int r = 0; r < b->rows; r++) {
-        const double d0 = b->norm[r], d1 = b->norm[b->rows + r];
-        if (!isfinite(d1))
-            leave(b, r, ODE_FAIL_INITIAL_NONFINITE, b->nfe_now);
-        else
-            b->clock[b->live[r]].h = ode_probe_step(d0, d1);
-    }
-    compact(b, 1);
-    if (b->cfg->h0 == 0 && b->rows) {
-        upload_steps(b);
-        b->be->rk_combine(b->be, b->rows, b->dim, b->h_dev, 1, unit, (const float *const *)b->k, b->y, b->q);
-        if (evaluate(b, b->q, b->k[1]))
-            return -1;
-        if (!b->rows) /* max_nfe */
-            return 0;
-        const float *diff[2] = {b->k[1], b->k[0]}, *f0_now[1] = {b->k[0]};
-        norm_into(b, 0, 1, unit, f0_now);
-        norm_into(b, 1, 2, unit, diff);
-        download_norms(b, 2);
-        for (int r = 0; r < b->rows; r++) {
-            ode_clock *c = &b->clock[b->live[r]];
-            c->h_abs = ode_first_step(c->h, b->norm[r], b->norm[b->rows + r]);
-        }
-    }
-    for (int r = 0; r < b->rows; r++)
-        if (ode_begin_step(&b->clock[b->live[r]]) != ODE_OK)
-            leave(b, r, ODE_FAIL_UNDERFLOW, b->nfe_now);
-    compact(b, 1);
-    return 0;
-}
-
-/* One attempt of every row: stages 1..6 (stage 6 is the FSAL evaluation at
- * y_new), the error norms, then each row's decision as in ode.c. */
-static int rk45_attempt(batch *b)
-{
-    vapo_backend *be = b->be;
-    const ode_tableau *tab = b->tab;
-    const int last = tab->stages;
-    upload_steps(b);
-    for (int s = 1; s <= last; s++) {
-        float *pt = s < last ? b->q : b->y_new;
-        be->rk_combine(be, b->rows, b->dim, b->h_dev, s, s < last ? tab->a[s] : tab->b,
-                       (const float *const *)b->k, b->y, pt);
-        if (evaluate(b, pt, b->k[s]))
-            return -1;
-        if (!b->rows)
-            return 0;
-    }
-    be->rk_norm(be, b->rows, b->dim, b->h_dev, last + 1, tab->e, (const float *const *)b->k, b->y, b->y_new,
-                b->cfg->atol, b->cfg->rtol, b->norm_dev);
-    download_norms(b, 1);
-    int n_rejected = 0;
-    for (int r = 0; r < b->rows; r++) {
-        ode_clock *c = &b->clock[b->live[r]];
-        ode_failure next;
-        if (ode_finish_attempt(c, b->norm[r])) {
-            if (c->t >= c->t_end) {
-                leave(b, r, ODE_OK, b->nfe_now);
-                continue;
-            }
-            next = ode_begin_step(c);
-        } else {
-            b->idx[n_rejected++] = r;
-            next = ode_begin_attempt(c);
-        }
-        if (next != ODE_OK)
-            leave(b, r, next, b->nfe_now);
-    }
-    take_steps(b, n_rejected, last);
-    compact(b, 1);
-    return 0;
-}
-
-/* Runs `step` (an attempt, or a fixed step, of every row) until all rows left. */
-static int run_steps(batch *b, int (*step)(batch *))
-{
-    while (b->rows)
-        if (step(b))
-            return -1;
-    return 0;
-}
-
-static int rk45_solve(batch *b)
-{
-    if (evaluate(b, b->y, b->k[0]) || (b->rows && rk45_first_step(b)))
-        return -1;
-    return run_steps(b, rk45_attempt);
-}
-
-/* ---- fixed step ------------------------------------------------------------ */
-
-/* One step of every row. A stage's norm is finite iff its F is, the check
- * the host solver makes per evaluation; here it is read once per step. */
-static int fixed_step(batch *b)
-{
-    vapo_backend *be = b->be;
-    const ode_tableau *tab = b->tab;
-    const int stages = tab->stages;
-    for (int s = 0; s < stages; s++) {
-        const float *pt = b->y;
-        if (s > 0) {
-            be->rk_combine(be, b->rows, b->dim, b->h_dev, s, tab->a[s], (const float *const *)b->k, b->y, b->q);
-            pt = b->q;
-        }
-        if (evaluate(b, pt, b->k[s]))
-            return -1;
-        const float *f[1] = {b->k[s]};
-        norm_into(b, s, 1, unit, f);
-    }
-    download_norms(b, stages);
-    be->rk_combine(be, b->rows, b->dim, b->h_dev, stages, tab->b, (const float *const *)b->k, b->y, b->y_new);
-    int n_failed = 0;
-    for (int r = 0; r < b->rows; r++) {
-        int s = 0;
-        while (s < stages && isfinite(b->norm[(size_t)s * b->rows + r]))
-            s++;
-        if (s < stages) {
-            b->idx[n_failed++] = r;
-            leave(b, r, ODE_FAIL_NONFINITE, b->nfe_now - stages + s + 1);
-        } else if (ode_fixed_advance(&b->clock[b->live[r]], b->cfg->steps)) {
-            leave(b, r, ODE_OK, b->nfe_now);
-        }
-    }
-    take_steps(b, n_failed, 0);
-    compact(b, 0);
-    return 0;
-}
-
-static int fixed_solve(batch *b)
-{
-    /* one step size for all rows: the compaction never has to move it */
-    for (int i = 0; i < b->n_traj; i++)
-        b->h[i] = b->cfg->t_end / b->cfg->steps;
-    b->be->upload(b->be, b->h_dev, b->h, sizeof(double) * b->n_traj);
-    return run_steps(b, fixed_step);
-}
-
-/* ---- setup and the driver -------------------------------------------------- */
-
-static int batch_init(batch *b)
-{
-    vapo_backend *be = b->be;
-    const size_t n = (size_t)b->n_traj, slab = n * b->dim;
-    const int nk = b->tab->stages + (b->cfg->method == VAPO_ODE_RK45);
-    b->clock = calloc(n, sizeof *b->clock);
-    b->status = calloc(n, sizeof *b->status);
-    b->nfe = calloc(n, sizeof *b->nfe);
-    b->why = calloc(n, sizeof *b->why);
-    b->live = malloc(n * sizeof *b->live);
-    b->idx = malloc(3 * n * sizeof *b->idx);
-    b->h = malloc(n * sizeof *b->h);
-    b->norm = malloc(ODE_MAX_STAGES * n * sizeof *b->norm);
-    if (!b->clock || !b->status || !b->nfe || !b->why || !b->live || !b->idx || !b->h || !b->norm)
-        return vapo_fail("ode: out of memory for a batch of %d x %d", b->n_traj, b->dim);
-    b->state_block = be->alloc(be, sizeof(float) * slab * (3 + nk));
-    b->h_dev = be->alloc(be, sizeof(double) * n * (1 + ODE_MAX_STAGES));
-    b->idx_dev = be->alloc(be, sizeof(int) * 3 * n);
-    if (!b->state_block || !b->h_dev || !b->idx_dev)
-        return vapo_fail("ode: out of backend memory for a batch of %d x %d", b->n_traj, b->dim);
-    b->norm_dev = b->h_dev + n;
-    b->y = b->state_block;
-    b->y_new = b->y + slab;
-    b->q = b->y_new + slab;
-    for (int j = 0; j < nk; j++)
-        b->k[j] = b->q + (j + 1) * slab;
-    for (int i = 0; i < b->n_traj; i++) {
-        b->live[i] = i;
-        b->clock[i].t_end = b->cfg->t_end;
-        b->clock[i].h_abs = b->cfg->method == VAPO_ODE_RK45 ? b->cfg->h0 : 0;
-    }
-    b->rows = b->n_traj;
-    be->copy(be, b->y, b->x, sizeof(float) * slab);
-    return 0;
-}
-
-static void batch_free(batch *b)
-{
-    vapo_backend *be = b->be;
-    be->free(be, b->state_block);
-    be->free(be, b->h_dev);
-    be->free(be, b->idx_dev);
-    free(b->clock), free(b->status), free(b->nfe), free(b->why);
-    free(b->live), free(b->idx), free(b->h), free(b->norm);
-}
-
-/* nfe_out, and the message naming the first failed trajectory. */
-static int batch_report(const batch *b, int *nfe_out)
-{
-    int n_failed = 0, first = -1;
-    for (int i = 0; i < b->n_traj; i++) {
-        if (nfe_out)
-            for (int r = 0; r < b->per_traj; r++)
-                nfe_out[(size_t)i * b->per_traj + r] = b->nfe[i];
-        if (b->status[i] == ST_FAILED && n_failed++ == 0)
-            first = i;
-    }
-    if (!n_failed)
-        return 0;
-    char why[160];
-    ode_failure_message(b->why[first], &b->clock[first], why, sizeof why);
-    return vapo_fail("ode: %d of %d trajectories failed; trajectory %d: %s", n_failed, b->n_traj, first, why);
 }
 
 int vapo_ode_solve_backend(const vapo_ode_config *cfg, vapo_backend *be, int n, int dim, float *x,
@@ -406,27 +557,50 @@ int vapo_ode_solve_backend(const vapo_ode_config *cfg, vapo_backend *be, int n, 
     if (!be || n < 0 || dim < 1 || (n > 0 && (!x || !field)))
         return vapo_fail("ode: solve needs a backend, n >= 0, dim >= 1, states and a field (n %d, dim %d)", n,
                          dim);
-    if (!be->rk_combine || !be->rk_norm || !be->rows_copy)
-        return vapo_fail("ode: the %s backend has no Runge-Kutta ops", be->name);
     if (n == 0)
         return 0;
-    batch b = {.cfg = cfg, .tab = ode_method_tableau(cfg->method), .be = be, .n_traj = n, .dim = dim,
-               .per_traj = 1, .x = x, .field = field, .ctx = ctx, .progress = progress,
-               .progress_ctx = progress_ctx, .prog = {.n = n, .t_end = cfg->t_end}};
+    int rows = n, per_row = 1;
     if (cfg->shared_step) { /* SciPy's flattened batch, as in vapo_ode_solve */
-        if ((long long)n * dim > INT_MAX)
+        if ((long long)n * dim > INT_MAX / NBUF)
             return vapo_fail("ode: shared-step batch too large (%d x %d)", n, dim);
-        b.n_traj = 1;
-        b.dim = n * dim;
-        b.per_traj = n;
+        rows = 1, per_row = n, dim *= n;
     }
-    int rc = batch_init(&b);
-    if (rc == 0)
-        rc = cfg->method == VAPO_ODE_RK45 ? rk45_solve(&b) : fixed_solve(&b);
-    if (rc == 0)
-        rc = report_progress(&b);
-    if (rc == 0)
-        rc = batch_report(&b, nfe_out);
-    batch_free(&b);
+    field_adapter fa = {field, ctx, per_row};
+    vapo_pool *p = vapo_pool_create(be, dim, adapt, &fa);
+    int *ids = malloc(sizeof(int) * rows), added = 0, rc = 0;
+    if (!p || !ids) {
+        free(ids);
+        vapo_pool_free(p);
+        return p ? vapo_fail("out of memory") : -1;
+    }
+    for (; added < rows && rc == 0; added++)
+        rc = (ids[added] = vapo_pool_add(p, cfg, x + (size_t)added * dim, VAPO_POOL_DEVICE)) < 0 ? -1 : 0;
+    vapo_ode_progress pr = {.n = rows, .t_end = cfg->t_end};
+    while (rc == 0 && (rc = vapo_pool_step(p, NULL, 0)) > 0) {
+        rc = 0;
+        vapo_pool_progress(p, ids, rows, &pr);
+        pr.n = n, pr.done *= per_row, pr.nfe *= per_row;
+        if (progress && progress(progress_ctx, &pr))
+            rc = vapo_fail("ode: solve cancelled by the progress callback after %d field calls", pr.calls);
+    }
+    /* finished rows to x, also after an error; the others keep their start */
+    int n_failed = 0, first = -1;
+    char why[160] = "";
+    for (int i = 0; i < added && ids[i] >= 0; i++) {
+        const row *r = &p->rows[ids[i]];
+        vapo_pool_result res;
+        if (r->state == ROW_RUN)
+            continue;
+        be->copy(be, x + (size_t)i * dim, buf(p, ids[i], r->y), sizeof(float) * dim);
+        vapo_pool_take(p, ids[i], NULL, &res);
+        for (int j = 0; nfe_out && j < per_row; j++)
+            nfe_out[(size_t)i * per_row + j] = res.nfe;
+        if (res.failure != VAPO_ODE_OK && n_failed++ == 0)
+            first = i, snprintf(why, sizeof why, "%s", res.message);
+    }
+    if (rc == 0 && n_failed)
+        rc = vapo_fail("ode: %d of %d trajectories failed; trajectory %d: %s", n_failed, rows, first, why);
+    free(ids);
+    vapo_pool_free(p);
     return rc;
 }

@@ -4,13 +4,16 @@
  * is a sample pushed through the ODE alone or with others. Checked on the
  * bundled model, which has every layer kind the presets use: 3x3 and 1x1
  * convolutions on 28x28, 14x14 and 7x7, pooling, the level heads' dense
- * layers, the global head and the anchor. Comparisons are memcmp: no
- * tolerance. */
+ * layers, the global head and the anchor. And the sampler pool: rows of
+ * every solver and energy rows, joining while others run and stepped in
+ * random chunks, end bit-identical to each row alone. Comparisons are
+ * memcmp: no tolerance. */
 #include <string.h>
 
 #include "testutil.h"
 #include "vapo/error.h"
 #include "vapo/model.h"
+#include "vapo/ode_batch.h"
 
 #define MODEL "../models/fmnist-small.safetensors"
 #define POOL 64
@@ -112,9 +115,97 @@ static void check_samples(void)
     be->destroy(be);
 }
 
+/* ---- the sampler pool: rows alone vs mixed, added late, stepped in chunks ---- */
+
+enum { MINE = 6, OTHERS = 6, SCORES = 4 };
+
+static unsigned lcg(unsigned *s) { return *s = *s * 1103515245u + 12345u, (*s >> 16) & 0x7fff; }
+
+/* Row i of the pool's mix: seeds 7's samples 0..5 (rk45), other seeds on
+ * every solver, and energy-only rows. */
+static vapo_ode_config mix_config(const vapo_model *m, int i)
+{
+    vapo_ode_config c = m->sampling;
+    c.rtol = c.atol = 1e-2;
+    if (i >= MINE) {
+        const vapo_ode_method methods[] = {VAPO_ODE_EULER, VAPO_ODE_HEUN, VAPO_ODE_RK4, VAPO_ODE_RK45};
+        c.method = methods[i % 4];
+        c.steps = 5 + i;
+        c.t_end = i % 2 ? 1.0 : c.t_end;
+    }
+    return c;
+}
+
+/* Each row alone in a pool of its own, stepped whole. */
+static void solo(vapo_model *m, int i, const float *x0, float *x, float *phi, int *nfe)
+{
+    vapo_ode_config c = mix_config(m, i);
+    memcpy(x, x0, sizeof(float) * vapo_net_input_size(m->net));
+    CHECK(!vapo_model_sample(m, &c, 1, x, phi, nfe, NULL, NULL), "solo %d: %s", i, vapo_last_error());
+}
+
+/* All rows in one pool: the others join after a few steps, energy rows
+ * arrive mid-way, and each step evaluates a random subset of the waiting
+ * rows (as the server's chunks do). Same floats as alone. */
+static void check_pool(void)
+{
+    vapo_backend *be = vapo_backend_cpu(2);
+    vapo_model *m = vapo_model_load(MODEL, be);
+    if (!m)
+        return;
+    const int d = (int)vapo_net_input_size(m->net), n = MINE + OTHERS;
+    float *x0 = malloc(sizeof(float) * (n + SCORES) * d), *ref = malloc(sizeof(float) * n * d);
+    float *got = malloc(sizeof(float) * d), ref_phi[MINE + OTHERS + SCORES];
+    int ref_nfe[MINE + OTHERS], ids[MINE + OTHERS + SCORES], pick[MINE + OTHERS + SCORES];
+    vapo_model_noise(m, 7, 0, MINE, x0);
+    vapo_model_noise(m, 31, 0, OTHERS, x0 + (size_t)MINE * d);
+    vapo_model_noise(m, 5, 0, SCORES, x0 + (size_t)n * d);
+    for (size_t i = (size_t)n * d; i < (size_t)(n + SCORES) * d; i++)
+        x0[i] = tanhf(x0[i]);
+    for (int i = 0; i < n; i++)
+        solo(m, i, x0 + (size_t)i * d, ref + (size_t)i * d, &ref_phi[i], &ref_nfe[i]);
+    CHECK(!vapo_model_energy(m, SCORES, x0 + (size_t)n * d, ref_phi + n), "%s", vapo_last_error());
+
+    vapo_pool *p = vapo_model_pool(m);
+    unsigned seed = 1;
+    int steps = 0, added = 0, bad = 0;
+    for (int i = 0; i < n + SCORES; i++)
+        ids[i] = -1;
+    for (;;) {
+        if (steps == 0 || steps == 3 || steps == 9) /* rows join while others run */
+            for (int stop = steps == 0 ? MINE : steps == 3 ? n : n + SCORES; added < stop; added++) {
+                vapo_ode_config c = mix_config(m, added);
+                ids[added] = vapo_pool_add(p, added < n ? &c : NULL, x0 + (size_t)added * d, VAPO_POOL_ENERGY);
+            }
+        int k = 0;
+        for (int i = 0; i < added; i++)
+            if (vapo_pool_wants(p, ids[i]) && lcg(&seed) % 3 != 0)
+                pick[k++] = ids[i];
+        if (k == 0 && vapo_pool_waiting(p) == 0 && added == n + SCORES)
+            break;
+        CHECK(vapo_pool_step(p, pick, k) == k, "step: %s", vapo_last_error());
+        steps++;
+    }
+    for (int i = 0; i < n + SCORES; i++) {
+        vapo_pool_result res;
+        CHECK(!vapo_pool_take(p, ids[i], got, &res), "take %d: %s", i, vapo_last_error());
+        const int same = (i >= n || (same_bits(got, ref + (size_t)i * d, d) && res.nfe == ref_nfe[i])) &&
+                         same_bits(&res.phi, &ref_phi[i], 1);
+        if (!same && bad++ < 3)
+            fprintf(stderr, "  pool row %d: NFE %d (alone %d), phi %.9g (alone %.9g)\n", i, res.nfe,
+                    i < n ? ref_nfe[i] : 0, res.phi, ref_phi[i]);
+    }
+    CHECK(!bad, "%d of %d pool rows differ from the same row alone (%d steps)", bad, n + SCORES, steps);
+    vapo_pool_free(p);
+    free(x0), free(ref), free(got);
+    vapo_model_free(m);
+    be->destroy(be);
+}
+
 int main(void)
 {
     check_energy_grad();
     check_samples();
+    check_pool();
     return test_finish("test_batch_invariance");
 }

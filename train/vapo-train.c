@@ -236,7 +236,7 @@ static int write_grid(run *r, const char *name)
     cfg.rtol = cfg.atol = r->o.sample_tol;
     vapo_model_noise(r->ema, 0, 0, n, x); /* fixed seeds: the same images over training */
     const double t0 = cli_now();
-    int rc = vapo_ode_solve(&cfg, n, d, x, vapo_model_field, r->ema, nfe, progress_dot, NULL);
+    int rc = vapo_model_sample(r->ema, &cfg, n, x, NULL, nfe, progress_dot, NULL);
     if (!rc) {
         char path[1024];
         out_path(r, path, sizeof path, name);

@@ -258,30 +258,11 @@ static int solve_progress(void *ctx, const vapo_ode_progress *p)
     return 0;
 }
 
-/* Off the CPU the states stay in backend memory for the whole solve; the
- * CPU keeps the host solver (double states), whose results tests pin. */
-static int solve_batch(vapo_model *m, const vapo_ode_config *cfg, int n, float *x, int *nfe, solve_ctx *ctx)
-{
-    vapo_backend *be = vapo_net_backend(m->net);
-    const int dim = (int)vapo_net_input_size(m->net);
-    if (!strcmp(be->name, "cpu"))
-        return vapo_ode_solve(cfg, n, dim, x, vapo_model_field, m, nfe, solve_progress, ctx);
-    const size_t bytes = sizeof(float) * n * dim;
-    float *dev = be->alloc(be, bytes);
-    if (!dev)
-        return vapo_fail("out of %s memory for %d samples", be->name, n);
-    be->upload(be, dev, x, bytes);
-    int rc = vapo_ode_solve_backend(cfg, be, n, dim, dev, vapo_model_field_backend, m, nfe, solve_progress, ctx);
-    be->download(be, x, dev, bytes);
-    be->free(be, dev);
-    return rc;
-}
-
 int cli_solve(vapo_model *m, const vapo_ode_config *cfg, int n, float *x, int *nfe, cli_progress *progress,
               double progress_base)
 {
     solve_ctx ctx = {progress, progress_base};
-    int rc = solve_batch(m, cfg, n, x, nfe, &ctx);
+    int rc = vapo_model_sample(m, cfg, n, x, NULL, nfe, solve_progress, &ctx);
     if (progress)
         cli_progress_update(progress, progress_base + n, NULL);
     return rc;

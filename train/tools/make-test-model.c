@@ -33,7 +33,7 @@ static int calibrate(vapo_model *m, int n)
         goto done;
     }
     vapo_model_noise(m, 1000, 0, n, x);
-    if (vapo_ode_solve(&m->sampling, n, d, x, vapo_model_field, m, NULL, NULL, NULL))
+    if (vapo_model_sample(m, &m->sampling, n, x, NULL, NULL, NULL, NULL))
         goto done;
     vapo_float_to_u8(x, (size_t)n * d, u8);
     for (size_t i = 0; i < (size_t)n * d; i++)

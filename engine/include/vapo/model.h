@@ -68,6 +68,22 @@ int vapo_model_field_backend(void *model, int count, const float *points, float 
 int vapo_model_energy_grad(vapo_model *m, int count, const float *x, float *phi, float *grad);
 int vapo_model_energy(vapo_model *m, int count, const float *x, float *phi);
 
+/* The network as the sampler pool evaluates it (vapo_pool_eval_fn; ctx = the
+ * model): x, grad and phi are backend memory. */
+int vapo_model_eval_backend(void *model, int count, const float *x, float *grad, float *phi);
+/* A sampler pool (vapo/ode_batch.h) on the model's backend and network. */
+struct vapo_pool *vapo_model_pool(vapo_model *m);
+
+/* Samples n trajectories on a pool: x (n x d, host) holds the start points
+ * (vapo_model_noise, an interpolation) and receives the final states; phi
+ * (n, may be NULL) their energies, nfe (n, may be NULL) their evaluations;
+ * progress (may be NULL) is called after every batched evaluation. The rows
+ * are stepped together, but a row's result does not depend on the others.
+ * Returns 0, or -1 when the evaluation failed, progress cancelled, or a
+ * sample failed (the message names the first; the others still finish). */
+int vapo_model_sample(vapo_model *m, const vapo_ode_config *cfg, int n, float *x, float *phi, int *nfe,
+                      vapo_ode_progress_fn progress, void *progress_ctx);
+
 /* Initial noise of samples first..first+n-1 for `seed` (host, n*d floats). */
 void vapo_model_noise(const vapo_model *m, uint64_t seed, int first, int n, float *x);
 

@@ -12,23 +12,21 @@
 #include "vapo/error.h"
 #include "vapo/interp.h"
 #include "vapo/model.h"
+#include "vapo/ode_batch.h"
 
 #include "clock.h"
 #include "log.h"
 
-enum { ROW_NEEDS_EVAL = 0, ROW_NEEDS_FINAL_PHI = 1, ROW_DONE = 2 };
 enum { RR_SHARE_DIV = 16 }; /* max_batch / 16 rows of a batch go round-robin */
 #define ADMIT_SAFETY 0.9       /* admit when the estimate ends within 90% of the deadline */
 #define RK45_NFE_GUESS 100.0   /* RK45 evaluations per image before one has finished */
 #define RATE_TAU_S 2.0         /* the cost per row is an average over about the last 2 s of work */
 enum { STATE_LOADING, STATE_READY, STATE_FAILED };
 
-/* One row of a batch: which job and row it came from, and whether the row
- * needs the gradient (an ODE evaluation) or only the energy. */
+/* One row of a batch: which job and row it came from. */
 typedef struct {
     job *j;
     int row;
-    int grad;
 } slot;
 
 struct batcher {
@@ -65,8 +63,9 @@ struct batcher {
     job **active;
     int nactive, active_cap;
     int rr; /* round-robin start */
-    float *bx, *bg, *bphi;
-    slot *slots;
+    vapo_pool *pool; /* every row of every admitted job */
+    int *ids;        /* max_batch: the pool rows of one step */
+    slot *slots;     /* max_batch: which job and row each is */
 };
 
 /* ---- jobs ------------------------------------------------------------------------- */
@@ -82,33 +81,23 @@ job *job_create(job_kind kind, int n, int d)
     j->ood = calloc(n, sizeof(double));
     j->in_dist = calloc(n, sizeof(int));
     j->nfe = calloc(n, sizeof(int));
-    j->stage = calloc(n, 1);
     j->taken = calloc(n, 1);
-    j->traj = calloc(n, sizeof(vapo_traj *));
-    if (!j->x || !j->phi || !j->ood || !j->in_dist || !j->nfe || !j->stage || !j->taken || !j->traj) {
+    j->row = malloc(sizeof(int) * (n > 0 ? n : 1));
+    if (!j->x || !j->phi || !j->ood || !j->in_dist || !j->nfe || !j->taken || !j->row) {
         job_free(j);
         return NULL;
     }
+    for (int i = 0; i < n; i++)
+        j->row[i] = -1;
     atomic_init(&j->cancel_requested, 0);
     return j;
-}
-
-static void job_free_trajectories(job *j)
-{
-    if (!j->traj)
-        return;
-    for (int i = 0; i < j->n; i++) {
-        vapo_traj_free(j->traj[i]);
-        j->traj[i] = NULL;
-    }
 }
 
 void job_free(job *j)
 {
     if (!j)
         return;
-    job_free_trajectories(j);
-    free(j->x), free(j->phi), free(j->ood), free(j->in_dist), free(j->nfe), free(j->stage), free(j->taken), free(j->traj);
+    free(j->x), free(j->phi), free(j->ood), free(j->in_dist), free(j->nfe), free(j->taken), free(j->row);
     free(j);
 }
 
@@ -237,11 +226,18 @@ void batcher_cancel_all(batcher *b)
 
 /* ---- scheduler: job lifecycle ---------------------------------------------------------- */
 
-static int rows_unfinished(const job *j)
+/* Takes the job's rows out of the pool; returns the trajectories that had
+ * not reached t_end. */
+static int release_rows(batcher *b, job *j)
 {
     int n = 0;
-    for (int i = 0; i < j->n; i++)
-        n += j->kind != JOB_ENERGY && j->stage[i] == ROW_NEEDS_EVAL;
+    for (int i = 0; i < j->n; i++) {
+        if (j->row[i] < 0)
+            continue;
+        n += j->kind != JOB_ENERGY && vapo_pool_wants(b->pool, j->row[i]) == 2;
+        vapo_pool_remove(b->pool, j->row[i]);
+        j->row[i] = -1;
+    }
     return n;
 }
 
@@ -249,11 +245,11 @@ static int rows_unfinished(const job *j)
  * longer be in b->active. */
 static void job_end(batcher *b, job *j, job_status status, const char *message)
 {
+    const int unfinished = release_rows(b, j);
     if (status != JOB_OK && j->kind != JOB_ENERGY)
-        metrics_cancelled(b->mx, rows_unfinished(j));
+        metrics_cancelled(b->mx, unfinished);
     if (status == JOB_OK)
         metrics_images(b->mx, j->kind == JOB_ENERGY ? 0 : j->n, j->kind == JOB_ENERGY ? j->n : 0);
-    job_free_trajectories(j);
     j->status = status;
     if (message && message != j->message)
         snprintf(j->message, sizeof j->message, "%s", message);
@@ -271,15 +267,15 @@ static void job_end(batcher *b, job *j, job_status status, const char *message)
     j->done(j, j->done_ctx); /* the job may be freed from here on */
 }
 
-/* Noise and trajectories of a new job; 0, or -1 with j->message set. */
+/* Start points and pool rows of a new job; 0, or -1 with j->message set. */
 static int job_admit(batcher *b, job *j)
 {
     const int d = b->info.d;
     j->remaining = j->n;
     j->cursor = 0;
-    if (j->kind == JOB_ENERGY)
-        return 0;
-    if (j->kind == JOB_SAMPLE) {
+    if (j->kind == JOB_ENERGY) {
+        /* nothing to prepare */
+    } else if (j->kind == JOB_SAMPLE) {
         vapo_model_noise(b->model, j->seed, j->first, j->n, j->x);
     } else {
         float *ends = malloc(sizeof(float) * 2 * d);
@@ -292,9 +288,10 @@ static int job_admit(batcher *b, job *j)
         vapo_slerp_frames(d, ends, ends + d, j->n, b->info.omega * sqrt((double)d), j->x);
         free(ends);
     }
+    const vapo_ode_config *ode = j->kind == JOB_ENERGY ? NULL : &j->ode;
     for (int i = 0; i < j->n; i++) {
-        j->traj[i] = vapo_traj_create(&j->ode, d, j->x + (size_t)i * d);
-        if (!j->traj[i]) {
+        j->row[i] = vapo_pool_add(b->pool, ode, j->x + (size_t)i * d, VAPO_POOL_ENERGY);
+        if (j->row[i] < 0) {
             snprintf(j->message, sizeof j->message, "%s", vapo_last_error());
             return -1;
         }
@@ -351,28 +348,18 @@ static void sweep(batcher *b, int shutdown_all, double now)
 
 /* ---- scheduler: one batch --------------------------------------------------------------- */
 
-static int row_wants(const job *j, int r)
+static int row_wants(const batcher *b, const job *j, int r)
 {
-    if (j->taken[r])
-        return 0;
-    if (j->stage[r] == ROW_NEEDS_FINAL_PHI)
-        return 1;
-    if (j->stage[r] != ROW_NEEDS_EVAL)
-        return 0;
-    return j->kind == JOB_ENERGY || vapo_traj_query(j->traj[r]) != NULL;
+    return !j->taken[r] && j->row[r] >= 0 && vapo_pool_wants(b->pool, j->row[r]);
 }
 
 /* Puts row r of j into the batch as row `rows`; returns rows + 1. */
 static int take_row(batcher *b, job *j, int r, int rows, int *grad_rows)
 {
-    const int d = b->info.d;
-    slot *s = &b->slots[rows];
-    s->j = j, s->row = r;
-    s->grad = j->kind != JOB_ENERGY && j->stage[r] == ROW_NEEDS_EVAL;
-    const float *src = s->grad ? vapo_traj_query(j->traj[r]) : j->x + (size_t)r * d;
-    memcpy(b->bx + (size_t)rows * d, src, sizeof(float) * d);
+    b->slots[rows] = (slot){j, r};
+    b->ids[rows] = j->row[r];
     j->taken[r] = 1;
-    *grad_rows += s->grad;
+    *grad_rows += vapo_pool_wants(b->pool, j->row[r]) == 2;
     return rows + 1;
 }
 
@@ -385,7 +372,7 @@ static int take_in_order(batcher *b, int energy, int rows, int limit, int *grad_
         if ((j->kind == JOB_ENERGY) != energy)
             continue;
         for (int r = 0; r < j->n && rows < limit; r++)
-            if (row_wants(j, r))
+            if (row_wants(b, j, r))
                 rows = take_row(b, j, r, rows, grad_rows);
     }
     return rows;
@@ -411,7 +398,7 @@ static int take_round_robin(batcher *b, int rows, int *grad_rows)
                 int r = j->cursor;
                 j->cursor = (r + 1) % j->n;
                 scanned[k]++;
-                if (!row_wants(j, r))
+                if (!row_wants(b, j, r))
                     continue;
                 rows = take_row(b, j, r, rows, grad_rows);
                 progress = 1;
@@ -445,10 +432,35 @@ static void fail_job(job *j, job_status st, const char *msg)
     }
 }
 
-/* Hands the batch's results back to the rows they came from. */
-static void scatter(batcher *b, int rows, double t0)
+/* Row r of j finished or failed in the pool: its result into the job. */
+static void row_result(batcher *b, job *j, int r, double *nfe_sum, int *nfe_count)
 {
     const int d = b->info.d;
+    vapo_pool_result res;
+    vapo_pool_take(b->pool, j->row[r], j->x + (size_t)r * d, &res);
+    j->row[r] = -1;
+    j->phi[r] = res.phi;
+    j->nfe[r] = res.nfe;
+    if (res.failure != VAPO_ODE_OK) {
+        char msg[256];
+        const int settings = res.failure == VAPO_ODE_MAX_NFE || res.failure == VAPO_ODE_TOO_STIFF;
+        snprintf(msg, sizeof msg, "sample %d: %s%s", r, res.message,
+                 settings ? "; loosen rtol/atol, lower t_end or use a fixed-step solver" : "");
+        fail_job(j, settings ? JOB_TOO_HARD : JOB_FAILED, msg);
+        return;
+    }
+    if (j->kind == JOB_ENERGY) {
+        j->ood[r] = vapo_model_ood_score(b->model, res.phi);
+        j->in_dist[r] = vapo_model_in_distribution(b->model, res.phi);
+    } else if (j->ode.method == VAPO_ODE_RK45) {
+        *nfe_sum += res.nfe, (*nfe_count)++;
+    }
+    j->remaining--;
+}
+
+/* After a step: the rows of the batch that finished hand their results back. */
+static void scatter(batcher *b, int rows, double t0)
+{
     double nfe_sum = 0;
     int nfe_count = 0;
     for (int s = 0; s < rows; s++) {
@@ -459,39 +471,8 @@ static void scatter(batcher *b, int rows, double t0)
             j->t_first = t0;
             metrics_queue_wait(b->mx, t0 - j->t_submit);
         }
-        if (j->status != JOB_OK)
-            continue;
-        if (!b->slots[s].grad) {
-            j->phi[r] = b->bphi[s];
-            if (j->kind == JOB_ENERGY) {
-                j->ood[r] = vapo_model_ood_score(b->model, b->bphi[s]);
-                j->in_dist[r] = vapo_model_in_distribution(b->model, b->bphi[s]);
-            }
-            j->stage[r] = ROW_DONE;
-            j->remaining--;
-            continue;
-        }
-        vapo_traj *tr = j->traj[r];
-        vapo_traj_tell(tr, b->bg + (size_t)s * d);
-        if (!vapo_traj_done(tr))
-            continue;
-        j->nfe[r] = vapo_traj_nfe(tr);
-        if (vapo_traj_failed(tr)) {
-            const char *why = vapo_traj_error(tr);
-            const vapo_ode_failure f = vapo_traj_failure(tr);
-            char msg[256];
-            int settings = f == VAPO_ODE_MAX_NFE || f == VAPO_ODE_TOO_STIFF;
-            snprintf(msg, sizeof msg, "sample %d: %s%s", r, why,
-                     settings ? "; loosen rtol/atol, lower t_end or use a fixed-step solver" : "");
-            fail_job(j, settings ? JOB_TOO_HARD : JOB_FAILED, msg);
-            continue;
-        }
-        if (j->ode.method == VAPO_ODE_RK45)
-            nfe_sum += j->nfe[r], nfe_count++;
-        vapo_traj_copy_state(tr, j->x + (size_t)r * d);
-        vapo_traj_free(tr);
-        j->traj[r] = NULL;
-        j->stage[r] = ROW_NEEDS_FINAL_PHI;
+        if (j->status == JOB_OK && !vapo_pool_wants(b->pool, j->row[r]))
+            row_result(b, j, r, &nfe_sum, &nfe_count);
     }
     if (nfe_count) { /* a running mean over recent trajectories */
         pthread_mutex_lock(&b->mu);
@@ -551,8 +532,7 @@ static int run_batch(batcher *b)
     if (rows == 0)
         return 0;
     double t0 = clock_now();
-    int rc = grad_rows ? vapo_model_energy_grad(b->model, rows, b->bx, b->bphi, b->bg)
-                       : vapo_model_energy(b->model, rows, b->bx, b->bphi);
+    int rc = vapo_pool_step(b->pool, b->ids, rows) < 0;
     double t1 = clock_now();
     metrics_batch(b->mx, rows, grad_rows, t0, t1);
     if (rc) {
@@ -600,11 +580,10 @@ static int load_model(batcher *b)
     in->calib_count = m->n_calib;
     in->ood_keep = m->ood_keep;
     const size_t rows = (size_t)b->cfg.max_batch;
-    b->bx = malloc(sizeof(float) * rows * in->d);
-    b->bg = malloc(sizeof(float) * rows * in->d);
-    b->bphi = malloc(sizeof(float) * rows);
+    b->pool = vapo_model_pool(m);
+    b->ids = malloc(sizeof(int) * rows);
     b->slots = malloc(sizeof(slot) * rows);
-    if (!b->bx || !b->bg || !b->bphi || !b->slots)
+    if (!b->pool || !b->ids || !b->slots)
         return vapo_fail("out of memory for batches of %zu rows", rows);
     return 0;
 }
@@ -708,10 +687,11 @@ void batcher_stop(batcher *b)
     pthread_mutex_unlock(&b->mu);
     pthread_join(b->thread, NULL);
     metrics_ready(b->mx, 0);
+    vapo_pool_free(b->pool);
     vapo_model_free(b->model);
     if (b->be)
         b->be->destroy(b->be);
-    free(b->active), free(b->bx), free(b->bg), free(b->bphi), free(b->slots);
+    free(b->active), free(b->ids), free(b->slots);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->wake);
     pthread_cond_destroy(&b->idle);

@@ -2,20 +2,21 @@
  * HTTP threads validate requests, wrap them as jobs and submit them, and never
  * touch the model.
  *
- * Work is cut into function evaluations. A /generate job of n images is n ODE
- * trajectories (vapo_traj); each scheduler iteration
- *   1. admits newly submitted jobs (noise, trajectories) and drops jobs that
- *      were cancelled or passed their deadline,
- *   2. gathers the points the live trajectories need next (vapo_traj_query)
- *      and pending /energy images, up to max_batch rows, in this order:
+ * Work is cut into function evaluations. The scheduler owns the engine's
+ * sampler pool (vapo/ode_batch.h): a /generate job of n images is n pool
+ * rows (ODE trajectories in backend memory), an /energy job n energy-only
+ * rows. Each scheduler iteration
+ *   1. admits newly submitted jobs (noise, pool rows) and drops jobs that
+ *      were cancelled or passed their deadline (their rows leave the pool),
+ *   2. chooses the waiting rows of one step, up to max_batch, in this order:
  *      /energy rows (one cheap evaluation each, so scoring stays fast under a
  *      generate load); then the rows of generate/interpolate jobs in
  *      submission order, which is deadline order (one timeout for all), for
  *      all but max_batch/16 rows; those last rows go round-robin, one row per
  *      job per round, so later requests keep moving;
- *   3. runs ONE batched vapo_model_energy_grad over them,
- *   4. hands each trajectory its gradient (vapo_traj_tell) and each energy
- *      row its value, and completes the jobs that are done.
+ *   3. runs ONE vapo_pool_step over them (each row advances its own solver),
+ *   4. takes the finished rows' results (a failure comes back as an enum,
+ *      vapo_ode_failure) and completes the jobs that are done.
  * Trajectories join and leave the batch at every iteration (continuous
  * batching). Earlier requests finish first: under overload, sharing the
  * device equally would make every request late together, while serving in
@@ -89,9 +90,8 @@ struct job {
 
     /* Scheduler-private. */
     atomic_int cancel_requested;
-    vapo_traj **traj;
-    unsigned char *stage; /* per row: 0 needs F or phi, 1 needs phi of the final state, 2 done */
-    unsigned char *taken; /* per row: in the batch being gathered */
+    int *row;             /* per image: its sampler-pool row, -1 once taken out (or none yet) */
+    unsigned char *taken; /* per image: in the batch being gathered */
     double work_est;      /* rows of evaluation the job was estimated to take */
     double work_done;     /* rows evaluated for it so far */
     int remaining, cursor;

@@ -1,13 +1,12 @@
 /* ODE solvers for sampling: integrate dx/dt = F(x) on [0, t_end], where F is
  * an autonomous float32 field (the gradient of the energy network).
  *
- * One code path, two ways in:
+ * The reference solver, on the host in double precision; images are made by
+ * the sampler pool (ode_batch.h), which takes the same decisions in float on
+ * backend memory and is tested against this one.
  *  - vapo_traj: an ask/tell object for ONE trajectory. query() gives the point
- *    where F is needed next, tell() hands F at that point back. A scheduler
- *    (the server's continuous batcher) gathers the queries of many trajectories
- *    into one network pass, so trajectories join and leave the batch at every
- *    function evaluation.
- *  - vapo_ode_solve: a batch driver for offline tools, built on vapo_traj.
+ *    where F is needed next, tell() hands F at that point back.
+ *  - vapo_ode_solve: a batch driver on vapo_traj (tests, SciPy comparisons).
  *
  * RK45 follows SciPy's solve_ivp(method='RK45') step for step (Dormand-Prince
  * 5(4), FSAL, RMS error norm, safety 0.9, factors in [0.2, 10], SciPy's

@@ -7,7 +7,9 @@ Starts vapo-serve (on the CPU unless --device says otherwise) with MODEL and mea
   - throughput (images/s) of C concurrent clients (C = 32, 64) that each ask
     for one image per request (n=1, distinct seeds), with latency p50/p99;
   - the ceiling: the same C images as ONE request (n=C), which the server
-    runs as one batch from start to end; ratio = clients / ceiling;
+    runs as one batch from start to end; ratio = clients / ceiling, in
+    wall-clock throughput and in the server's CPU seconds per image (the
+    one to trust on a busy shared machine);
   - the per-request HTTP overhead of /energy with one image: request latency
     minus the device time the server spent on it (from /metrics);
   - /energy latency while a saturating generate load runs;
@@ -68,6 +70,14 @@ def metrics(port):
     text = Client(port).get("/metrics").decode()
     return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
             if ln and not ln.startswith("#")}
+
+
+def cpu_seconds(pid):
+    """The process's user + system CPU seconds (Linux): a cost that a busy
+    shared machine does not inflate as much as wall-clock time."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def gray_png(w, h):
@@ -203,17 +213,21 @@ def main():
 
         for clients in [int(c) for c in a.clients.split(",")]:
             rates = []
+            cpu0 = cpu_seconds(proc.pid)
             for rep in range(5):  # the median of 5: shared machines are noisy
                 c = Client(port)
                 t = time.perf_counter()
                 body = json.loads(c.post("/generate", {"seed": 1000 + rep, "n": clients, "format": "json",
                                                        **extra}))
                 rates.append(clients / (time.perf_counter() - t))
+            cpu_one = (cpu_seconds(proc.pid) - cpu0) / (5 * clients)
             best = statistics.median(rates)
             nfe = statistics.mean(body["nfe"])
             before = metrics(port)
             t = time.perf_counter()
+            cpu0 = cpu_seconds(proc.pid)
             tput, lat = concurrent_run(port, clients, a.rounds, 10_000 * clients, extra)
+            cpu_many = (cpu_seconds(proc.pid) - cpu0) / (clients * a.rounds)
             wall = time.perf_counter() - t
             after = metrics(port)
             d = {k: after[k] - before.get(k, 0) for k in ("vapo_device_busy_seconds_total", "vapo_batch_size_sum",
@@ -223,6 +237,8 @@ def main():
                   f" | ratio {tput / best:.2f} | mean NFE {nfe:.1f}")
             print(f"RESULT name=serve-c{clients} status=ok images_per_s={tput:.4g} p50_ms={percentile(lat, 50) * 1e3:.4g} "
                   f"p99_ms={percentile(lat, 99) * 1e3:.4g} one_request_images_per_s={best:.4g} mean_nfe={nfe:.4g}")
+            print(f"     server CPU per image: {cpu_many:.3f} s with {clients} clients, {cpu_one:.3f} s in one "
+                  f"request | ratio in CPU time {cpu_one / cpu_many:.2f}")
             print(f"     device busy {100 * d['vapo_device_busy_seconds_total'] / wall:.0f}% of the run, "
                   f"{d['vapo_batch_size_sum'] / max(d['vapo_batch_size_count'], 1):.1f} rows per model call")
 

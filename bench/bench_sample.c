@@ -10,7 +10,13 @@
  * after one untimed solve of the same noise (module loading, cuDNN handles,
  * scratch buffers and the per-shape algorithm choice are paid once; a
  * long-running sampler has paid them).
- *   bench_sample MODEL [n] [rtol] [threads] [device] [own|shared|both] */
+ *
+ * Each solve also reports its process CPU seconds (cpu_s_per_image, and per
+ * image and evaluation): bench/run_cpu_time.sh compares those with
+ * bench_sample_torch.py's on a busy machine. NOISE, when given, receives the
+ * initial noise (n x d raw float32) so that bench_sample_torch.py --noise
+ * solves from the same points, with the same NFE.
+ *   bench_sample MODEL [n] [rtol] [threads] [device] [own|shared|both] [NOISE] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +34,7 @@ typedef struct {
     float *x;    /* host: a solve's states */
     float *dev;  /* backend: a solve's states */
     int *nfe;    /* host, n */
+    double cpu;  /* CPU seconds of the last solve */
 } sampler;
 
 /* One solve of the n noises, on the backend's solver; returns its seconds
@@ -37,12 +44,13 @@ static double solve_once(sampler *s, const vapo_ode_config *cfg)
     vapo_backend *be = s->be;
     const size_t bytes = sizeof(float) * s->n * s->d;
     memcpy(s->x, s->x0, bytes);
-    const double t0 = bench_now();
+    const double t0 = bench_now(), c0 = bench_cpu_now();
     be->upload(be, s->dev, s->x, bytes);
     int rc = vapo_ode_solve_backend(cfg, be, s->n, s->d, s->dev, vapo_model_field_backend, s->m, s->nfe, NULL, NULL);
     be->download(be, s->x, s->dev, bytes);
     be->sync(be);
     const double t = bench_now() - t0;
+    s->cpu = bench_cpu_now() - c0;
     if (rc)
         fprintf(stderr, "solve: %s\n", vapo_last_error());
     return rc ? -1 : t;
@@ -65,10 +73,12 @@ static int bench_solve(sampler *s, const vapo_ode_config *cfg, const char *label
     if (t < 0)
         return -1;
     const double nfe = mean_nfe(s);
-    printf("vapo RK45 %-16s %.3f images/s, mean NFE %.1f (rtol=atol=%g, T=%g, %d images, %s)\n", label, s->n / t,
-           nfe, cfg->rtol, cfg->t_end, s->n, s->be->name);
-    bench_result(name, "device=%s n=%d rtol=%g t_end=%g images_per_s=%.4f mean_nfe=%.2f seconds=%.3f solver=pool status=ok",
-                 s->be->name, s->n, cfg->rtol, cfg->t_end, s->n / t, nfe, t);
+    printf("vapo RK45 %-16s %.3f images/s, mean NFE %.1f, %.4f CPU s/image (rtol=atol=%g, T=%g, %d images, %s)\n",
+           label, s->n / t, nfe, s->cpu / s->n, cfg->rtol, cfg->t_end, s->n, s->be->name);
+    bench_result(name,
+                 "device=%s n=%d rtol=%g t_end=%g images_per_s=%.4f mean_nfe=%.2f seconds=%.3f cpu_s_per_image=%.5f "
+                 "cpu_ms_per_image_eval=%.4f solver=pool status=ok",
+                 s->be->name, s->n, cfg->rtol, cfg->t_end, s->n / t, nfe, t, s->cpu / s->n, 1e3 * s->cpu / s->n / nfe);
     return 0;
 }
 
@@ -101,6 +111,15 @@ done:
     return rate;
 }
 
+/* The initial noise as raw float32, for bench_sample_torch.py --noise. */
+static int write_noise(const sampler *s, const char *path)
+{
+    FILE *f = fopen(path, "wb");
+    const size_t count = (size_t)s->n * s->d;
+    const int ok = f && fwrite(s->x0, sizeof(float), count, f) == count;
+    return (f && fclose(f)) || !ok ? vapo_fail("cannot write %s", path) : 0;
+}
+
 static int setup(sampler *s, const char *path, int n)
 {
     if (!(s->m = vapo_model_load(path, s->be)))
@@ -127,7 +146,7 @@ static void teardown(sampler *s)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_sample MODEL [n] [rtol] [threads] [device] [own|shared|both]\n");
+        fprintf(stderr, "usage: bench_sample MODEL [n] [rtol] [threads] [device] [own|shared|both] [NOISE]\n");
         return 2;
     }
     const int n = argc > 2 ? atoi(argv[2]) : 64, threads = argc > 4 ? atoi(argv[4]) : 0;
@@ -137,6 +156,8 @@ int main(int argc, char **argv)
     if (!s.be)
         return 1;
     int rc = n < 1 ? vapo_fail("n must be >= 1") : setup(&s, argv[1], n);
+    if (!rc && argc > 7)
+        rc = write_noise(&s, argv[7]);
     const double rate = rc ? -1 : eval_rate(&s);
     rc = rc || rate < 0;
     if (!rc)

@@ -2,7 +2,7 @@
 """RK45 sampling of a vapo checkpoint in PyTorch, for comparison with
 bench_sample: the same network and weights, the same tolerances and T.
 
-    bench_sample_torch.py MODEL [n] [rtol] [threads] [--device cuda] [--solver scipy,batched]
+    bench_sample_torch.py MODEL [n] [rtol] [threads] [--device cuda] [--solver scipy,batched] [--noise FILE]
 
 Solvers (--solver, comma-separated; default scipy):
   scipy    the paper's way: the whole batch flattened into one state, SciPy's
@@ -13,8 +13,10 @@ Solvers (--solver, comma-separated; default scipy):
 On CUDA the batched solve is timed after one untimed solve of the same noise
 (rows finish at different steps, and each new batch size costs cuDNN an
 autotuning pass once). NFE depends on the weights and on the noise (drawn by torch here, by vapo's RNG
-in bench_sample: same law, other numbers). Prints grad Phi evaluations per
-second, images/s and NFE per solver, and a RESULT line per solver."""
+in bench_sample: same law, other numbers); --noise FILE solves from bench_sample's noise instead
+(its NOISE argument), so that both sides do the same work. Prints grad Phi evaluations per
+second, images/s, NFE and the solve's process CPU seconds per image per solver, and a RESULT
+line per solver."""
 import argparse
 import time
 
@@ -34,6 +36,7 @@ def parse():
     p.add_argument("--solver", default="scipy", help="scipy, batched or both, comma-separated")
     p.add_argument("--eval-seconds", type=float, default=3.0, help="how long to time grad Phi alone")
     p.add_argument("--tf32", action="store_true", help="allow TF32 (CUDA)")
+    p.add_argument("--noise", help="initial noise, n x d raw float32 (bench_sample's NOISE argument)")
     return p.parse_args()
 
 
@@ -97,7 +100,12 @@ def main():
     params, arch, vapo = load_model(a.model, device)
     t_end, omega = vapo["sampling"]["t_end"], vapo.get("loss", {}).get("omega", 1.0)
     gen = torch.Generator().manual_seed(1)
-    x0 = (omega * torch.randn(a.n, *arch["input"], generator=gen)).to(device)
+    if a.noise:  # bench_sample's noise: omega is already in it
+        import numpy as np
+
+        x0 = torch.from_numpy(np.fromfile(a.noise, dtype=np.float32).reshape(a.n, *arch["input"])).to(device)
+    else:
+        x0 = (omega * torch.randn(a.n, *arch["input"], generator=gen)).to(device)
     grad = grad_fn(params, arch)
     rate = eval_rate(device, grad, x0, a.eval_seconds)
     print(f"torch grad-Phi evaluations: {rate:.1f} images/s (batch {a.n}, {device.type})", flush=True)
@@ -105,11 +113,14 @@ def main():
         label, solve = SOLVERS[name]
         if name == "batched" and device.type == "cuda":  # untimed: cudnn.benchmark meets each batch size
             solve(device, grad, x0, t_end, a.rtol)  # once, as bench_sample's warm-up solve does for cudnnFind
+        cpu0 = time.process_time()
         dt, (nfe, failed) = timed(device, solve, device, grad, x0, t_end, a.rtol)
-        print(f"{label}: {a.n / dt:.3f} images/s, mean NFE {nfe:.1f} (rtol=atol={a.rtol:g}, T={t_end:g}, "
+        cpu = (time.process_time() - cpu0) / a.n
+        print(f"{label}: {a.n / dt:.3f} images/s, mean NFE {nfe:.1f}, {cpu:.4f} CPU s/image "
+              f"(rtol=atol={a.rtol:g}, T={t_end:g}, "
               f"{a.n} images, {device.type}){f', {failed} FAILED' if failed else ''}", flush=True)
         result(f"torch-rk45-{name}", device=device.type, n=a.n, rtol=a.rtol, t_end=t_end, images_per_s=a.n / dt,
-               mean_nfe=nfe, seconds=dt, failed=failed, eval_images_per_s=rate, status="failed" if failed else "ok")
+               mean_nfe=nfe, seconds=dt, cpu_s_per_image=cpu, cpu_ms_per_image_eval=1e3 * cpu / nfe, failed=failed, eval_images_per_s=rate, status="failed" if failed else "ok")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@
 
 double bench_now(void);
 
+/* CPU seconds used by the process so far (all threads): what a run costs on a
+ * machine too busy for wall-clock times. */
+double bench_cpu_now(void);
+
 /* The median of t[0..n-1] (sorts t). */
 double bench_median(double *t, int n);
 

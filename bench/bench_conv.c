@@ -130,7 +130,7 @@ int main(int argc, char **argv)
     double total[2] = {0, 0};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const conv_case *c = &cases[t];
-        const vapo_conv_shape s = {c->cin, c->cout, 3, batch, c->hw, c->hw};
+        const vapo_conv_shape s = {c->cin, c->cout, 3, batch, c->hw, c->hw, 0};
         const size_t n = (size_t)batch * c->hw * c->hw, nw = (size_t)c->cin * c->cout * 9;
         float *x = malloc(sizeof(float) * n * c->cin), *y = malloc(sizeof(float) * n * c->cout);
         float *w = malloc(sizeof(float) * nw), *dw = calloc(nw, sizeof(float)), *b = calloc(c->cout, sizeof(float));

@@ -17,12 +17,23 @@
 #include "vapo/error.h"
 
 #define VAPO_COL_BUDGET ((size_t)1 << 18) /* floats in one im2col chunk (1 MiB), unless one image needs more */
+#define FLIP_CACHE 64                      /* flipped kernels kept: a network's convolutions, a few networks */
+
+/* The flipped kernel of weights w (of shape cin, cout, k) at version wver. */
+typedef struct {
+    const float *w;
+    uint64_t wver;
+    int cin, cout, k;
+    float *flip;
+} flip_entry;
 
 typedef struct {
     vapo_backend base;
     float *col;   /* im2col scratch */
-    float *wflip; /* flipped kernel of the backward data pass */
+    float *wflip; /* flipped kernel of the backward data pass, weights without a version */
     size_t col_cap, wflip_cap;
+    flip_entry flips[FLIP_CACHE]; /* weights with a version (vapo_conv_shape.wver) */
+    int flip_next;                /* the slot to reuse when none matches */
     int threads;
     conv3 *conv3; /* direct 3x3 convolutions; NULL: im2col + BLIS */
 } cpu_backend;
@@ -160,17 +171,54 @@ static void cpu_conv_forward(vapo_backend *be, const vapo_conv_shape *s, float *
 }
 
 /* w'[ci][co*kk + t] = w[co][ci*kk + kk-1 - t] (kk = k*k taps; for k = 1 the
- * transpose), in a scratch buffer that grows. */
-static float *flipped_weights(cpu_backend *cb, const vapo_conv_shape *s, const float *w)
+ * transpose) */
+static void flip_kernel(const vapo_conv_shape *s, const float *w, float *wf)
 {
     const int kk = s->k * s->k;
-    if (!scratch(&cb->wflip, &cb->wflip_cap, (size_t)s->cin * s->cout * kk, "flipped convolution kernel"))
-        return NULL;
     for (int ci = 0; ci < s->cin; ci++)
         for (int co = 0; co < s->cout; co++)
             for (int t = 0; t < kk; t++)
-                cb->wflip[((size_t)ci * s->cout + co) * kk + t] = w[((size_t)co * s->cin + ci) * kk + kk - 1 - t];
-    return cb->wflip;
+                wf[((size_t)ci * s->cout + co) * kk + t] = w[((size_t)co * s->cin + ci) * kk + kk - 1 - t];
+}
+
+/* The cache entry of weights with a version: the one for w of this shape, or
+ * a slot taken round-robin; NULL with the error set when memory runs out. */
+static flip_entry *flip_slot(cpu_backend *cb, const vapo_conv_shape *s, const float *w)
+{
+    for (int i = 0; i < FLIP_CACHE; i++) {
+        flip_entry *e = &cb->flips[i];
+        if (e->w == w && e->flip && e->cin == s->cin && e->cout == s->cout && e->k == s->k)
+            return e;
+    }
+    flip_entry *e = &cb->flips[cb->flip_next];
+    cb->flip_next = (cb->flip_next + 1) % FLIP_CACHE;
+    free(e->flip);
+    *e = (flip_entry){w, 0, s->cin, s->cout, s->k, NULL};
+    if (posix_memalign((void **)&e->flip, 64, sizeof(float) * s->cin * s->cout * s->k * s->k)) {
+        e->flip = NULL;
+        vapo_fail("out of memory for a flipped convolution kernel");
+        return NULL;
+    }
+    return e;
+}
+
+/* The flipped kernel of w: kept while w's version (s->wver) stays, for
+ * sampling and serving, which call the network many times with the same
+ * weights; recomputed into a scratch buffer for weights without a version. */
+static float *flipped_weights(cpu_backend *cb, const vapo_conv_shape *s, const float *w)
+{
+    if (!s->wver) {
+        if (!scratch(&cb->wflip, &cb->wflip_cap, (size_t)s->cin * s->cout * s->k * s->k, "flipped convolution kernel"))
+            return NULL;
+        flip_kernel(s, w, cb->wflip);
+        return cb->wflip;
+    }
+    flip_entry *e = flip_slot(cb, s, w);
+    if (e && e->wver != s->wver) {
+        flip_kernel(s, w, e->flip);
+        e->wver = s->wver;
+    }
+    return e ? e->flip : NULL;
 }
 
 static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
@@ -180,7 +228,7 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
     const size_t n = (size_t)s->batch * s->h * s->w;
     if (s->k == 1 && cb->conv3) { /* the forward kernel on the transposed weights */
         float *wt = flipped_weights(cb, s, w);
-        const vapo_conv_shape t = {s->cout, s->cin, 1, s->batch, s->h, s->w};
+        const vapo_conv_shape t = {s->cout, s->cin, 1, s->batch, s->h, s->w, 0};
         if (wt)
             conv1_forward(cb->conv3, &t, dx, dy, wt, NULL, 1);
         return;
@@ -198,7 +246,7 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
     if (!wf)
         return;
     if (cb->conv3) {
-        const vapo_conv_shape t = {s->cout, s->cin, 3, s->batch, s->h, s->w};
+        const vapo_conv_shape t = {s->cout, s->cin, 3, s->batch, s->h, s->w, 0};
         conv3_forward(cb->conv3, &t, dx, dy, wf, NULL, 1);
         return;
     }
@@ -231,6 +279,13 @@ static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s,
     const size_t n = (size_t)s->batch * s->h * s->w;
     if (db)
         rowsum_add(s->cout, n, db, dy);
+    if (s->k == 1 && n == 1) { /* an outer product (the anchor's X += a mu^T, rows = the batch): row by row */
+        #pragma omp parallel for schedule(static)
+        for (int co = 0; co < s->cout; co++)
+            for (int ci = 0; ci < s->cin; ci++)
+                dw[(size_t)co * s->cin + ci] += dy[co] * x[ci];
+        return;
+    }
     if (s->k == 1) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, s->cin, n, 1.0f, dy, n, x, n, 1.0f, dw,
                     s->cin);
@@ -499,6 +554,8 @@ static void cpu_destroy(vapo_backend *be)
     cpu_backend *cb = (cpu_backend *)be;
     free(cb->col);
     free(cb->wflip);
+    for (int i = 0; i < FLIP_CACHE; i++)
+        free(cb->flips[i].flip);
     conv3_close(cb->conv3);
     free(cb);
 }

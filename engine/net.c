@@ -42,6 +42,8 @@ struct vapo_net {
     int nparam_tensors;
     size_t nparams, nweights;
     float *theta;   /* parameters (backend) */
+    uint64_t version;         /* theta's version: a process-wide unique number per change */
+    uint64_t weights_version; /* theta's version when `weights` were computed; 0: never */
     float *weights; /* weight-normalised conv weights (backend) */
     float *wgrad;   /* their gradients during the dual pass (backend) */
     conv_mod conv_in;
@@ -159,6 +161,14 @@ static int build_structure(vapo_net *n)
     return add_conv(n, "global.out", a->global_head, 1, 1, &n->global_out);
 }
 
+/* A number no net's parameters have had: versions never repeat, so a
+ * backend's (weight pointer, version) key outlives a freed net safely. */
+static uint64_t new_version(void)
+{
+    static uint64_t last;
+    return __atomic_add_fetch(&last, 1, __ATOMIC_RELAXED);
+}
+
 /* Index of the block whose output is level l's output. */
 static int level_output(const vapo_net *n, int l) { return (l + 1) * n->arch.blocks - 1; }
 
@@ -173,6 +183,7 @@ vapo_net *vapo_net_create(vapo_backend *be, const vapo_arch *arch)
     }
     n->be = be;
     n->arch = *arch;
+    n->version = new_version();
     if (build_structure(n))
         goto fail;
     n->theta = be->alloc(be, sizeof(float) * n->nparams);
@@ -225,7 +236,12 @@ void vapo_net_free(vapo_net *n)
 const vapo_arch *vapo_net_arch(const vapo_net *n) { return &n->arch; }
 vapo_backend *vapo_net_backend(const vapo_net *n) { return n->be; }
 size_t vapo_net_param_count(const vapo_net *n) { return n->nparams; }
-float *vapo_net_params(vapo_net *n) { return n->theta; }
+void vapo_net_params_changed(vapo_net *n) { n->version = new_version(); }
+float *vapo_net_params(vapo_net *n)
+{
+    vapo_net_params_changed(n);
+    return n->theta;
+}
 size_t vapo_net_input_size(const vapo_net *n) { return (size_t)n->arch.in_c * n->arch.in_h * n->arch.in_w; }
 
 int vapo_net_params_list(const vapo_net *n, const vapo_param **list)
@@ -406,7 +422,7 @@ int vapo_net_set_scales(vapo_net *n, float value)
             found++;
         }
     }
-    n->be->upload(n->be, n->theta, host, sizeof(float) * n->nparams);
+    n->be->upload(n->be, vapo_net_params(n), host, sizeof(float) * n->nparams);
     free(host);
     return found ? 0 : vapo_fail("the network has no ReZero scale parameters");
 }
@@ -431,7 +447,7 @@ int vapo_net_init(vapo_net *n, uint64_t seed)
         init_conv(n, &n->global_hidden, seed, stream++, host);
         init_conv(n, &n->global_out, seed, stream++, host);
     }
-    n->be->upload(n->be, n->theta, host, sizeof(float) * n->nparams);
+    n->be->upload(n->be, vapo_net_params(n), host, sizeof(float) * n->nparams);
     free(host);
     return 0;
 }
@@ -440,7 +456,7 @@ int vapo_net_init(vapo_net *n, uint64_t seed)
 
 static vapo_conv_shape conv_shape(const vapo_net *n, const conv_mod *c, int level)
 {
-    return (vapo_conv_shape){c->cin, c->cout, c->k, n->batch, level_h(n, level), level_w(n, level)};
+    return (vapo_conv_shape){c->cin, c->cout, c->k, n->batch, level_h(n, level), level_w(n, level), n->weights_version};
 }
 
 static void normalise_weights(vapo_net *n, const conv_mod *c)
@@ -449,8 +465,14 @@ static void normalise_weights(vapo_net *n, const conv_mod *c)
                               n->theta + c->g);
 }
 
+/* The weight-normalised weights of theta's current version: computed once
+ * per version (sampling and serving call the net many times between
+ * changes; training changes theta every step). */
 static void refresh_weights(vapo_net *n)
 {
+    if (n->weights_version == n->version)
+        return;
+    n->weights_version = n->version;
     normalise_weights(n, &n->conv_in);
     for (int i = 0; i < n->nblocks; i++) {
         normalise_weights(n, &n->blocks[i].c1);
@@ -496,7 +518,7 @@ static void run_act(vapo_net *n, vapo_act a, size_t count, float *out, const flo
 /* The heads' dense layers: 1x1 convolutions on one column per sample. */
 static vapo_conv_shape dense_shape(const vapo_net *n, const conv_mod *c)
 {
-    return (vapo_conv_shape){c->cin, c->cout, 1, n->batch, 1, 1};
+    return (vapo_conv_shape){c->cin, c->cout, 1, n->batch, 1, 1, n->weights_version};
 }
 
 static void run_dense(vapo_net *n, const conv_mod *c, float *y, const float *x, int tangent)
@@ -604,7 +626,7 @@ static void add_sample_dots(vapo_net *n, float a, const float *x, const float *y
  * (conv_backward_filter), so every backend runs it with its convolutions. */
 static vapo_conv_shape rows_shape(const vapo_net *n)
 {
-    return (vapo_conv_shape){n->arch.in_h * n->arch.in_w, n->batch, 1, 1, 1, 1};
+    return (vapo_conv_shape){n->arch.in_h * n->arch.in_w, n->batch, 1, 1, 1, 1, 0};
 }
 
 /* out[b] += a <mu, x_b>; tmp holds `batch` floats. */

@@ -519,9 +519,9 @@ static void conv_cases(void)
      * chunks (19 images, one per chunk), and one whose single image needs more
      * than the CPU's chunk budget (the scratch grows) */
     static const vapo_conv_shape shapes[] = {
-        {3, 8, 3, 1, 5, 7}, {4, 6, 3, 3, 9, 6},   {8, 5, 1, 2, 7, 5},   {5, 7, 3, 2, 1, 1},
-        {2, 3, 3, 2, 2, 3}, {16, 32, 3, 4, 8, 8}, {32, 16, 1, 3, 8, 8}, {24, 20, 3, 19, 32, 32},
-        {32, 8, 3, 2, 40, 40},
+        {3, 8, 3, 1, 5, 7, 0}, {4, 6, 3, 3, 9, 6, 0},   {8, 5, 1, 2, 7, 5, 0},   {5, 7, 3, 2, 1, 1, 0},
+        {2, 3, 3, 2, 2, 3, 0}, {16, 32, 3, 4, 8, 8, 0}, {32, 16, 1, 3, 8, 8, 0}, {24, 20, 3, 19, 32, 32, 0},
+        {32, 8, 3, 2, 40, 40, 0},
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
         const vapo_conv_shape s = shapes[t];
@@ -624,8 +624,8 @@ static void conv_invariance_case(vapo_backend *be, const char *pair, vapo_conv_s
 static void conv_invariance_cases(void)
 {
     static const vapo_conv_shape shapes[] = {
-        {5, 7, 3, 5, 28, 28}, {32, 33, 3, 3, 7, 7}, {3, 2, 3, 4, 1, 1}, {1, 32, 3, 3, 13, 9},
-        {64, 1, 1, 5, 7, 7},  {200, 33, 1, 7, 1, 1}, {2, 64, 1, 9, 1, 1}, {784, 6, 1, 1, 1, 1},
+        {5, 7, 3, 5, 28, 28, 0}, {32, 33, 3, 3, 7, 7, 0}, {3, 2, 3, 4, 1, 1, 0}, {1, 32, 3, 3, 13, 9, 0},
+        {64, 1, 1, 5, 7, 7, 0},  {200, 33, 1, 7, 1, 1, 0}, {2, 64, 1, 9, 1, 1, 0}, {784, 6, 1, 1, 1, 1, 0},
     };
     for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
         conv_invariance_case(cpu, "cpu", shapes[t]);

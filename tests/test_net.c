@@ -86,6 +86,7 @@ static double sum_phi(vapo_net *n, int batch, const float *x, float *phi)
 static double dual_objective(vapo_net *n, int batch, const float *x, const float *u, const float *pb,
                              const float *pdb, float *phi, float *phid)
 {
+    vapo_net_params_changed(n); /* the caller wrote theta through a kept pointer */
     vapo_net_forward(n, batch, x, phi);
     vapo_net_tangent(n, u, phid);
     double s = 0;
@@ -214,6 +215,65 @@ static void check_batch_changes(void)
     be->destroy(be);
 }
 
+/* Phi and grad_x Phi of a fresh net with parameters p, on backend be, or on a
+ * backend of its own (nothing kept from other nets) when be is NULL. */
+static void fresh_pass(vapo_backend *be, const vapo_arch *a, const float *p, int b, const float *x, float *phi,
+                       float *g)
+{
+    vapo_backend *own = be ? NULL : vapo_backend_cpu(0);
+    vapo_net *n = vapo_net_create(be ? be : own, a);
+    memcpy(vapo_net_params(n), p, sizeof(float) * vapo_net_param_count(n));
+    vapo_net_forward(n, b, x, phi);
+    vapo_net_backward(n, g);
+    vapo_net_free(n);
+    if (own)
+        own->destroy(own);
+}
+
+/* The net keeps its normalised weights, and the CPU backend its flipped
+ * kernels, while the parameters keep their version: after a change through
+ * vapo_net_params, or through a kept pointer and vapo_net_params_changed, the
+ * passes are those of a fresh net with the new parameters on a backend of its
+ * own, bit for bit; so are those of fresh nets sharing the backend (each
+ * allocated where the last one was freed). */
+static void check_weight_cache(void)
+{
+    vapo_backend *be = vapo_backend_cpu(0);
+    vapo_arch a;
+    vapo_arch_preset("tiny", &a);
+    a.quadratic = 1.5f, a.multiscale_head = a.anchor = 1, a.global_head = 600;
+    vapo_net *n = vapo_net_create(be, &a);
+    const size_t d = vapo_net_input_size(n), np = vapo_net_param_count(n), bytes = sizeof(float) * d * 3;
+    float *x = malloc(bytes), *g = malloc(bytes), *gf = malloc(bytes), *gs = malloc(bytes);
+    float *p = malloc(sizeof(float) * np), phi[3], phif[3], phis[3];
+    fill_normal(x, d * 3, 12, 1.0f);
+    fill_normal(p, np, 13, 0.4f);
+    memcpy(vapo_net_params(n), p, sizeof(float) * np);
+    float *theta = vapo_net_params(n);
+    for (int k = 0; k < 4; k++) {
+        vapo_net_forward(n, 3, x, phi);
+        vapo_net_backward(n, g);
+        fresh_pass(NULL, &a, p, 3, x, phif, gf);
+        fresh_pass(be, &a, p, 3, x, phis, gs);
+        CHECK(!memcmp(phi, phif, sizeof phi) && !memcmp(g, gf, bytes), "change %d: Phi and grad differ from a fresh "
+              "net's", k);
+        CHECK(!memcmp(phis, phif, sizeof phi) && !memcmp(gs, gf, bytes), "change %d: a fresh net on the shared "
+              "backend differs from one on its own", k);
+        for (size_t i = 0; i < np; i++) /* every tensor: gains, directions, biases, scales, the anchor */
+            p[i] *= 1.25f;
+        if (k % 2)
+            memcpy(vapo_net_params(n), p, sizeof(float) * np);
+        else {
+            memcpy(theta, p, sizeof(float) * np);
+            vapo_net_params_changed(n);
+        }
+    }
+    printf("  kept weights: after each change the passes equal a fresh net's\n");
+    free(x), free(g), free(gf), free(gs), free(p);
+    vapo_net_free(n);
+    be->destroy(be);
+}
+
 int main(void)
 {
     check_counts();
@@ -223,5 +283,6 @@ int main(void)
     check_passes("tiny", 3, 1.5f, 0); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
     check_passes("tiny", 3, 1.5f, 1); /* vapo-train's network: -k/2 |x - mu|^2, level heads, global head */
     check_batch_changes();
+    check_weight_cache();
     return test_finish("test_net");
 }

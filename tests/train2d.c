@@ -104,7 +104,7 @@ int main(void)
     printf("  mean covariance term: first 100 steps %.4f, last 100 steps %.4f\n", first_cov, last_cov);
     CHECK(last_cov < first_cov, "training did not lower the covariance term");
 
-    be->copy(be, params, opt.ema, sizeof(float) * np); /* sample with the EMA weights */
+    be->copy(be, vapo_net_params(net), opt.ema, sizeof(float) * np); /* sample with the EMA weights */
     mixture(3, 0, B, xbar);
     CHECK(!vapo_field_fit(net, work, &cfg, xbar, NT, FIT_T, 9, after), "field fit: %s",
           vapo_last_error());

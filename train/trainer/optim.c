@@ -16,10 +16,11 @@ int optim_kind_parse(const char *name, optim_kind *out)
 
 const char *optim_kind_name(optim_kind k) { return kind_names[k == OPTIM_ADAM]; }
 
-int optim_init(optim_state *s, const optim_config *cfg, const vapo_net *net, const float *params)
+int optim_init(optim_state *s, const optim_config *cfg, vapo_net *net, const float *params)
 {
     memset(s, 0, sizeof *s);
     s->cfg = *cfg;
+    s->net = net;
     s->be = vapo_net_backend(net);
     const vapo_param *list;
     s->ntensors = vapo_net_params_list(net, &list);
@@ -81,6 +82,7 @@ double optim_step(optim_state *s, float *params, float *grad, long step)
     };
     vapo_backend *be = s->be;
     be->optim_update(be, &h, s->ntensors, s->offsets, s->n, params, grad, s->m, s->v, s->ema, s->scratch, s->gnorm);
+    vapo_net_params_changed(s->net);
     double gnorm;
     be->download(be, &gnorm, s->gnorm, sizeof gnorm); /* the step's one read-back */
     return gnorm;

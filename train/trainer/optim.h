@@ -25,6 +25,7 @@ typedef struct {
 typedef struct {
     optim_config cfg;
     vapo_backend *be;
+    vapo_net *net; /* whose parameters a step changes (vapo_net_params_changed) */
     int ntensors;
     size_t n;
     size_t *offsets;              /* host, ntensors + 1: tensor t is [offsets[t], offsets[t + 1]) */
@@ -36,11 +37,12 @@ int optim_kind_parse(const char *name, optim_kind *out);
 const char *optim_kind_name(optim_kind k);
 
 /* Zero moments; the EMA starts at params (backend memory, the network's). */
-int optim_init(optim_state *s, const optim_config *cfg, const vapo_net *net, const float *params);
+int optim_init(optim_state *s, const optim_config *cfg, vapo_net *net, const float *params);
 void optim_free(optim_state *s);
 
-/* One update of params from grad (both backend memory; grad is clipped in
- * place) at step `step` (0-based); returns the gradient norm before clipping. */
+/* One update of params (the network's) from grad (both backend memory; grad
+ * is clipped in place) at step `step` (0-based); tells the network its
+ * parameters changed; returns the gradient norm before clipping. */
 double optim_step(optim_state *s, float *params, float *grad, long step);
 
 /* The learning rate used at `step`. */

@@ -45,6 +45,11 @@
 typedef struct {
     int cin, cout, k;
     int batch, h, w; /* N = batch * h * w columns */
+    /* Nonzero: the version of the weights' values (vapo_net's parameter
+     * version, unique in the process): calls with the same weight pointer and
+     * wver see the same weights, so a backend may keep what it derives from
+     * them (the CPU's flipped adjoint kernel). 0: no such promise. */
+    uint64_t wver;
 } vapo_conv_shape;
 
 /* Hyper-parameters of one optimizer update (optim_update). */

@@ -51,7 +51,13 @@ vapo_backend *vapo_net_backend(const vapo_net *net);
 size_t vapo_net_param_count(const vapo_net *net);
 int vapo_net_params_list(const vapo_net *net, const vapo_param **list); /* returns the count */
 const vapo_param *vapo_net_param_find(const vapo_net *net, const char *name);
-float *vapo_net_params(vapo_net *net); /* backend memory, vapo_net_param_count floats */
+/* The parameters, backend memory, vapo_net_param_count floats, for reading
+ * and writing. The net keeps its weight-normalised weights (and the backend
+ * what it derives from them) while the parameters keep their version; each
+ * call here starts a new one. A caller that keeps the pointer and writes
+ * through it after a pass calls vapo_net_params_changed before the next. */
+float *vapo_net_params(vapo_net *net);
+void vapo_net_params_changed(vapo_net *net);
 size_t vapo_net_input_size(const vapo_net *net); /* floats per image: in_c*in_h*in_w */
 
 /* Initialisation: v ~ N(0, 1/fan_in), gains 1, biases 0, ReZero scales 0. */

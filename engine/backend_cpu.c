@@ -307,36 +307,47 @@ static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s,
 
 /* ---- element-wise ------------------------------------------------------------ */
 
-/* The activation passes run in chunks, each through a span function called
- * with the activation as a literal, so every span's loop is specialised and
- * vectorised; a per-element branch on the activation keeps the loop scalar.
+/* The activation passes run in chunks, each through a chunk function that
+ * calls a span function with the activation as a literal, so every span's
+ * loop is specialised and vectorised; a per-element branch on the activation
+ * keeps the loop scalar. The chunk functions are compiled for AVX-512, AVX2
+ * and the build's baseline (target_clones: the loader picks the widest the
+ * CPU has; the baseline's SSE does 4 lanes, AVX-512 16), and this file is
+ * compiled with -ffp-contract=off (CMakeLists.txt), so each element is the
+ * same IEEE operations at any width: the numbers do not depend on the CPU.
  * The passes may run in place (y == x), which is safe element by element:
  * `omp simd` says so, where gcc's overlap check would pick the scalar loop. */
 #define ACT_CHUNK ((size_t)4096)
+#ifdef __x86_64__
+#define ACT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ACT_CLONES
+#endif
+#define ACT_SPAN static inline __attribute__((always_inline)) void
 #define ACT_DISPATCH(a, span, ...)                                                                      \
     switch (a) {                                                                                        \
     case VAPO_ACT_GELU: span(VAPO_ACT_GELU, __VA_ARGS__); break;                                        \
     case VAPO_ACT_SILU: span(VAPO_ACT_SILU, __VA_ARGS__); break;                                        \
     default: span(VAPO_ACT_RELU, __VA_ARGS__); break;                                                   \
     }
-#define ACT_PASS(a, n, span, ...)                                                                       \
+#define ACT_PASS(a, n, chunk, ...)                                                                      \
     _Pragma("omp parallel for schedule(static)") for (size_t c = 0; c < (n); c += ACT_CHUNK)            \
-        ACT_DISPATCH(a, span, (n) - c < ACT_CHUNK ? (n) - c : ACT_CHUNK, c, __VA_ARGS__)
+        chunk(a, (n) - c < ACT_CHUNK ? (n) - c : ACT_CHUNK, c, __VA_ARGS__)
 
-static inline void forward_span(vapo_act a, size_t m, size_t c, float *y, const float *x)
+ACT_SPAN forward_span(vapo_act a, size_t m, size_t c, float *y, const float *x)
 {
     #pragma omp simd
     for (size_t i = c; i < c + m; i++)
         y[i] = vapo_act_value(a, x[i]);
 }
-static inline void tangent_span(vapo_act a, size_t m, size_t c, float *ydot, const float *x, const float *xdot)
+ACT_SPAN tangent_span(vapo_act a, size_t m, size_t c, float *ydot, const float *x, const float *xdot)
 {
     #pragma omp simd
     for (size_t i = c; i < c + m; i++)
         ydot[i] = vapo_act_d1(a, x[i]) * xdot[i];
 }
-static inline void dual_span(vapo_act a, size_t m, size_t c, float *dx, float *dxdot, const float *x,
-                             const float *xdot, const float *dy, const float *dydot)
+ACT_SPAN dual_span(vapo_act a, size_t m, size_t c, float *dx, float *dxdot, const float *x, const float *xdot,
+                   const float *dy, const float *dydot)
 {
     #pragma omp simd
     for (size_t i = c; i < c + m; i++) {
@@ -348,17 +359,31 @@ static inline void dual_span(vapo_act a, size_t m, size_t c, float *dx, float *d
     }
 }
 
+ACT_CLONES static void forward_chunk(vapo_act a, size_t m, size_t c, float *y, const float *x)
+{
+    ACT_DISPATCH(a, forward_span, m, c, y, x);
+}
+ACT_CLONES static void tangent_chunk(vapo_act a, size_t m, size_t c, float *ydot, const float *x, const float *xdot)
+{
+    ACT_DISPATCH(a, tangent_span, m, c, ydot, x, xdot);
+}
+ACT_CLONES static void dual_chunk(vapo_act a, size_t m, size_t c, float *dx, float *dxdot, const float *x,
+                                  const float *xdot, const float *dy, const float *dydot)
+{
+    ACT_DISPATCH(a, dual_span, m, c, dx, dxdot, x, xdot, dy, dydot);
+}
+
 static void cpu_act_forward(vapo_backend *be, vapo_act a, size_t n, float *y, const float *x)
 {
     (void)be;
-    ACT_PASS(a, n, forward_span, y, x);
+    ACT_PASS(a, n, forward_chunk, y, x);
 }
 
 static void cpu_act_tangent(vapo_backend *be, vapo_act a, size_t n, float *ydot, const float *x,
                             const float *xdot)
 {
     (void)be;
-    ACT_PASS(a, n, tangent_span, ydot, x, xdot);
+    ACT_PASS(a, n, tangent_chunk, ydot, x, xdot);
 }
 
 /* dx = f'(x) dy: the tangent pass with dy in place of xdot */
@@ -366,14 +391,14 @@ static void cpu_act_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, 
                              const float *dy)
 {
     (void)be;
-    ACT_PASS(a, n, tangent_span, dx, x, dy);
+    ACT_PASS(a, n, tangent_chunk, dx, x, dy);
 }
 
 static void cpu_act_dual_backward(vapo_backend *be, vapo_act a, size_t n, float *dx, float *dxdot,
                                   const float *x, const float *xdot, const float *dy, const float *dydot)
 {
     (void)be;
-    ACT_PASS(a, n, dual_span, dx, dxdot, x, xdot, dy, dydot);
+    ACT_PASS(a, n, dual_chunk, dx, dxdot, x, xdot, dy, dydot);
 }
 
 static void cpu_avgpool2_forward(vapo_backend *be, size_t planes, int h, int w, float *y, const float *x)

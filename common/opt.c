@@ -221,7 +221,10 @@ static void range(const opt_def *d, double *lo, double *hi)
         *lo = -INFINITY, *hi = INFINITY;
 }
 
-static long long clamp_ll(double v) { return v <= (double)LLONG_MIN ? LLONG_MIN : v >= (double)LLONG_MAX ? LLONG_MAX : (long long)v; }
+static long long clamp_ll(double v)
+{
+    return v <= (double)LLONG_MIN ? LLONG_MIN : v >= (double)LLONG_MAX ? LLONG_MAX : (long long)v;
+}
 
 /* Parses `value` (the command line's text) into the field at p. */
 static int set_value(const opt_def *d, void *p, const char *opt, const char *value)

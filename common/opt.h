@@ -76,7 +76,8 @@ struct opt_def {
  * fields as designated initializers), OPT_HEADING(text), OPT_GROUP(offset,
  * table), and OPT_TABLE_END last. */
 #define OPT(t, n, a, off, l, h, d, hp, ...)                                                                            \
-    {.type = (t), .names = (n), .arg = (a), .offset = (off), .lo = (l), .hi = (h), .def = (d), .help = (hp), __VA_ARGS__}
+    {.type = (t), .names = (n), .arg = (a), .offset = (off), .lo = (l), .hi = (h), .def = (d), .help = (hp),          \
+     __VA_ARGS__}
 #define OPT_HEADING(text) {.type = OPT_SECTION, .help = (text)}
 #define OPT_GROUP(off, table) {.type = OPT_INCLUDE, .offset = (off), .group = (table)}
 #define OPT_TABLE_END {.type = OPT_END}

@@ -87,113 +87,100 @@ static const opt_spec spec = {
     .footer = CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
 };
 
+/* The frames of every row, all its states in `all` (rows x frames x d). */
+static void make_frames(const options *o, vapo_model *m, int rows, size_t d, float *xa, float *xb, float *all)
+{
+    const double norm = m->loss.omega * sqrt((double)d);
+    for (int r = 0; r < rows; r++) {
+        const int pair = o->pairs.n > 0;
+        vapo_model_noise(m, pair ? o->pairs.a[r] : o->seed_a.value, pair ? 0 : r, 1, xa);
+        vapo_model_noise(m, pair ? o->pairs.b[r] : o->seed_b.value, pair ? 0 : r, 1, xb);
+        vapo_slerp_frames((int)d, xa, xb, o->frames, norm, all + (size_t)r * o->frames * d);
+    }
+}
+
+/* Pushes the total frames in `all` through the ODE, o->run.batch at a time. */
+static int solve_frames(const options *o, vapo_model *m, const vapo_ode_config *cfg, int total, size_t d, float *all,
+                        int *nfe)
+{
+    const int batch = o->run.batch;
+    cli_progress prog;
+    cli_progress_start(&prog, "interpolating", total, "frames", !o->run.tool.quiet);
+    int rc = 0;
+    for (int done = 0; !rc && done < total; done += batch) {
+        const int nb = total - done < batch ? total - done : batch;
+        if (cli_solve(m, cfg, nb, all + (size_t)done * d, nfe + done, &prog, done))
+            rc = vapo_fail("interpolation failed in frames %d..%d: %s", done, done + nb - 1, vapo_last_error());
+    }
+    cli_progress_finish(&prog);
+    return rc;
+}
+
+/* Each frame as DIR/row<r>_frame<k>.png. */
+static int write_frames(const options *o, const vapo_arch *a, int total, const float *all)
+{
+    const size_t d = (size_t)a->in_c * a->in_h * a->in_w;
+    for (int i = 0; i < total; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/row%d_frame%03d.png", o->out_dir, i / o->frames, i % o->frames);
+        if (vapo_png_write_file(path, all + (size_t)i * d, a->in_c, a->in_h, a->in_w))
+            return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static options o; /* the pair list is large */
     int status = opt_parse(&spec, argc, argv, &o);
     if (status != OPT_GO)
         return status;
-    const char *model_path = o.model;
-    const int npairs = o.pairs.n;
-    if (npairs && (o.seed_a.given || o.seed_b.given || o.rows))
+    if (o.pairs.n && (o.seed_a.given || o.seed_b.given || o.rows))
         return opt_usage_error("give either --pair A:B or --seed-a/--seed-b/--rows, not both");
-    if (!npairs && !(o.seed_a.given && o.seed_b.given))
+    if (!o.pairs.n && !(o.seed_a.given && o.seed_b.given))
         return opt_usage_error("give --seed-a and --seed-b (or --pair A:B)");
-    const int rows = npairs ? npairs : o.rows ? o.rows : 1, frames = o.frames, pad = o.run.pad, batch = o.run.batch;
-    const char *out = o.out, *out_dir = o.out_dir;
-    const int total = rows * frames;
+    const int rows = o.pairs.n ? o.pairs.n : o.rows ? o.rows : 1, frames = o.frames, total = rows * frames;
 
     vapo_backend *be;
-    vapo_model *m = cli_model_load(model_path, &o.run.tool.dev, &be);
+    vapo_model *m = cli_model_load(o.model, &o.run.tool.dev, &be);
     if (!m)
         return OPT_EXIT_FAILURE;
     vapo_ode_config cfg = m->sampling;
-    int rc = OPT_EXIT_FAILURE;
-    float *all = NULL, *xa = NULL, *xb = NULL;
-    int *nfe = NULL;
-    if (cli_ode_apply(&o.run.ode, &cfg)) {
-        rc = OPT_EXIT_USAGE;
-        goto done;
-    }
     const int c = m->arch.in_c, h = m->arch.in_h, w = m->arch.in_w;
     const size_t d = (size_t)c * h * w;
-    const double norm = m->loss.omega * sqrt((double)d);
-    int gh, gw;
-    if (vapo_image_grid_size(total, h, w, frames, pad, &gh, &gw) ||
-        (size_t)gh * gw > VAPO_PNG_MAX_PIXELS_DEFAULT * 4) {
+    float *all = malloc(sizeof(float) * d * total), *xa = malloc(sizeof(float) * d), *xb = malloc(sizeof(float) * d);
+    int *nfe = malloc(sizeof(int) * total), rc = OPT_EXIT_FAILURE, gh, gw;
+    if (cli_ode_apply(&o.run.ode, &cfg))
+        rc = OPT_EXIT_USAGE;
+    else if (vapo_image_grid_size(total, h, w, frames, o.run.pad, &gh, &gw) ||
+             (size_t)gh * gw > VAPO_PNG_MAX_PIXELS_DEFAULT * 4)
         opt_error("a grid of %d x %d frames of %dx%d is too large for one PNG", rows, frames, h, w);
-        goto done;
-    }
-    all = malloc(sizeof(float) * d * total);
-    xa = malloc(sizeof(float) * d);
-    xb = malloc(sizeof(float) * d);
-    nfe = malloc(sizeof(int) * total);
-    if (!all || !xa || !xb || !nfe) {
+    else if (!all || !xa || !xb || !nfe)
         opt_error("out of memory for %d frames of %zu values", total, d);
-        goto done;
-    }
-    if (out_dir && cli_mkdir_p(out_dir)) {
+    else if (o.out_dir && cli_mkdir_p(o.out_dir))
         opt_error("%s", vapo_last_error());
-        goto done;
-    }
-    for (int r = 0; r < rows; r++) {
-        if (npairs) {
-            vapo_model_noise(m, o.pairs.a[r], 0, 1, xa);
-            vapo_model_noise(m, o.pairs.b[r], 0, 1, xb);
+    else
+        rc = 0;
+    if (rc == 0) {
+        char solver[128];
+        cli_ode_describe(&cfg, solver, sizeof solver);
+        if (!o.run.tool.quiet)
+            opt_info("%s: %d row(s) x %d frames of %dx%dx%d, %s, batch %d on %s", o.model, rows, frames, c, h, w,
+                     solver, o.run.batch, be->name);
+        make_frames(&o, m, rows, d, xa, xb, all);
+        const double t0 = cli_now();
+        if (solve_frames(&o, m, &cfg, total, d, all, nfe) ||
+            cli_write_grid(o.out, all, total, c, h, w, frames, o.run.pad) ||
+            (o.out_dir && write_frames(&o, &m->arch, total, all))) {
+            rc = opt_error("%s", vapo_last_error());
         } else {
-            vapo_model_noise(m, o.seed_a.value, r, 1, xa);
-            vapo_model_noise(m, o.seed_b.value, r, 1, xb);
-        }
-        vapo_slerp_frames((int)d, xa, xb, frames, norm, all + (size_t)r * frames * d);
-    }
-
-    char solver[128];
-    cli_ode_describe(&cfg, solver, sizeof solver);
-    if (!o.run.tool.quiet)
-        opt_info("%s: %d row(s) x %d frames of %dx%dx%d, %s, batch %d on %s", model_path, rows, frames, c, h, w,
-                 solver, batch, be->name);
-    cli_progress prog;
-    cli_progress_start(&prog, "interpolating", total, "frames", !o.run.tool.quiet);
-    const double t0 = cli_now();
-    for (int done = 0; done < total; done += batch) {
-        const int nb = total - done < batch ? total - done : batch;
-        if (cli_solve(m, &cfg, nb, all + (size_t)done * d, nfe + done, &prog, done)) {
-            cli_progress_finish(&prog);
-            opt_error("interpolation failed in frames %d..%d: %s", done, done + nb - 1, vapo_last_error());
-            goto done;
+            long long nfe_sum = 0;
+            for (int i = 0; i < total; i++)
+                nfe_sum += nfe[i];
+            printf("%d row(s) x %d frames -> %s (%dx%d): average NFE %.1f per frame, %.2f s\n", rows, frames, o.out,
+                   gw, gh, (double)nfe_sum / total, cli_now() - t0);
         }
     }
-    cli_progress_finish(&prog);
-    const double seconds = cli_now() - t0;
-
-    vapo_image grid = {0};
-    unsigned char *png = NULL;
-    size_t len = 0;
-    int bad = vapo_image_grid_u8(all, total, c, h, w, frames, pad, 1.0f, &grid) ||
-              vapo_png_encode_u8(&grid, &png, &len) || vapo_write_file(out, png, len);
-    vapo_image_free(&grid);
-    free(png);
-    if (bad) {
-        opt_error("%s", vapo_last_error());
-        goto done;
-    }
-    if (out_dir) {
-        for (int i = 0; i < total; i++) {
-            char path[4200];
-            snprintf(path, sizeof path, "%s/row%d_frame%03d.png", out_dir, i / frames, i % frames);
-            if (vapo_png_write_file(path, all + (size_t)i * d, c, h, w)) {
-                opt_error("%s", vapo_last_error());
-                goto done;
-            }
-        }
-    }
-    long long nfe_sum = 0;
-    for (int i = 0; i < total; i++)
-        nfe_sum += nfe[i];
-    printf("%d row(s) x %d frames -> %s (%dx%d): average NFE %.1f per frame, %.2f s\n", rows, frames, out, gw, gh,
-           (double)nfe_sum / total, seconds);
-    rc = 0;
-done:
     free(all), free(xa), free(xb), free(nfe);
     vapo_model_free(m);
     be->destroy(be);

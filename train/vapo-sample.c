@@ -27,7 +27,8 @@ static const opt_def table[] = {
     OPT(OPT_INT, "-n|--num", "N", F(n), 1, 1000000, "64", "number of samples"),
     OPT(OPT_U64, "--seed", "S", F(seed), 0, 0, "0", "noise seed"),
     OPT(OPT_INT, "--first", "K", F(first), 0, 1000000000, "0", "index of the first sample: samples K .. K+N-1"),
-    OPT(OPT_STRING, "-o|--out", "FILE", F(out), 0, 0, NULL, "write one grid PNG (default samples.png unless --out-dir)"),
+    OPT(OPT_STRING, "-o|--out", "FILE", F(out), 0, 0, NULL,
+        "write one grid PNG (default samples.png unless --out-dir)"),
     OPT(OPT_STRING, "--out-dir", "DIR", F(out_dir), 0, 0, NULL,
         "write one PNG per sample, DIR/seed<S>_<k>.png (created if missing)"),
     OPT(OPT_INT, "--cols", "C", F(cols), 1, 100000, NULL, "grid columns (default ceil(sqrt(N)))"),
@@ -45,120 +46,99 @@ static const opt_spec spec = {
               CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, solver, files), 2 bad command line.\n",
 };
 
+typedef struct {
+    long long sum;
+    int min, max;
+} nfe_stats;
+
+static void nfe_add(nfe_stats *st, const int *nfe, int n)
+{
+    for (int i = 0; i < n; i++) {
+        st->min = st->sum == 0 || nfe[i] < st->min ? nfe[i] : st->min;
+        st->max = nfe[i] > st->max ? nfe[i] : st->max;
+        st->sum += nfe[i];
+    }
+}
+
+/* Samples o->first .. o->first + o->n - 1, o->run.batch at a time (x: a
+ * batch of states), into `all` (the grid) or one file each in --out-dir. */
+static int sample(const options *o, vapo_model *m, const vapo_ode_config *cfg, float *x, int *nfe, float *all,
+                  nfe_stats *st)
+{
+    const int n = o->n, batch = o->run.batch < n ? o->run.batch : n;
+    const vapo_arch *a = &m->arch;
+    const size_t d = (size_t)a->in_c * a->in_h * a->in_w;
+    cli_progress prog;
+    cli_progress_start(&prog, "sampling", n, "samples", !o->run.tool.quiet);
+    int rc = 0;
+    for (int done = 0; !rc && done < n; done += batch) {
+        const int nb = n - done < batch ? n - done : batch, k0 = o->first + done;
+        vapo_model_noise(m, o->seed, k0, nb, x);
+        if (cli_solve(m, cfg, nb, x, nfe, &prog, done)) {
+            rc = vapo_fail("sampling failed in samples %d..%d: %s", k0, k0 + nb - 1, vapo_last_error());
+            break;
+        }
+        nfe_add(st, nfe, nb);
+        if (all)
+            memcpy(all + (size_t)done * d, x, sizeof(float) * d * nb);
+        for (int i = 0; !all && !rc && i < nb; i++) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/seed%llu_%06d.png", o->out_dir, (unsigned long long)o->seed, k0 + i);
+            rc = vapo_png_write_file(path, x + (size_t)i * d, a->in_c, a->in_h, a->in_w);
+        }
+    }
+    cli_progress_finish(&prog);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     options o = {0};
     int status = opt_parse(&spec, argc, argv, &o);
     if (status != OPT_GO)
         return status;
-    const char *model_path = o.model;
     if (o.out && o.out_dir)
         return opt_usage_error("give either --out or --out-dir, not both");
-    const char *out = o.out, *out_dir = o.out_dir;
-    if (!out && !out_dir)
-        out = "samples.png";
+    if (!o.out && !o.out_dir)
+        o.out = "samples.png";
     if ((long long)o.first + o.n > 2000000000LL)
         return opt_usage_error("--first + --num must stay below 2000000000");
-    const int n = o.n, first = o.first, cols = o.cols, pad = o.run.pad, quiet = o.run.tool.quiet;
-    const uint64_t seed = o.seed;
-    int batch = o.run.batch;
 
     vapo_backend *be;
-    vapo_model *m = cli_model_load(model_path, &o.run.tool.dev, &be);
+    vapo_model *m = cli_model_load(o.model, &o.run.tool.dev, &be);
     if (!m)
         return OPT_EXIT_FAILURE;
     vapo_ode_config cfg = m->sampling;
-    int rc = OPT_EXIT_FAILURE;
-    float *all = NULL, *x = NULL;
-    int *nfe = NULL;
-    if (cli_ode_apply(&o.run.ode, &cfg)) {
-        rc = OPT_EXIT_USAGE;
-        goto done;
-    }
-    const int c = m->arch.in_c, h = m->arch.in_h, w = m->arch.in_w;
+    const int n = o.n, c = m->arch.in_c, h = m->arch.in_h, w = m->arch.in_w, batch = o.run.batch < n ? o.run.batch : n;
     const size_t d = (size_t)c * h * w;
-    if (batch > n)
-        batch = n;
-    if (out) {
-        int gh, gw;
-        if (vapo_image_grid_size(n, h, w, cols, pad, &gh, &gw) || (size_t)gh * gw > VAPO_PNG_MAX_PIXELS_DEFAULT * 4) {
-            opt_error("a grid of %d samples of %dx%d is too large for one PNG; use --out-dir", n, h, w);
-            goto done;
-        }
-        all = malloc(sizeof(float) * d * n);
-    }
-    x = malloc(sizeof(float) * d * batch);
-    nfe = malloc(sizeof(int) * batch);
-    if ((out && !all) || !x || !nfe) {
-        opt_error("out of memory for %d samples of %zu values", out ? n : batch, d);
-        goto done;
-    }
-    if (out_dir && cli_mkdir_p(out_dir)) {
+    float *all = NULL, *x = malloc(sizeof(float) * d * batch);
+    int *nfe = malloc(sizeof(int) * batch), rc = OPT_EXIT_FAILURE, gh, gw;
+    nfe_stats st = {0};
+    if (cli_ode_apply(&o.run.ode, &cfg))
+        rc = OPT_EXIT_USAGE;
+    else if (o.out && (vapo_image_grid_size(n, h, w, o.cols, o.run.pad, &gh, &gw) ||
+                       (size_t)gh * gw > VAPO_PNG_MAX_PIXELS_DEFAULT * 4))
+        opt_error("a grid of %d samples of %dx%d is too large for one PNG; use --out-dir", n, h, w);
+    else if (!x || !nfe || (o.out && !(all = malloc(sizeof(float) * d * n))))
+        opt_error("out of memory for %d samples of %zu values", o.out ? n : batch, d);
+    else if (o.out_dir && cli_mkdir_p(o.out_dir))
         opt_error("%s", vapo_last_error());
-        goto done;
+    else
+        rc = 0;
+    if (rc == 0) {
+        char solver[128];
+        cli_ode_describe(&cfg, solver, sizeof solver);
+        if (!o.run.tool.quiet)
+            opt_info("%s: %d samples of %dx%dx%d, seed %llu, first %d, %s, batch %d on %s", o.model, n, c, h, w,
+                     (unsigned long long)o.seed, o.first, solver, batch, be->name);
+        const double t0 = cli_now();
+        if (sample(&o, m, &cfg, x, nfe, all, &st) ||
+            (o.out && cli_write_grid(o.out, all, n, c, h, w, o.cols, o.run.pad)))
+            rc = opt_error("%s", vapo_last_error());
+        else
+            printf("%d samples -> %s%s: average NFE %.1f per sample (min %d, max %d), %.2f s\n", n,
+                   o.out ? o.out : o.out_dir, o.out ? "" : "/", (double)st.sum / n, st.min, st.max, cli_now() - t0);
     }
-
-    char solver[128];
-    cli_ode_describe(&cfg, solver, sizeof solver);
-    if (!quiet)
-        opt_info("%s: %d samples of %dx%dx%d, seed %llu, first %d, %s, batch %d on %s", model_path, n, c, h, w,
-                 (unsigned long long)seed, first, solver, batch, be->name);
-
-    cli_progress prog;
-    cli_progress_start(&prog, "sampling", n, "samples", !quiet);
-    long long nfe_sum = 0;
-    int nfe_min = 0, nfe_max = 0;
-    const double t0 = cli_now();
-    for (int done = 0; done < n; done += batch) {
-        const int nb = n - done < batch ? n - done : batch;
-        vapo_model_noise(m, seed, first + done, nb, x);
-        if (cli_solve(m, &cfg, nb, x, nfe, &prog, done)) {
-            cli_progress_finish(&prog);
-            opt_error("sampling failed in samples %d..%d: %s", first + done, first + done + nb - 1,
-                      vapo_last_error());
-            goto done;
-        }
-        for (int i = 0; i < nb; i++) {
-            nfe_sum += nfe[i];
-            if ((done == 0 && i == 0) || nfe[i] < nfe_min)
-                nfe_min = nfe[i];
-            if (nfe[i] > nfe_max)
-                nfe_max = nfe[i];
-        }
-        if (out) {
-            memcpy(all + (size_t)done * d, x, sizeof(float) * d * nb);
-            continue;
-        }
-        for (int i = 0; i < nb; i++) {
-            char path[4200];
-            snprintf(path, sizeof path, "%s/seed%llu_%06d.png", out_dir, (unsigned long long)seed, first + done + i);
-            if (vapo_png_write_file(path, x + (size_t)i * d, c, h, w)) {
-                cli_progress_finish(&prog);
-                opt_error("%s", vapo_last_error());
-                goto done;
-            }
-        }
-    }
-    cli_progress_finish(&prog);
-    const double seconds = cli_now() - t0;
-
-    if (out) {
-        vapo_image grid = {0};
-        unsigned char *png = NULL;
-        size_t len = 0;
-        int bad = vapo_image_grid_u8(all, n, c, h, w, cols, pad, 1.0f, &grid) ||
-                  vapo_png_encode_u8(&grid, &png, &len) || vapo_write_file(out, png, len);
-        vapo_image_free(&grid);
-        free(png);
-        if (bad) {
-            opt_error("%s", vapo_last_error());
-            goto done;
-        }
-    }
-    printf("%d samples -> %s%s: average NFE %.1f per sample (min %d, max %d), %.2f s\n", n, out ? out : out_dir,
-               out ? "" : "/", (double)nfe_sum / n, nfe_min, nfe_max, seconds);
-    rc = 0;
-done:
     free(all), free(x), free(nfe);
     vapo_model_free(m);
     be->destroy(be);

@@ -397,7 +397,8 @@ static const opt_spec spec = {
               "below everything seen) and in_distribution (ood_score <= the model's keep\n"
               "fraction). Without a calibration in the model the last two are empty (null).\n"
               "The summary goes to stderr (stdout with --summary; inside the object for json).\n"
-              CLI_PROGRESS_HELP "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n",
+              CLI_PROGRESS_HELP
+              "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n",
 };
 
 int main(int argc, char **argv)

@@ -240,13 +240,7 @@ static int write_grid(run *r, const char *name)
     if (!rc) {
         char path[1024];
         out_path(r, path, sizeof path, name);
-        unsigned char *png = NULL;
-        size_t len = 0;
-        vapo_image img = {0};
-        rc = vapo_image_grid_u8(x, n, a->in_c, a->in_h, a->in_w, 0, 2, 1.0f, &img) ||
-             vapo_png_encode_u8(&img, &png, &len) || vapo_write_file(path, png, len);
-        vapo_image_free(&img);
-        free(png);
+        rc = cli_write_grid(path, x, n, a->in_c, a->in_h, a->in_w, 0, 2);
         long total = 0;
         for (int i = 0; i < n; i++)
             total += nfe[i];

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "vapo/error.h"
+#include "vapo/image.h"
 #include "vapo/ode_batch.h"
 
 /* ---- solver options ------------------------------------------------------------------ */
@@ -297,4 +298,16 @@ int cli_mkdir_p(const char *path)
         }
     }
     return 0;
+}
+
+int cli_write_grid(const char *path, const float *x, int n, int c, int h, int w, int cols, int pad)
+{
+    vapo_image grid = {0};
+    unsigned char *png = NULL;
+    size_t len = 0;
+    int rc = vapo_image_grid_u8(x, n, c, h, w, cols, pad, 1.0f, &grid) || vapo_png_encode_u8(&grid, &png, &len) ||
+             vapo_write_file(path, png, len);
+    vapo_image_free(&grid);
+    free(png);
+    return rc ? -1 : 0;
 }

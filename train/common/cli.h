@@ -106,6 +106,10 @@ int cli_solve(vapo_model *m, const vapo_ode_config *cfg, int n, float *x, int *n
 
 /* ---- files ------------------------------------------------------------------------ */
 
+/* n images (NCHW floats in [-1, 1]) as one grid PNG (vapo_image_grid_u8's
+ * cols and pad), written whole or not at all; -1 with vapo_last_error(). */
+int cli_write_grid(const char *path, const float *x, int n, int c, int h, int w, int cols, int pad);
+
 /* mkdir -p; 0 or -1 with a message (vapo_last_error). */
 int cli_mkdir_p(const char *path);
 /* 1 if path is an existing directory. */

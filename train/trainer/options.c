@@ -140,7 +140,8 @@ static int finish(train_options *o)
         return -1;
     if (strcmp(o->heads, "all") && strcmp(o->heads, "last"))
         return opt_fail("--heads takes all or last, got '%s'", o->heads);
-    if (strcmp(o->quadratic, "auto") && opt_parse_double("--quadratic (auto or a number)", o->quadratic, 0, 1000, &o->kappa))
+    if (strcmp(o->quadratic, "auto") &&
+        opt_parse_double("--quadratic (auto or a number)", o->quadratic, 0, 1000, &o->kappa))
         return -1;
     if (!strcmp(o->quadratic, "auto")) /* the path's sigma'/sigma averaged over t in [0, 1]; see DESIGN.md */
         o->kappa = 0.5 * log1p(o->loss.omega * o->loss.omega / (o->loss.nu * o->loss.nu));

@@ -258,6 +258,7 @@ static int set_value(const opt_def *d, void *p, const char *opt, const char *val
         *(const char **)p = value;
         return 0;
     case OPT_STRING:
+    case OPT_ARG:
         *(const char **)p = value;
         return 0;
     case OPT_CALL:

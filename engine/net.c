@@ -21,6 +21,8 @@ typedef struct {
     int level, cin, cout;
     conv_mod c1, c2, sc; /* sc.cout == 0: identity shortcut */
     size_t scale;        /* parameter offset of the ReZero gain */
+    int up, skip;        /* U-Net decoder: up = 1 on a level's first block, whose input is the
+                          * concatenation [output of encoder block `skip`; upsampled previous output] */
 } block_mod;
 
 /* Saved activations of one pass (primal, or tangent with the same layout). */
@@ -32,6 +34,7 @@ typedef struct {
     float *sum[VAPO_MAX_LEVELS];              /* spatial sum */
     float *head_phi[VAPO_MAX_LEVELS];         /* and output (the last head's is phi) */
     float *flat, *hidden, *hidden_act, *global_phi; /* global head (arch.global_head) */
+    float *out_act, *out_conv, *f, *res;      /* U-Net output: act, conv, f (scaled), x - f */
     float *phi;
 } act_set;
 
@@ -50,6 +53,8 @@ struct vapo_net {
     conv_mod heads[VAPO_MAX_LEVELS]; /* cout == 0: that level has no head */
     size_t anchor;                   /* parameter offset of mu (arch.anchor) */
     conv_mod global_hidden, global_out; /* arch.global_head: dense layers on the flat last level */
+    conv_mod conv_out;               /* arch.unet: last decoder output -> f(x) */
+    size_t out_scale;                /* parameter offset of f's per-channel gain (starts at 0: f = 0) */
     block_mod *blocks;
     int nblocks;
 
@@ -57,6 +62,8 @@ struct vapo_net {
     float *arena[3];     /* primal, tangent, scratch */
     act_set fwd, tan;
     float *scratch[8];   /* reverse-pass adjoint buffers */
+    float *skip_arena;   /* U-Net: the adjoints of the skip connections, held until the */
+    float *skip_adj[VAPO_MAX_LEVELS], *skip_adjd[VAPO_MAX_LEVELS]; /* encoder's reverse pass reaches them */
     float *ones;         /* `capacity` ones: the seed of grad_x Phi */
     int have_forward, have_tangent;
 };
@@ -108,10 +115,53 @@ static int add_conv(vapo_net *n, const char *prefix, int cin, int cout, int k, c
     return 0;
 }
 
+/* Index of the (encoder) block whose output is level l's output. */
+static int level_output(const vapo_net *n, int l) { return (l + 1) * n->arch.blocks - 1; }
+
+static int add_block(vapo_net *n, block_mod *b, const char *group, int level, int j, int cin, int cout)
+{
+    const vapo_arch *a = &n->arch;
+    char prefix[64];
+    const int cshape[1] = {cout};
+    b->level = level, b->cin = cin, b->cout = cout;
+    snprintf(prefix, sizeof prefix, "%s.%d.blocks.%d.conv1", group, level, j);
+    if (add_conv(n, prefix, cin, cout, a->kernel, &b->c1))
+        return -1;
+    snprintf(prefix, sizeof prefix, "%s.%d.blocks.%d.conv2", group, level, j);
+    if (add_conv(n, prefix, cout, cout, a->kernel, &b->c2))
+        return -1;
+    snprintf(prefix, sizeof prefix, "%s.%d.blocks.%d.scale", group, level, j);
+    if (add_param(n, prefix, 1, cshape, &b->scale))
+        return -1;
+    snprintf(prefix, sizeof prefix, "%s.%d.blocks.%d.shortcut", group, level, j);
+    return cin != cout ? add_conv(n, prefix, cin, cout, a->kernel, &b->sc) : 0;
+}
+
+/* The U-Net's decoder (blocks after the encoder's, levels-2 .. 0) and output:
+ * each level starts from [encoder output; upsampled coarser output]
+ * concatenated, and f = scale * conv(act(last output)). */
+static int build_decoder(vapo_net *n)
+{
+    const vapo_arch *a = &n->arch;
+    int i = a->levels * a->blocks, cin = a->widths[a->levels - 1];
+    for (int l = a->levels - 2; l >= 0; l--)
+        for (int j = 0; j < a->blocks; j++, i++) {
+            block_mod *b = &n->blocks[i];
+            b->up = j == 0, b->skip = level_output(n, l);
+            if (add_block(n, b, "up", l, j, (j == 0 ? a->widths[l] : 0) + cin, a->widths[l]))
+                return -1;
+            cin = a->widths[l];
+        }
+    const int cshape[1] = {a->in_c};
+    if (add_conv(n, "out.conv", cin, a->in_c, a->kernel, &n->conv_out))
+        return -1;
+    return add_param(n, "out.scale", 1, cshape, &n->out_scale);
+}
+
 static int build_structure(vapo_net *n)
 {
     const vapo_arch *a = &n->arch;
-    n->nblocks = a->levels * a->blocks;
+    n->nblocks = (a->unet ? 2 * a->levels - 1 : a->levels) * a->blocks;
     n->blocks = calloc(n->nblocks, sizeof *n->blocks);
     if (!n->blocks)
         return vapo_fail("out of memory");
@@ -120,26 +170,12 @@ static int build_structure(vapo_net *n)
     int cin = a->widths[0];
     for (int l = 0, i = 0; l < a->levels; l++)
         for (int j = 0; j < a->blocks; j++, i++) {
-            block_mod *b = &n->blocks[i];
-            char prefix[64];
-            int cout = a->widths[l], cshape[1] = {cout};
-            b->level = l, b->cin = cin, b->cout = cout;
-            snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.conv1", l, j);
-            if (add_conv(n, prefix, cin, cout, a->kernel, &b->c1))
+            if (add_block(n, &n->blocks[i], "levels", l, j, cin, a->widths[l]))
                 return -1;
-            snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.conv2", l, j);
-            if (add_conv(n, prefix, cout, cout, a->kernel, &b->c2))
-                return -1;
-            snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.scale", l, j);
-            if (add_param(n, prefix, 1, cshape, &b->scale))
-                return -1;
-            if (cin != cout) {
-                snprintf(prefix, sizeof prefix, "levels.%d.blocks.%d.shortcut", l, j);
-                if (add_conv(n, prefix, cin, cout, a->kernel, &b->sc))
-                    return -1;
-            }
-            cin = cout;
+            cin = a->widths[l];
         }
+    if (a->unet)
+        return build_decoder(n);
     const int last = a->levels - 1;
     if (add_conv(n, "head", cin, 1, 1, &n->heads[last]))
         return -1;
@@ -168,9 +204,6 @@ static uint64_t new_version(void)
     static uint64_t last;
     return __atomic_add_fetch(&last, 1, __ATOMIC_RELAXED);
 }
-
-/* Index of the block whose output is level l's output. */
-static int level_output(const vapo_net *n, int l) { return (l + 1) * n->arch.blocks - 1; }
 
 vapo_net *vapo_net_create(vapo_backend *be, const vapo_arch *arch)
 {
@@ -208,7 +241,9 @@ static void free_acts(vapo_net *n)
     }
     if (n->ones)
         n->be->free(n->be, n->ones);
-    n->ones = NULL;
+    if (n->skip_arena)
+        n->be->free(n->be, n->skip_arena);
+    n->ones = n->skip_arena = NULL;
     act_set *sets[2] = {&n->fwd, &n->tan};
     for (int s = 0; s < 2; s++) {
         free(sets[s]->in);
@@ -305,7 +340,16 @@ static size_t layout_set(vapo_net *n, act_set *s, float *base, int batch)
         s->hidden_act = take(&b, (size_t)a->global_head * batch);
         s->global_phi = take(&b, (size_t)batch);
     }
-    s->phi = s->head_phi[a->levels - 1];
+    if (a->unet) {
+        const size_t image = (size_t)a->in_c * level_cols(n, 0, batch);
+        s->out_act = take(&b, (size_t)a->widths[0] * level_cols(n, 0, batch));
+        s->out_conv = take(&b, image);
+        s->f = take(&b, image);
+        s->res = take(&b, image);
+        s->phi = take(&b, (size_t)batch);
+    } else {
+        s->phi = s->head_phi[a->levels - 1];
+    }
     return b.used;
 }
 
@@ -346,6 +390,18 @@ static int alloc_set(vapo_net *n, act_set *s, int batch, int arena)
     return 0;
 }
 
+/* The U-Net's skip adjoints (and their tangents) for `batch`, laid out when
+ * base is not NULL; returns the floats they take. */
+static size_t layout_skips(vapo_net *n, float *base, int batch)
+{
+    bump b = {base, 0};
+    for (int l = 0; l < n->arch.levels - 1 && n->arch.unet; l++) {
+        n->skip_adj[l] = take(&b, (size_t)n->arch.widths[l] * level_cols(n, l, batch));
+        n->skip_adjd[l] = take(&b, (size_t)n->arch.widths[l] * level_cols(n, l, batch));
+    }
+    return b.used;
+}
+
 /* Points the activation sets and the reverse-pass scratch at the arenas for
  * `batch` <= capacity: every buffer's size is linear in the batch. */
 static void lay_out(vapo_net *n, int batch)
@@ -355,6 +411,7 @@ static void lay_out(vapo_net *n, int batch)
     const size_t each = scratch_floats(n, batch);
     for (int i = 0; i < 8; i++)
         n->scratch[i] = n->arena[2] + i * each;
+    layout_skips(n, n->skip_arena, batch);
     n->batch = batch;
 }
 
@@ -374,8 +431,10 @@ static int reserve(vapo_net *n, int batch)
         return -1;
     n->arena[2] = n->be->alloc(n->be, sizeof(float) * scratch_floats(n, batch) * 8);
     n->ones = n->be->alloc(n->be, sizeof(float) * batch);
+    const size_t skips = layout_skips(n, NULL, batch);
+    n->skip_arena = skips ? n->be->alloc(n->be, sizeof(float) * skips) : NULL;
     float *host = malloc(sizeof(float) * batch);
-    if (!n->arena[2] || !n->ones || !host) {
+    if (!n->arena[2] || !n->ones || !host || (skips && !n->skip_arena)) {
         free(host);
         return vapo_fail("out of memory for the reverse pass of a batch of %d", batch);
     }
@@ -447,6 +506,8 @@ int vapo_net_init(vapo_net *n, uint64_t seed)
         init_conv(n, &n->global_hidden, seed, stream++, host);
         init_conv(n, &n->global_out, seed, stream++, host);
     }
+    if (n->arch.unet)
+        init_conv(n, &n->conv_out, seed, stream++, host);
     n->be->upload(n->be, vapo_net_params(n), host, sizeof(float) * n->nparams);
     free(host);
     return 0;
@@ -487,6 +548,8 @@ static void refresh_weights(vapo_net *n)
         normalise_weights(n, &n->global_hidden);
         normalise_weights(n, &n->global_out);
     }
+    if (n->arch.unet)
+        normalise_weights(n, &n->conv_out);
 }
 
 /* A conv of the primal pass adds its bias; the tangent pass has none. */
@@ -561,6 +624,37 @@ static void global_forward(vapo_net *n, act_set *s, int tangent)
     run_dense(n, &n->global_out, s->global_phi, s->hidden_act, tangent);
 }
 
+/* A U-Net decoder level's input: in CNHW a channel concatenation is two
+ * adjacent slabs, the skip's copy and the upsampled coarser output. */
+static void concat_up(vapo_net *n, act_set *s, int i)
+{
+    const block_mod *m = &n->blocks[i];
+    const size_t skip = (size_t)n->blocks[m->skip].cout * level_cols(n, m->level, n->batch);
+    n->be->copy(n->be, s->in[i], s->y[m->skip], sizeof(float) * skip);
+    vapo_upsample_fwd(n->be, (size_t)n->blocks[i - 1].cout * n->batch, level_h(n, m->level + 1),
+                      level_w(n, m->level + 1), s->in[i] + skip, s->y[i - 1]);
+}
+
+/* The U-Net's f = scale * conv(act(last output)), res = x - f and
+ * Phi = -kappa/2 |res|^2; on the tangent pass resdot = u - fdot and
+ * Phidot = -kappa <res, resdot> (add_sample_dots: one row per channel and image). */
+static void add_sample_dots(vapo_net *n, float a, const float *x, const float *y, float *out);
+
+static void unet_output(vapo_net *n, act_set *s, int tangent)
+{
+    vapo_backend *be = n->be;
+    const act_set *p = &n->fwd;
+    const int last = n->nblocks - 1;
+    const size_t cols = level_cols(n, 0, n->batch), count = (size_t)n->arch.in_c * cols;
+    run_act(n, n->arch.act, n->arch.widths[0] * cols, s->out_act, p->y[last], s->y[last], tangent);
+    run_conv(n, &n->conv_out, 0, s->out_conv, s->out_act, tangent);
+    vapo_scale_fwd(be, n->arch.in_c, cols, s->f, s->out_conv, n->theta + n->out_scale);
+    be->copy(be, s->res, s->x, sizeof(float) * count);
+    be->axpy(be, count, -1.0f, s->f, s->res);
+    be->zero(be, s->phi, sizeof(float) * n->batch);
+    add_sample_dots(n, tangent ? -n->arch.quadratic : -0.5f * n->arch.quadratic, p->res, s->res, s->phi);
+}
+
 /* One walk for both passes: the tangent pass is the forward pass with each
  * non-linearity replaced by its derivative at the saved primal point. */
 static void walk_forward(vapo_net *n, act_set *s, int tangent)
@@ -572,7 +666,9 @@ static void walk_forward(vapo_net *n, act_set *s, int tangent)
     for (int i = 0; i < n->nblocks; i++) {
         const block_mod *m = &n->blocks[i];
         const size_t cols = level_cols(n, m->level, n->batch);
-        if (i > 0 && m->level != n->blocks[i - 1].level)
+        if (m->up)
+            concat_up(n, s, i);
+        else if (i > 0 && m->level != n->blocks[i - 1].level)
             vapo_pool_fwd(be, (size_t)m->cin * n->batch, level_h(n, m->level - 1), level_w(n, m->level - 1),
                           s->in[i], s->y[i - 1]);
         run_act(n, n->arch.act, m->cin * cols, s->h1[i], p->in[i], s->in[i], tangent);
@@ -598,6 +694,8 @@ static void walk_forward(vapo_net *n, act_set *s, int tangent)
         global_forward(n, s, tangent);
         be->axpy(be, n->batch, 1.0f, s->global_phi, s->phi);
     }
+    if (n->arch.unet)
+        unet_output(n, s, tangent);
 }
 
 static int check_batch(int batch)
@@ -661,7 +759,7 @@ int vapo_net_forward(vapo_net *n, int batch, const float *x, float *phi)
     const vapo_arch *a = &n->arch;
     n->be->nchw_to_cnhw(n->be, batch, a->in_c, a->in_h * a->in_w, n->fwd.x, x);
     walk_forward(n, &n->fwd, 0);
-    if (a->quadratic != 0.0f)
+    if (a->quadratic != 0.0f && !a->unet) /* the U-Net's Phi is its quadratic */
         add_quadratic(n, n->fwd.x, n->fwd.phi);
     n->be->copy(n->be, phi, n->fwd.phi, sizeof(float) * batch);
     n->have_forward = 1;
@@ -677,7 +775,7 @@ int vapo_net_tangent(vapo_net *n, const float *u, float *phi_dot)
     n->be->nchw_to_cnhw(n->be, n->batch, a->in_c, a->in_h * a->in_w, n->tan.x, u);
     walk_forward(n, &n->tan, 1);
     if (phi_dot) { /* the dual pass reads the tangent activations, not Phidot: the loss step skips this */
-        if (a->quadratic != 0.0f)
+        if (a->quadratic != 0.0f && !a->unet)
             add_sample_dots(n, -a->quadratic, n->fwd.x, n->tan.x, n->tan.phi);
         if (a->anchor)
             add_anchor_dots(n, a->quadratic, n->tan.x, n->tan.phi, n->scratch[0]);
@@ -794,27 +892,88 @@ static void global_reverse(vapo_net *n, rev *r, const float *phi_bar, const floa
         flatten_last(n, r->gd, r->xd, 1);
 }
 
-/* Reverse walk from the heads down to the adjoint of conv_in's output. */
+/* out[c, b, :] = a coef[b] v[c, b, :] over the image channels (CNHW); rep
+ * holds in_c * batch floats. */
+static void scale_samples(vapo_net *n, float a, const float *coef, const float *v, float *out, float *rep)
+{
+    const int rows = n->arch.in_c * n->batch;
+    n->be->zero(n->be, rep, sizeof(float) * rows);
+    for (int c = 0; c < n->arch.in_c; c++)
+        n->be->axpy(n->be, n->batch, a, coef, rep + (size_t)c * n->batch);
+    n->be->scale_forward(n->be, rows, (size_t)n->arch.in_h * n->arch.in_w, out, v, rep);
+}
+
+/* Reverse of unet_output down to the adjoint of the last block's output, in
+ * r->g (r->gd). With Phi = -kappa/2 |r|^2, Phidot = -kappa <r, rdot> and
+ * r = x - f: fbar = kappa (phi_bar r + phidot_bar rdot), fdotbar = kappa phidot_bar r.
+ * r->x is scratch, r->t, r->u (and tangents) carry the adjoints. */
+static void unet_output_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
+{
+    vapo_backend *be = n->be;
+    const act_set *p = &n->fwd, *t = &n->tan;
+    const float kappa = n->arch.quadratic;
+    const int dual = r->grad != NULL, last = n->nblocks - 1;
+    const size_t cols = level_cols(n, 0, n->batch);
+    scale_samples(n, kappa, phi_bar, p->res, r->t, r->x);
+    if (dual) {
+        scale_samples(n, kappa, phidot_bar, t->res, r->u, r->x);
+        be->axpy(be, (size_t)n->arch.in_c * cols, 1.0f, r->u, r->t);
+        scale_samples(n, kappa, phidot_bar, p->res, r->td, r->x);
+    }
+    vapo_scale_dual(be, n->arch.in_c, cols, r->u, dual ? r->ud : NULL, dual ? r->grad + n->out_scale : NULL,
+                    p->out_conv, t->out_conv, r->t, r->td, n->theta + n->out_scale);
+    conv_reverse(n, r, &n->conv_out, 0, r->t, r->td, p->out_act, t->out_act, r->u, r->ud);
+    act_reverse(n, r, n->arch.act, n->arch.widths[0] * cols, r->g, r->gd, p->y[last], t->y[last], r->t, r->td);
+}
+
+/* Reverse of concat_up: the skip's slab of the adjoint in r->g is held for
+ * the encoder, the upsampled slab goes to the coarser output (into r->g). */
+static void concat_up_reverse(vapo_net *n, rev *r, int i)
+{
+    const block_mod *m = &n->blocks[i];
+    const int l = m->level, dual = r->grad != NULL;
+    const size_t skip = (size_t)n->blocks[m->skip].cout * level_cols(n, l, n->batch);
+    const size_t planes = (size_t)n->blocks[i - 1].cout * n->batch;
+    n->be->copy(n->be, n->skip_adj[l], r->g, sizeof(float) * skip);
+    vapo_upsample_bwd(n->be, planes, level_h(n, l + 1), level_w(n, l + 1), r->x, r->g + skip);
+    if (dual) {
+        n->be->copy(n->be, n->skip_adjd[l], r->gd, sizeof(float) * skip);
+        vapo_upsample_bwd(n->be, planes, level_h(n, l + 1), level_w(n, l + 1), r->xd, r->gd + skip);
+    }
+    swap_io(r);
+}
+
+/* Reverse walk from the heads (or the U-Net's output) down to the adjoint of conv_in's output. */
 static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
 {
     vapo_backend *be = n->be;
     const int dual = r->grad != NULL;
     if (n->arch.global_head)
         global_reverse(n, r, phi_bar, phidot_bar);
-    head_reverse(n, r, n->arch.levels - 1, r->g, r->gd, phi_bar, phidot_bar, n->arch.global_head);
+    if (n->arch.unet)
+        unet_output_reverse(n, r, phi_bar, phidot_bar);
+    else
+        head_reverse(n, r, n->arch.levels - 1, r->g, r->gd, phi_bar, phidot_bar, n->arch.global_head);
     for (int i = n->nblocks - 1; i >= 0; i--) {
         const int l = n->blocks[i].level;
+        const size_t count = (size_t)n->arch.widths[l] * level_cols(n, l, n->batch);
         if (i == level_output(n, l) && l < n->arch.levels - 1 && n->heads[l].cout) {
             /* r->x is free until block_reverse writes it */
-            const size_t count = (size_t)n->arch.widths[l] * level_cols(n, l, n->batch);
             head_reverse(n, r, l, r->x, r->xd, phi_bar, phidot_bar, 0);
             be->axpy(be, count, 1.0f, r->x, r->g);
             if (dual)
                 be->axpy(be, count, 1.0f, r->xd, r->gd);
         }
+        if (n->arch.unet && i == level_output(n, l) && l < n->arch.levels - 1) { /* the skip's adjoint */
+            be->axpy(be, count, 1.0f, n->skip_adj[l], r->g);
+            if (dual)
+                be->axpy(be, count, 1.0f, n->skip_adjd[l], r->gd);
+        }
         block_reverse(n, r, i);
         const block_mod *m = &n->blocks[i];
-        if (i > 0 && m->level != n->blocks[i - 1].level) {
+        if (m->up) {
+            concat_up_reverse(n, r, i);
+        } else if (i > 0 && m->level != n->blocks[i - 1].level) {
             const size_t planes = (size_t)m->cin * n->batch;
             const int h = level_h(n, m->level - 1), w = level_w(n, m->level - 1);
             vapo_pool_bwd(be, planes, h, w, r->x, r->g);
@@ -841,8 +1000,9 @@ int vapo_net_backward(vapo_net *n, float *grad_x)
     vapo_conv_shape s = conv_shape(n, &n->conv_in, 0);
     vapo_conv_bwd(n->be, &s, r.x, r.g, n->weights + n->conv_in.w);
     const vapo_arch *a = &n->arch;
-    if (a->quadratic != 0.0f)
-        n->be->axpy(n->be, (size_t)a->in_c * n->batch * a->in_h * a->in_w, -a->quadratic, n->fwd.x, r.x);
+    if (a->quadratic != 0.0f) /* -kappa x, or the U-Net's -kappa (x - f) */
+        n->be->axpy(n->be, (size_t)a->in_c * n->batch * a->in_h * a->in_w, -a->quadratic,
+                    a->unet ? n->fwd.res : n->fwd.x, r.x);
     if (a->anchor) { /* + kappa mu in every sample, image by image: an outer product
                         * through a GEMM (conv_backward_filter) rounds differently
                         * for different batch sizes, which batch invariance forbids */
@@ -906,5 +1066,7 @@ int vapo_net_dual_backward(vapo_net *n, const float *phi_bar, const float *phido
         weightnorm_grad(n, &n->global_hidden, param_grad);
         weightnorm_grad(n, &n->global_out, param_grad);
     }
+    if (n->arch.unet)
+        weightnorm_grad(n, &n->conv_out, param_grad);
     return 0;
 }

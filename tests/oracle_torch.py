@@ -70,18 +70,28 @@ def energy(p, arch, x):
         w = g.view(-1, 1) * v.flatten(1) / v.flatten(1).norm(dim=1).view(-1, 1)
         return head_act(h).sum(dim=(2, 3)) @ w.t() + b  # [B, 1]
 
-    h, phi, last = conv("conv_in", x), 0, len(arch["widths"]) - 1
+    def block(pre, h):  # act -> conv -> act -> conv, ReZero scale, + shortcut
+        r = conv(pre + ".conv2", act(conv(pre + ".conv1", act(h))))
+        r = r * p[pre + ".scale"].view(1, -1, 1, 1)
+        sc = conv(pre + ".shortcut", h) if pre + ".shortcut.v" in p else h
+        return sc + r
+
+    h, phi, last, skips = conv("conv_in", x), 0, len(arch["widths"]) - 1, []
     for l in range(last + 1):
         if l > 0:
             h = F.avg_pool2d(h, 2)
         for j in range(arch["blocks"]):
-            pre = f"levels.{l}.blocks.{j}"
-            r = conv(pre + ".conv2", act(conv(pre + ".conv1", act(h))))
-            r = r * p[pre + ".scale"].view(1, -1, 1, 1)
-            sc = conv(pre + ".shortcut", h) if pre + ".shortcut.v" in p else h
-            h = sc + r
+            h = block(f"levels.{l}.blocks.{j}", h)
+        skips.append(h)
         if l < last and arch.get("multiscale_head"):
             phi = phi + head(f"levels.{l}.head", h)
+    if arch.get("unet"):  # Phi = -kappa/2 |x - f(x)|^2, f the decoder with skip concatenations
+        for l in range(last - 1, -1, -1):
+            h = torch.cat([skips[l], F.interpolate(h, scale_factor=2, mode="nearest")], dim=1)
+            for j in range(arch["blocks"]):
+                h = block(f"up.{l}.blocks.{j}", h)
+        f = conv("out.conv", act(h)) * p["out.scale"].view(1, -1, 1, 1)
+        return -0.5 * arch["quadratic"] * (x - f).flatten(1).pow(2).sum(1, keepdim=True)
     phi = phi + head("head", h)
     if arch.get("global_head"):  # dense -> act -> dense on the flattened gated last level
         def dense(name, f):

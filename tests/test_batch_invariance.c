@@ -4,7 +4,9 @@
  * is a sample pushed through the ODE alone or with others. Checked on the
  * bundled model, which has every layer kind the presets use: 3x3 and 1x1
  * convolutions on 28x28, 14x14 and 7x7, pooling, the level heads' dense
- * layers, the global head and the anchor. And the sampler pool: rows of
+ * layers, the global head and the anchor; energies, gradients and samples
+ * also on a fmnist-unet with random weights (skip concatenations,
+ * upsampling, the -k/2 |x - f(x)|^2 energy). And the sampler pool: rows of
  * every solver and energy rows, joining while others run and stepped in
  * random chunks, end bit-identical to each row alone. Comparisons are
  * memcmp: no tolerance. */
@@ -17,6 +19,23 @@
 
 #define MODEL "../models/fmnist-small.safetensors"
 #define POOL 64
+
+/* The bundled model, or a fmnist-unet with seeded random weights and active
+ * blocks (the same weights on every open). */
+static vapo_model *open_model(const char *name, vapo_backend *be)
+{
+    if (strcmp(name, "fmnist-unet"))
+        return vapo_model_load(name, be);
+    vapo_arch a;
+    vapo_arch_preset(name, &a);
+    vapo_net *net = vapo_net_create(be, &a);
+    if (!net || vapo_net_init(net, 5) || vapo_net_set_scales(net, 0.3f)) {
+        vapo_net_free(net);
+        return NULL;
+    }
+    const vapo_loss_config loss = vapo_loss_config_default();
+    return vapo_model_wrap(net, &loss);
+}
 
 static int same_bits(const float *a, const float *b, size_t n) { return memcmp(a, b, sizeof(float) * n) == 0; }
 
@@ -66,11 +85,11 @@ static void check_batches(vapo_model *m, int d, const float *x, const float *phi
 
 /* The solo reference with one thread, the batches with two: the thread
  * count must not matter either. */
-static void check_energy_grad(void)
+static void check_energy_grad(const char *name)
 {
     vapo_backend *one = vapo_backend_cpu(1);
-    vapo_model *m1 = vapo_model_load(MODEL, one);
-    CHECK(m1 != NULL, "load %s: %s", MODEL, vapo_last_error());
+    vapo_model *m1 = open_model(name, one);
+    CHECK(m1 != NULL, "open %s: %s", name, vapo_last_error());
     if (!m1)
         return;
     const int d = (int)vapo_net_input_size(m1->net);
@@ -81,7 +100,7 @@ static void check_energy_grad(void)
     one->destroy(one);
 
     vapo_backend *two = vapo_backend_cpu(2);
-    vapo_model *m = vapo_model_load(MODEL, two);
+    vapo_model *m = open_model(name, two);
     check_batches(m, d, x, phi1, g1);
     vapo_model_free(m);
     two->destroy(two);
@@ -90,10 +109,10 @@ static void check_energy_grad(void)
 
 /* Samples 0..3 of a seed solved together (rows join and leave the batch as
  * their adaptive steps differ) and each alone: the same floats. */
-static void check_samples(void)
+static void check_samples(const char *name)
 {
     vapo_backend *be = vapo_backend_cpu(2);
-    vapo_model *m = vapo_model_load(MODEL, be);
+    vapo_model *m = open_model(name, be);
     if (!m)
         return;
     enum { N = 4 };
@@ -204,8 +223,10 @@ static void check_pool(void)
 
 int main(void)
 {
-    check_energy_grad();
-    check_samples();
+    check_energy_grad(MODEL);
+    check_samples(MODEL);
+    check_energy_grad("fmnist-unet");
+    check_samples("fmnist-unet");
     check_pool();
     return test_finish("test_batch_invariance");
 }

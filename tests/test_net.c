@@ -17,7 +17,7 @@ static void check_counts(void)
 {
     /* VAPO-MATH.md section 7 quotes ~30.7 M (cifar10) and ~51.4 M (celeba64). */
     struct { const char *preset; size_t want; } cases[] = {
-        {"fmnist-small", 167234}, {"cifar10", 30711170}, {"celeba64", 51362690}};
+        {"fmnist-small", 167234}, {"cifar10", 30711170}, {"celeba64", 51362690}, {"fmnist-unet", 416963}};
     vapo_backend *be = vapo_backend_cpu(0);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         vapo_arch a;
@@ -61,6 +61,19 @@ static void check_arch_json(void)
     json_object_set_new(j, "quadratic", json_real(0.0));
     CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "anchor"), "anchor without a quadratic accepted");
     json_decref(j);
+    /* the U-Net: "unet" only in its own metadata, and no heads on it */
+    CHECK(b.unet == 0 && !json_object_get(j = vapo_arch_to_json(&b), "unet"), "unet written for a WRN");
+    json_decref(j);
+    vapo_arch_preset("fmnist-unet", &a);
+    j = vapo_arch_to_json(&a);
+    CHECK(!vapo_arch_from_json(j, &b) && b.unet == 1 && b.quadratic == a.quadratic, "unet round trip: %s",
+          vapo_last_error());
+    json_object_set_new(j, "anchor", json_true());
+    CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "U-Net"), "unet with an anchor accepted");
+    json_object_set_new(j, "anchor", json_false());
+    json_object_set_new(j, "input", json_pack("[i,i,i]", 1, 30, 28));
+    CHECK(vapo_arch_from_json(j, &b) && strstr(vapo_last_error(), "divisible"), "unet on 30x28 accepted");
+    json_decref(j);
 }
 
 /* A random direction with the norm of a 100-dimensional normal vector, so the
@@ -97,11 +110,12 @@ static double dual_objective(vapo_net *n, int batch, const float *x, const float
 
 /* extras: a head on every level, the anchor and a global head of width 600 (wider
  * than any other tensor of tiny, so its reverse pass sizes the scratch buffers) */
-static void check_passes(const char *preset, int batch, float quadratic, int extras)
+static void check_passes(const char *preset, int batch, float quadratic, int extras, int blocks)
 {
     vapo_backend *be = vapo_backend_cpu(0);
     vapo_arch a;
     vapo_arch_preset(preset, &a);
+    a.blocks = blocks ? blocks : a.blocks;
     /* The head's ReLU makes S piecewise smooth: a finite difference that
      * crosses a kink is meaningless, so the whole-network check uses a smooth
      * head activation (ReLU's passes are checked in test_layers.c, and the
@@ -111,6 +125,9 @@ static void check_passes(const char *preset, int batch, float quadratic, int ext
     a.multiscale_head = a.anchor = extras;
     a.global_head = extras ? 600 : 0;
     vapo_net *n = vapo_net_create(be, &a);
+    CHECK(n != NULL, "%s: %s", preset, vapo_last_error());
+    if (!n)
+        return;
     const size_t d = vapo_net_input_size(n), np = vapo_net_param_count(n), nx = d * batch;
     float *theta = vapo_net_params(n);
     fill_normal(theta, np, 5, 0.4f); /* random gains, biases and non-zero ReZero scales */
@@ -172,8 +189,8 @@ static void check_passes(const char *preset, int batch, float quadratic, int ext
         CHECK(fabs(fd - grad[i]) <= 5 * TOL * (fabs(fd) + 1), "%s dual d/d %s[%zu]: analytic %.7g, finite difference %.7g",
               preset, list[t].name, list[t].count / 2, grad[i], fd);
     }
-    printf("  %-8s batch %d, quadratic %g%s: backward, tangent and dual agree with finite differences (%d tensors)\n",
-           preset, batch, quadratic, extras ? ", anchor, level heads, global head" : "", count);
+    printf("  %-9s batch %d, blocks %d, quadratic %g%s: backward, tangent and dual agree with finite differences "
+           "(%d tensors)\n", preset, batch, a.blocks, quadratic, extras ? ", anchor, level heads, global head" : "", count);
     free(x), free(u), free(g), free(dir), free(xs), free(grad), free(save);
     vapo_net_free(n);
     be->destroy(be);
@@ -278,10 +295,12 @@ int main(void)
 {
     check_counts();
     check_arch_json();
-    check_passes("tiny", 3, 0.0f, 0);
-    check_passes("tiny2d", 5, 0.0f, 0);
-    check_passes("tiny", 3, 1.5f, 0); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
-    check_passes("tiny", 3, 1.5f, 1); /* vapo-train's network: -k/2 |x - mu|^2, level heads, global head */
+    check_passes("tiny", 3, 0.0f, 0, 0);
+    check_passes("tiny2d", 5, 0.0f, 0, 0);
+    check_passes("tiny", 3, 1.5f, 0, 0); /* the fixed -k/2 |x|^2 term: in Phi, grad and tangent, not in the dual */
+    check_passes("tiny", 3, 1.5f, 1, 0); /* vapo-train's network: -k/2 |x - mu|^2, level heads, global head */
+    check_passes("tiny-unet", 3, 1.5f, 0, 0); /* -k/2 |x - f(x)|^2: skip concatenation, upsampling */
+    check_passes("tiny-unet", 2, 0.7f, 0, 2); /* decoder blocks after a level's first */
     check_batch_changes();
     check_weight_cache();
     return test_finish("test_net");

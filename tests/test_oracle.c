@@ -227,5 +227,7 @@ int main(void)
     run_case("tiny2d", 6, VAPO_WEIGHT_JACOBIAN, 0.0f, 0);
     run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 0.0f, 0); /* the paper's network: one head */
     run_case("fmnist-small", 8, VAPO_WEIGHT_JACOBIAN, 4.6f, 1); /* as vapo-train builds it */
+    run_case("tiny-unet", 4, VAPO_WEIGHT_JACOBIAN, 1.5f, 0);
+    run_case("fmnist-unet", 4, VAPO_WEIGHT_JACOBIAN, 4.6f, 0); /* -k/2 |x - f(x)|^2 with f the U-Net */
     return test_finish("test_oracle");
 }

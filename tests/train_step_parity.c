@@ -2,7 +2,7 @@
  *  - CPU: vapo_loss_step (the backend's loss ops, the path the trainer and
  *    the GPU take) equals the host composition of the loss (vapo_loss_perturb,
  *    the network's four passes, vapo_loss_eval) bit for bit, for both
- *    estimators, on the tiny and fmnist-small presets.
+ *    estimators, on the tiny, fmnist-small and fmnist-unet presets.
  *  - CUDA (when a device is present): the loss terms and the theta-gradient
  *    match the CPU within fp32 tolerances, and two optimizer updates (Lamb
  *    and Adam) from the SAME gradient (the CPU's, uploaded) match the CPU's;
@@ -43,7 +43,8 @@ static vapo_net *make_net(vapo_backend *be, const char *preset)
     if (vapo_arch_preset(preset, &a))
         return NULL;
     vapo_net *net = vapo_net_create(be, &a);
-    if (net && vapo_net_init(net, 3)) {
+    /* a fresh U-Net's f is 0 (ReZero and output gains): open every path */
+    if (net && (vapo_net_init(net, 3) || (a.unet && vapo_net_set_scales(net, 0.3f)))) {
         vapo_net_free(net);
         return NULL;
     }
@@ -165,10 +166,10 @@ static void check_cuda(vapo_backend *cpu, vapo_backend *cuda, const char *preset
 int main(void)
 {
     vapo_backend *cpu = vapo_backend_cpu(0), *cuda = vapo_backend_cuda(0);
-    const char *presets[] = {"tiny", "fmnist-small"};
+    const char *presets[] = {"tiny", "fmnist-small", "fmnist-unet"};
     const char *require = getenv("VAPO_TEST_REQUIRE_CUDA");
     float *xbar = data_batch(B * 28 * 28);
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < 3; p++)
         for (int e = 0; e < 2; e++) {
             vapo_loss_config cfg = vapo_loss_config_default();
             cfg.estimator = e ? VAPO_ESTIMATOR_PATHWISE : VAPO_ESTIMATOR_SCORE;

@@ -14,7 +14,8 @@ static const opt_def table[] = {
     OPT(OPT_STRING, "--data", "SPEC", F(data), 0, 0, "fashion-mnist",
         "dataset: fashion-mnist, mnist[:DIR], cifar10:DIR, folder:DIR, celeba:DIR"),
     OPT(OPT_STRING, "--preset", "NAME", F(preset), 0, 0, "fmnist-small",
-        "network preset: tiny, tiny2d, fmnist-small, fmnist, cifar10, celeba64, lsun64"),
+        "network preset: tiny, tiny2d, fmnist-small, fmnist, cifar10, celeba64, lsun64;\n"
+        "U-Net energies: tiny-unet, fmnist-unet, cifar10-unet"),
     OPT(OPT_STRING, "--out", "DIR", F(out), 0, 0, "runs/fmnist-small", "output folder for checkpoints, grids and logs",
         .nosave = 1),
     OPT(OPT_STRING, "--resume", "FILE", F(resume), 0, 0, NULL, "continue exactly from this checkpoint", .nosave = 1),
@@ -119,6 +120,8 @@ int train_options_arch(const train_options *o, vapo_arch *arch)
     arch->quadratic = (float)o->kappa, arch->head_act = o->head;
     arch->multiscale_head = !strcmp(o->heads, "all"), arch->anchor = !strcmp(o->anchor, "on");
     arch->global_head = o->global_head;
+    if (arch->unet) /* its Phi is -k/2 |x - f(x)|^2: no heads, no anchor */
+        arch->multiscale_head = arch->anchor = arch->global_head = 0;
     return vapo_arch_validate(arch);
 }
 

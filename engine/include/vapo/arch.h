@@ -21,10 +21,11 @@ typedef struct {
     int multiscale_head;               /* 1: every level has a head, their sum is Phi (0: the last only, DRL's) */
     int anchor;                        /* 1: the quadratic is -kappa/2 |x - mu|^2, mu a learned image "anchor" */
     int global_head;                   /* > 0: + dense(1, act(dense(global_head, flat last level))) */
+    int unet;                          /* 1: Phi = -kappa/2 |x - f(x)|^2, f a U-Net (net.h); no heads */
 } vapo_arch;
 
 /* Fills *arch from a preset name (tiny, tiny2d, fmnist-small, fmnist, cifar10,
- * celeba64, lsun64); -1 with a message listing the presets otherwise. */
+ * celeba64, lsun64, and the U-Nets tiny-unet, fmnist-unet, cifar10-unet); -1 with a message listing the presets otherwise. */
 int vapo_arch_preset(const char *name, vapo_arch *arch);
 int vapo_arch_validate(const vapo_arch *arch);
 const char *vapo_arch_preset_list(void);

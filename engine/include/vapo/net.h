@@ -20,6 +20,12 @@
  * gives the field the position-dependent pull -kappa (x - mu) that a
  * translation-equivariant network with a spatial sum cannot express.
  *
+ * With arch.unet the network is instead Phi(x) = -kappa/2 |x - f(x)|^2, f a
+ * U-Net: the encoder's levels, a decoder that upsamples (nearest 2x) and
+ * concatenates each encoder level's output before its blocks, and
+ * f = s * conv(act(decoder output)) with the gain s ("out.scale") starting at
+ * 0, so a fresh U-Net is the quadratic alone (docs/DESIGN.md).
+ *
  * The multi-scale head gives small networks energy terms at every resolution:
  * with the last level's head alone, a 3-level network's grad_x Phi reaches the
  * pixels only through two average pools, and its samples start as blobs on

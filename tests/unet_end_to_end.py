@@ -39,7 +39,7 @@ with tempfile.TemporaryDirectory() as d:
         with open(f"{d}/imgs/{i:03d}.png", "wb") as f:
             f.write(encode([bytes((x * 29 + y * 13 + i * 7) % 256 for x in range(8)) for y in range(8)], 8, 8, 1))
     p = subprocess.run([train, "--data", f"folder:{d}/imgs", "--preset", "tiny-unet", "--steps", "30", "--batch", "8",
-                        "--grid", "4", "--calib", "8", "--threads", "1", "--out", f"{d}/run"],
+                        "--grid", "4", "--calib", "8", "--threads", "1", "--device", "cpu", "--out", f"{d}/run"],
                        capture_output=True, text=True)
     check(p.returncode == 0, f"vapo-train --preset tiny-unet: exit {p.returncode}\n{p.stderr[-2000:]}")
     model = f"{d}/run/model.safetensors"

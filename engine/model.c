@@ -12,7 +12,7 @@
 static void model_defaults(vapo_model *m)
 {
     m->sampling = vapo_ode_config_default();
-    m->ood_keep = 0.95;
+    vapo_ood_init(&m->ood);
 }
 
 vapo_model *vapo_model_wrap(vapo_net *net, const vapo_loss_config *loss)
@@ -98,38 +98,12 @@ json_t *vapo_model_metadata(const vapo_model *m)
     json_t *data = json_pack("{s:[i,i,i], s:[f,f], s:s}", "shape", m->arch.in_c, m->arch.in_h, m->arch.in_w, "range",
                              -1.0, 1.0, "dataset", m->dataset);
     json_object_set_new(meta, "data", data);
-    if (m->n_calib > 0) {
-        json_t *q = json_array();
-        for (int i = 0; i < VAPO_OOD_QUANTILES; i++)
-            json_array_append_new(q, json_real(m->quantiles[i]));
-        json_object_set_new(meta, "ood",
-                            json_pack("{s:i, s:f, s:o, s:s}", "count", m->n_calib, "keep", m->ood_keep, "quantiles", q,
-                                      "rule", "in distribution iff energy >= quantile(1 - keep)"));
-    }
+    json_t *ood = vapo_ood_to_json(&m->ood);
+    if (ood)
+        json_object_set_new(meta, "ood", ood);
+    else
+        json_object_del(meta, "ood");
     return meta;
-}
-
-static int ood_from_json(const json_t *o, vapo_model *m)
-{
-    json_t *q = NULL;
-    json_error_t err;
-    if (!o)
-        return 0;
-    if (json_unpack_ex((json_t *)o, &err, 0, "{s:i, s?F, s:o}", "count", &m->n_calib, "keep", &m->ood_keep,
-                       "quantiles", &q))
-        return vapo_fail("ood metadata: %s", err.text);
-    if (!json_is_array(q) || json_array_size(q) != VAPO_OOD_QUANTILES || m->n_calib < 1 || !(m->ood_keep > 0) ||
-        !(m->ood_keep < 1))
-        return vapo_fail("ood metadata: expected %d quantiles, a positive count and 0 < keep < 1", VAPO_OOD_QUANTILES);
-    for (int i = 0; i < VAPO_OOD_QUANTILES; i++) {
-        json_t *v = json_array_get(q, i);
-        if (!json_is_number(v) || !isfinite(json_number_value(v)))
-            return vapo_fail("ood metadata: quantile %d is not a finite number", i);
-        m->quantiles[i] = (float)json_number_value(v);
-        if (i > 0 && m->quantiles[i] < m->quantiles[i - 1])
-            return vapo_fail("ood metadata: quantiles are not sorted");
-    }
-    return 0;
 }
 
 static int read_params(vapo_model *m, const vapo_ckpt *ck, const char *path)
@@ -184,7 +158,7 @@ vapo_model *vapo_model_load(const char *path, vapo_backend *be)
     if (vapo_arch_from_json(json_object_get(meta, "arch"), &m->arch) ||
         loss_from_json(json_object_get(meta, "loss"), &m->loss) ||
         sampling_from_json(json_object_get(meta, "sampling"), &m->sampling) ||
-        ood_from_json(json_object_get(meta, "ood"), m)) {
+        vapo_ood_from_json(json_object_get(meta, "ood"), &m->ood)) {
         vapo_fail("%s: %s", path, vapo_last_error());
         goto fail;
     }
@@ -320,60 +294,92 @@ void vapo_model_noise(const vapo_model *m, uint64_t seed, int first, int n, floa
         x[i] *= (float)m->loss.omega;
 }
 
-/* ---- OOD calibration ------------------------------------------------------------ */
+/* ---- OOD scores ------------------------------------------------------------------ */
 
-static int cmp_float(const void *a, const void *b)
+/* Rows of OOD score k for n images, evaluated in batches: phi and |grad phi|
+ * per row (rows = n * vapo_ood_rows). */
+static int score_rows(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, float *phi, float *gnorm)
 {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
+    const int d = (int)vapo_net_input_size(m->net), per = vapo_ood_rows(&m->ood, k), grad = vapo_ood_needs_grad(k);
+    const int chunk = batch / per > 0 ? batch / per : 1; /* images per pass */
+    float *rows = malloc(sizeof(float) * (size_t)chunk * per * d);
+    float *g = grad ? malloc(sizeof(float) * (size_t)chunk * per * d) : NULL;
+    int rc = rows && (g || !grad) ? 0 : vapo_fail("out of memory");
+    for (int i0 = 0; !rc && i0 < n; i0 += chunk) {
+        const int nb = n - i0 < chunk ? n - i0 : chunk, nr = nb * per;
+        for (int i = 0; i < nb; i++)
+            vapo_ood_expand(&m->ood, k, d, x + (size_t)(i0 + i) * d, rows + (size_t)i * per * d);
+        rc = vapo_model_energy_grad(m, nr, rows, phi + (size_t)i0 * per, g);
+        for (int r = 0; !rc && g && r < nr; r++) {
+            double s = 0;
+            for (int t = 0; t < d; t++)
+                s += (double)g[(size_t)r * d + t] * g[(size_t)r * d + t];
+            gnorm[(size_t)i0 * per + r] = (float)sqrt(s);
+        }
+    }
+    free(rows), free(g);
+    return rc;
 }
 
-int vapo_model_calibrate(vapo_model *m, const float *energies, int n)
+static int score_rows_alloc(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, float **phi,
+                            float **gnorm)
 {
-    if (n < 2)
-        return vapo_fail("OOD calibration needs at least 2 energies, got %d", n);
-    float *sorted = malloc(sizeof(float) * n);
-    if (!sorted)
+    const size_t rows = (size_t)n * vapo_ood_rows(&m->ood, k);
+    *phi = malloc(sizeof(float) * rows);
+    *gnorm = malloc(sizeof(float) * rows);
+    if (!*phi || !*gnorm)
         return vapo_fail("out of memory");
-    memcpy(sorted, energies, sizeof(float) * n);
-    qsort(sorted, n, sizeof(float), cmp_float);
-    for (int i = 0; i < VAPO_OOD_QUANTILES; i++) {
-        double pos = (double)i / (VAPO_OOD_QUANTILES - 1) * (n - 1);
-        int lo = (int)pos;
-        int hi = lo + 1 < n ? lo + 1 : lo;
-        m->quantiles[i] = (float)(sorted[lo] + (pos - lo) * (sorted[hi] - sorted[lo]));
-    }
-    m->n_calib = n;
-    free(sorted);
-    return 0;
+    return score_rows(m, k, n, x, batch, *phi, *gnorm);
 }
 
-double vapo_model_ood_score(const vapo_model *m, double e)
+int vapo_model_score(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, double *value)
 {
-    if (m->n_calib <= 0 || !isfinite(e))
-        return 1.0;
-    const float *q = m->quantiles;
-    const int last = VAPO_OOD_QUANTILES - 1;
-    if (e <= q[0])
-        return 1.0;
-    if (e >= q[last])
-        return 0.0;
-    int lo = 0, hi = last; /* q[lo] < e <= q[hi] */
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (q[mid] < e)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    double frac = q[hi] > q[lo] ? (e - q[lo]) / (q[hi] - q[lo]) : 1.0;
-    double below = (lo + frac) / last; /* fraction of calibration energies below e */
-    return 1.0 - below;
+    if (!vapo_ood_available(&m->ood, k))
+        return vapo_fail("the model has no %s score (its checkpoint holds no fitted mixture)", vapo_score_name(k));
+    float *phi = NULL, *gnorm = NULL;
+    const vapo_arch *a = &m->arch;
+    const int per = vapo_ood_rows(&m->ood, k), d = (int)vapo_net_input_size(m->net);
+    int rc = score_rows_alloc(m, k, n, x, batch, &phi, &gnorm);
+    for (int i = 0; !rc && i < n; i++)
+        value[i] = vapo_ood_value(&m->ood, k, a->in_c, a->in_h, a->in_w, x + (size_t)i * d, phi + (size_t)i * per,
+                                  gnorm + (size_t)i * per);
+    free(phi), free(gnorm);
+    return rc;
 }
 
-int vapo_model_in_distribution(const vapo_model *m, double e)
+int vapo_model_ms_features(vapo_model *m, int n, const float *x, int batch, double *features)
 {
-    return m->n_calib > 0 && vapo_model_ood_score(m, e) <= m->ood_keep;
+    float *phi = NULL, *gnorm = NULL;
+    const vapo_multiscale *ms = &m->ood.ms;
+    const vapo_arch *a = &m->arch;
+    const size_t d = vapo_net_input_size(m->net);
+    int rc = score_rows_alloc(m, VAPO_SCORE_MULTISCALE, n, x, batch, &phi, &gnorm);
+    for (int i = 0; !rc && i < n; i++)
+        vapo_ood_ms_features(ms, a->in_c, a->in_h, a->in_w, x + i * d, phi + (size_t)i * ms->levels,
+                             gnorm + (size_t)i * ms->levels, features + (size_t)i * vapo_ood_ms_dim(ms));
+    free(phi), free(gnorm);
+    return rc;
+}
+
+int vapo_model_calibrate(vapo_model *m, const float *fit, int n_fit, const float *cal, int n_cal, int batch)
+{
+    vapo_ood *o = &m->ood;
+    vapo_ood_ms_defaults(&o->ms);
+    const int dim = vapo_ood_ms_dim(&o->ms), mixture = n_fit >= 4 * VAPO_MS_COMPONENTS * dim;
+    double *f = malloc(sizeof(double) * (size_t)(mixture ? n_fit : 1) * dim);
+    double *v = malloc(sizeof(double) * (size_t)n_cal);
+    int rc = f && v ? 0 : vapo_fail("out of memory");
+    if (!rc && mixture)
+        rc = vapo_model_ms_features(m, n_fit, fit, batch, f) || vapo_ood_ms_fit(&o->ms, f, n_fit, VAPO_MS_COMPONENTS);
+    memset(o->calib, 0, sizeof o->calib);
+    for (int k = 0; !rc && k < VAPO_SCORE_KINDS; k++)
+        if (vapo_ood_available(o, (vapo_score_kind)k))
+            rc = vapo_model_score(m, (vapo_score_kind)k, n_cal, cal, batch, v) ||
+                 vapo_ood_calibrate(o, (vapo_score_kind)k, v, n_cal);
+    if (!rc)
+        o->default_score = mixture ? VAPO_SCORE_MULTISCALE : VAPO_SCORE_ENERGY;
+    free(f), free(v);
+    return rc;
 }
 
 int vapo_model_save(const char *path, const vapo_model *m, const vapo_tensor_ref *extra, int n_extra)

@@ -36,6 +36,7 @@ enum { NORMS = 2 };                       /* norm slots per row */
 typedef struct {
     int state, phase, stage;
     int ode, want_phi; /* a trajectory (else an energy row); evaluate its final energy */
+    int want_gnorm;    /* an energy row that also wants |grad Phi| */
     int ready;         /* the query point is in place */
     vapo_ode_config cfg;
     const ode_tableau *tab;
@@ -43,7 +44,7 @@ typedef struct {
     double h0_probe, h_fixed;
     int nfe;
     ode_failure why;
-    float phi;
+    float phi, gnorm;
     unsigned char y, y_new, q, k[ODE_MAX_STAGES]; /* buffer of each role */
 } row;
 
@@ -181,6 +182,7 @@ int vapo_pool_add(vapo_pool *p, const vapo_ode_config *cfg, const float *x0, int
         r->k[j] = (unsigned char)(B_K0 + j);
     r->ode = cfg != NULL;
     r->want_phi = !cfg || (flags & VAPO_POOL_ENERGY);
+    r->want_gnorm = !cfg && (flags & VAPO_POOL_GRADNORM);
     if (cfg) {
         r->cfg = *cfg;
         r->tab = ode_method_tableau(cfg->method);
@@ -214,7 +216,7 @@ int vapo_pool_wants(const vapo_pool *p, int id)
     const row *r = get(p, id);
     if (!r || r->state != ROW_RUN)
         return 0;
-    return r->phase == PH_PHI ? 1 : 2;
+    return r->phase == PH_PHI && !r->want_gnorm ? 1 : 2;
 }
 
 static void finish(row *r, ode_failure why)
@@ -382,6 +384,27 @@ static void fixed_decide(vapo_pool *p, int id)
         next_stage(r, 0, ODE_OK);
 }
 
+/* |grad Phi| of the energy rows that want it, from the batch's gradient
+ * (position i of the step), summed in double on the host. */
+static int grad_norms(vapo_pool *p, const int *ids, int n)
+{
+    float *g = NULL;
+    for (int i = 0; i < n; i++) {
+        row *r = &p->rows[ids[i]];
+        if (!r->want_gnorm)
+            continue;
+        if (!g && !(g = malloc(sizeof(float) * p->dim)))
+            return vapo_fail("sampler pool: out of memory");
+        p->be->download(p->be, g, p->bg + (size_t)i * p->dim, sizeof(float) * p->dim);
+        double s = 0;
+        for (int k = 0; k < p->dim; k++)
+            s += (double)g[k] * g[k];
+        r->gnorm = (float)sqrt(s);
+    }
+    free(g);
+    return 0;
+}
+
 /* Row id was evaluated (its energy is phi): its next phase. */
 static void decide(vapo_pool *p, int id, float phi)
 {
@@ -469,6 +492,8 @@ int vapo_pool_step(vapo_pool *p, const int *ids, int n)
     if (any_norm)
         be->download(be, p->norm, p->norm_dev, sizeof(double) * NORMS * high);
     be->download(be, p->phi, p->bphi, sizeof(float) * n);
+    if (grad_norms(p, ids, n))
+        return -1;
     for (int i = 0; i < n; i++)
         decide(p, ids[i], p->phi[i]);
     return n;
@@ -503,6 +528,7 @@ int vapo_pool_take(vapo_pool *p, int id, float *x, vapo_pool_result *res)
         res->steps = r->c.accepted;
         res->rejected = r->c.rejected;
         res->phi = r->phi;
+        res->gnorm = r->gnorm;
     }
     vapo_pool_remove(p, id);
     return 0;

@@ -78,12 +78,11 @@ job *job_create(job_kind kind, int n, int d)
     j->kind = kind, j->n = n, j->d = d;
     j->x = calloc((size_t)n * d, sizeof(float));
     j->phi = calloc(n, sizeof(float));
-    j->ood = calloc(n, sizeof(double));
-    j->in_dist = calloc(n, sizeof(int));
+    j->gnorm = calloc(n, sizeof(float));
     j->nfe = calloc(n, sizeof(int));
     j->taken = calloc(n, 1);
     j->row = malloc(sizeof(int) * (n > 0 ? n : 1));
-    if (!j->x || !j->phi || !j->ood || !j->in_dist || !j->nfe || !j->taken || !j->row) {
+    if (!j->x || !j->phi || !j->gnorm || !j->nfe || !j->taken || !j->row) {
         job_free(j);
         return NULL;
     }
@@ -97,7 +96,7 @@ void job_free(job *j)
 {
     if (!j)
         return;
-    free(j->x), free(j->phi), free(j->ood), free(j->in_dist), free(j->nfe), free(j->taken), free(j->row);
+    free(j->x), free(j->phi), free(j->gnorm), free(j->nfe), free(j->taken), free(j->row);
     free(j);
 }
 
@@ -289,8 +288,9 @@ static int job_admit(batcher *b, job *j)
         free(ends);
     }
     const vapo_ode_config *ode = j->kind == JOB_ENERGY ? NULL : &j->ode;
+    const int flags = j->kind == JOB_ENERGY && j->want_norm ? VAPO_POOL_GRADNORM : VAPO_POOL_ENERGY;
     for (int i = 0; i < j->n; i++) {
-        j->row[i] = vapo_pool_add(b->pool, ode, j->x + (size_t)i * d, VAPO_POOL_ENERGY);
+        j->row[i] = vapo_pool_add(b->pool, ode, j->x + (size_t)i * d, flags);
         if (j->row[i] < 0) {
             snprintf(j->message, sizeof j->message, "%s", vapo_last_error());
             return -1;
@@ -450,8 +450,7 @@ static void row_result(batcher *b, job *j, int r, double *nfe_sum, int *nfe_coun
         return;
     }
     if (j->kind == JOB_ENERGY) {
-        j->ood[r] = vapo_model_ood_score(b->model, res.phi);
-        j->in_dist[r] = vapo_model_in_distribution(b->model, res.phi);
+        j->gnorm[r] = res.gnorm;
     } else if (j->ode.method == VAPO_ODE_RK45) {
         *nfe_sum += res.nfe, (*nfe_count)++;
     }
@@ -576,9 +575,8 @@ static int load_model(batcher *b)
     in->step = m->step;
     in->omega = m->loss.omega;
     in->sampling = m->sampling;
-    in->calibrated = m->n_calib > 0;
-    in->calib_count = m->n_calib;
-    in->ood_keep = m->ood_keep;
+    in->ood = &m->ood;
+    in->quality = json_is_object(json_object_get(m->meta, "quality")) ? json_object_get(m->meta, "quality") : NULL;
     const size_t rows = (size_t)b->cfg.max_batch;
     b->pool = vapo_model_pool(m);
     b->ids = malloc(sizeof(int) * rows);

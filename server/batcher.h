@@ -42,7 +42,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "vapo/ode.h"
+#include "vapo/ood.h"
 
 #include "metrics.h"
 
@@ -63,7 +66,7 @@ typedef void (*job_done_fn)(job *j, void *ctx);
 struct job {
     /* Set by the submitter before batcher_submit; read-only afterwards. */
     job_kind kind;
-    int n;                 /* images made (sample, interpolate) or scored (energy) */
+    int n;                 /* images made (sample, interpolate) or rows scored (energy) */
     int d;                 /* floats per image */
     uint64_t seed, seed_b; /* sample: seed; interpolate: seed (a) and seed_b */
     int first;             /* sample: index of the first sample of the seed */
@@ -72,12 +75,14 @@ struct job {
     job_done_fn done;      /* called once, from the scheduler thread, when the job ends */
     void *done_ctx;
 
-    /* Rows (allocated by job_create). energy: x holds the inputs;
-     * sample/interpolate: x receives the final states. */
+    int want_norm;         /* energy: the rows need |grad Phi| too (vapo_ood_needs_grad) */
+
+    /* Rows (allocated by job_create). energy: x holds the rows to evaluate
+     * (vapo_ood_expand's rows of each image); sample/interpolate: x receives
+     * the final states. */
     float *x;       /* n*d */
-    float *phi;     /* n: energy of the input / of the final state */
-    double *ood;    /* n: OOD score (energy jobs) */
-    int *in_dist;   /* n: in distribution (energy jobs) */
+    float *phi;     /* n: energy of the row / of the final state */
+    float *gnorm;   /* n: |grad Phi| of the row (energy jobs with want_norm) */
     int *nfe;       /* n: ODE evaluations per sample */
 
     /* Results, valid inside and after done(). */
@@ -117,8 +122,8 @@ typedef struct {
     long long step;
     double omega;
     vapo_ode_config sampling;
-    int calibrated, calib_count;
-    double ood_keep;
+    const vapo_ood *ood;   /* the model's OOD calibration (vapo/ood.h) */
+    const json_t *quality; /* metadata vapo.quality (measured FD, AUROC table), or NULL */
 } model_info;
 
 typedef struct batcher batcher;

@@ -42,10 +42,13 @@ struct route_work {
     job *j;
     int format, cols;
     int seed_given;
+    int images;           /* energy: images scored (the job has images x rows_per rows) */
+    vapo_score_kind score; /* energy */
+    int rows_per;          /* energy: rows per image */
 };
 
 job *route_work_job(route_work *w) { return w->j; }
-int route_work_images(const route_work *w) { return w->j ? w->j->n : 0; }
+int route_work_images(const route_work *w) { return w->images ? w->images : w->j ? w->j->n : 0; }
 
 long long route_work_nfe(const route_work *w)
 {
@@ -382,6 +385,21 @@ static void dataset_name(const char *data, char *out, size_t len)
     }
 }
 
+/* The OOD calibration as /v1/model shows it: which scores are calibrated and
+ * the default, plus the measured quality stored in the checkpoint, if any. */
+static json_t *ood_json(const model_info *mi)
+{
+    const vapo_ood *o = mi->ood;
+    json_t *scores = json_array();
+    for (int k = 0; k < VAPO_SCORE_KINDS; k++)
+        if (o->calib[k].count > 0 && vapo_ood_available(o, (vapo_score_kind)k))
+            json_array_append_new(scores, json_string(vapo_score_name((vapo_score_kind)k)));
+    const int calibrated = o->calib[VAPO_SCORE_ENERGY].count > 0;
+    return json_pack("{s:b, s:f, s:i, s:s, s:o}", "calibrated", calibrated, "keep", o->keep, "count",
+                     o->calib[VAPO_SCORE_ENERGY].count, "default_score", vapo_score_name(o->default_score), "scores",
+                     scores);
+}
+
 static route_work *get_model(app *a, const route_input *in, reply *out)
 {
     (void)in;
@@ -391,19 +409,21 @@ static route_work *get_model(app *a, const route_input *in, reply *out)
     const serve_config *c = a->cfg;
     char dataset[sizeof mi->dataset];
     dataset_name(mi->dataset, dataset, sizeof dataset);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:[i,i,i], s:I, s:I, s:f, s:o, s:s, s:{s:b, s:f, s:i}}", "preset",
-                          mi->preset, "dataset", dataset, "file", mi->file, "shape", mi->c, mi->h, mi->w,
-                          "parameters", (json_int_t)mi->params, "training_step", (json_int_t)mi->step, "omega",
-                          mi->omega, "sampling", solver_json(&mi->sampling), "backend", mi->backend, "ood",
-                          "calibrated", mi->calibrated, "keep", mi->ood_keep, "count", mi->calib_count);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:[i,i,i], s:I, s:I, s:f, s:o, s:s, s:o}", "preset", mi->preset,
+                          "dataset", dataset, "file", mi->file, "shape", mi->c, mi->h, mi->w, "parameters",
+                          (json_int_t)mi->params, "training_step", (json_int_t)mi->step, "omega", mi->omega,
+                          "sampling", solver_json(&mi->sampling), "backend", mi->backend, "ood", ood_json(mi));
     json_t *limits = json_pack("{s:i, s:i, s:i, s:i, s:i, s:I, s:f}", "max_images", c->max_images, "max_steps",
                                c->max_steps, "max_nfe", c->max_nfe, "max_batch", c->max_batch, "max_queue",
                                c->max_queue, "max_body_bytes", (json_int_t)c->max_body_bytes, "timeout_s",
                                c->timeout_s);
-    if (o)
+    if (o) {
         json_object_set_new(o, "limits", limits);
-    else
+        if (mi->quality)
+            json_object_set_new(o, "quality", json_deep_copy(mi->quality));
+    } else {
         json_decref(limits);
+    }
     reply_json(out, 200, o);
     return NULL;
 }
@@ -604,8 +624,8 @@ static int png_peek_size(const unsigned char *p, size_t len, int *w, int *h)
     return 0;
 }
 
-/* Decodes one PNG into row `row` of the job; 0, or -1 with a 422 reply. */
-static int load_png(const model_info *mi, const unsigned char *png, size_t len, const char *what, job *j, int row,
+/* Decodes one PNG into dst (d floats); 0, or -1 with a 422 reply. */
+static int load_png(const model_info *mi, const unsigned char *png, size_t len, const char *what, float *dst,
                     reply *out)
 {
     int w, h;
@@ -625,7 +645,7 @@ static int load_png(const model_info *mi, const unsigned char *png, size_t len, 
         reply_error(out, 422, NULL, "%s is not a valid PNG: %s", what, vapo_last_error());
         return -1;
     }
-    int rc = vapo_image_to_float(&img, mi->c, j->x + (size_t)row * j->d);
+    int rc = vapo_image_to_float(&img, mi->c, dst);
     vapo_image_free(&img);
     if (rc) {
         reply_error(out, 422, NULL, "%s: %s", what, vapo_last_error());
@@ -645,6 +665,55 @@ static int media_is(const char *content_type, const char *type)
            (content_type[n] == 0 || content_type[n] == ';' || content_type[n] == ' ');
 }
 
+/* The energy job for n images scored by k: the rows of each image (its
+ * noised copies for the multiscale score) are made as each PNG is decoded. */
+static route_work *energy_work(app *a, const model_info *mi, vapo_score_kind k, int n, reply *out)
+{
+    const int per = vapo_ood_rows(mi->ood, k);
+    route_work *w = work_new(a, JOB_ENERGY, n * per, mi->d, out);
+    if (w) {
+        w->images = n, w->score = k, w->rows_per = per;
+        w->j->want_norm = vapo_ood_needs_grad(k);
+    }
+    return w;
+}
+
+/* Decodes image i's PNG and writes its rows; 0, or -1 with a 422 reply. */
+static int energy_image(const model_info *mi, route_work *w, int i, const unsigned char *png, size_t len,
+                        const char *what, reply *out)
+{
+    float *x = malloc(sizeof(float) * mi->d);
+    if (!x) {
+        reply_error(out, 503, "overloaded", "out of memory");
+        return -1;
+    }
+    int rc = load_png(mi, png, len, what, x, out);
+    if (!rc)
+        vapo_ood_expand(mi->ood, w->score, mi->d, x, w->j->x + (size_t)i * w->rows_per * mi->d);
+    free(x);
+    return rc;
+}
+
+/* The "score" field: absent means the model's default; it must name a score
+ * the model has calibrated. */
+static int parse_score(json_t *req, const model_info *mi, vapo_score_kind *k, reply *out)
+{
+    json_t *v = json_object_get(req, "score");
+    *k = mi->ood->default_score;
+    if (!v)
+        return 0;
+    if (!json_is_string(v) || vapo_score_parse(json_string_value(v), k)) {
+        reply_error(out, 422, NULL, "'score' must be one of %s", vapo_score_choices());
+        return -1;
+    }
+    if (mi->ood->calib[*k].count <= 0 || !vapo_ood_available(mi->ood, *k)) {
+        reply_error(out, 422, NULL, "the model has no calibration for the score '%s' (see /v1/model: ood.scores)",
+                    vapo_score_name(*k));
+        return -1;
+    }
+    return 0;
+}
+
 static route_work *post_energy(app *a, const route_input *in, reply *out)
 {
     const model_info *mi = ready_model(a, out);
@@ -652,8 +721,8 @@ static route_work *post_energy(app *a, const route_input *in, reply *out)
         return NULL;
     route_work *w = NULL;
     if (media_is(in->content_type, "image/png")) {
-        w = work_new(a, JOB_ENERGY, 1, mi->d, out);
-        if (w && load_png(mi, in->body, in->body_len, "the image", w->j, 0, out)) {
+        w = energy_work(a, mi, mi->ood->default_score, 1, out);
+        if (w && energy_image(mi, w, 0, in->body, in->body_len, "the image", out)) {
             route_work_free(w);
             return NULL;
         }
@@ -662,16 +731,17 @@ static route_work *post_energy(app *a, const route_input *in, reply *out)
     json_t *req = parse_object(in, JSON_VALUES_MAX + (size_t)a->cfg->max_images, out);
     if (!req)
         return NULL;
-    static const char *const fields[] = {"images", NULL};
+    static const char *const fields[] = {"images", "score", NULL};
     json_t *images = json_object_get(req, "images");
-    if (check_fields(req, fields, out))
+    vapo_score_kind k;
+    if (check_fields(req, fields, out) || parse_score(req, mi, &k, out))
         goto done;
     if (!json_is_array(images) || json_array_size(images) < 1 ||
         json_array_size(images) > (size_t)a->cfg->max_images) {
         reply_error(out, 422, NULL, "'images' must be a list of 1..%d base64 PNG strings", a->cfg->max_images);
         goto done;
     }
-    w = work_new(a, JOB_ENERGY, (int)json_array_size(images), mi->d, out);
+    w = energy_work(a, mi, k, (int)json_array_size(images), out);
     for (size_t i = 0; w && i < json_array_size(images); i++) {
         json_t *v = json_array_get(images, i);
         char what[32];
@@ -690,7 +760,7 @@ static route_work *post_energy(app *a, const route_input *in, reply *out)
                 reply_error(out, 422, NULL, "%s is not valid base64", what);
             goto fail;
         }
-        int rc = load_png(mi, png, len, what, w->j, (int)i, out);
+        int rc = energy_image(mi, w, (int)i, png, len, what, out);
         free(png);
         if (rc)
             goto fail;
@@ -710,13 +780,22 @@ static void finish_energy(app *a, route_work *w, reply *out)
     const model_info *mi = batcher_model(a->b);
     if (!mi || job_error(j, out))
         goto done;
+    const vapo_ood *o = mi->ood;
+    const vapo_score_kind k = w->score;
+    const int calibrated = o->calib[k].count > 0;
     json_t *results = json_array();
-    for (int i = 0; i < j->n; i++)
-        json_array_append_new(results, json_pack("{s:o, s:f, s:b}", "energy", finite_or_null(j->phi[i]),
-                                                 "ood_score", j->ood[i], "in_distribution", j->in_dist[i]));
+    for (int i = 0; i < w->images; i++) {
+        const size_t row = (size_t)i * w->rows_per; /* the first row is the image itself (sigma 0) */
+        const double v = vapo_ood_value(o, k, mi->c, mi->h, mi->w, j->x + row * j->d, j->phi + row, j->gnorm + row);
+        json_t *r = json_pack("{s:o, s:o}", "energy", finite_or_null(j->phi[row]), "value", finite_or_null(v));
+        /* uncalibrated: ood_score 1 and never in distribution (vapo_ood_score) */
+        json_object_set_new(r, "ood_score", json_real(vapo_ood_score(o, k, v)));
+        json_object_set_new(r, "in_distribution", json_boolean(vapo_ood_in_distribution(o, k, v)));
+        json_array_append_new(results, r);
+    }
     reply_json(out, 200,
-               json_pack("{s:o, s:b, s:[i,i,i]}", "results", results, "calibrated", mi->calibrated, "shape", mi->c,
-                         mi->h, mi->w));
+               json_pack("{s:o, s:s, s:b, s:[i,i,i]}", "results", results, "score", vapo_score_name(k), "calibrated",
+                         calibrated, "shape", mi->c, mi->h, mi->w));
 done:
     route_work_free(w);
 }

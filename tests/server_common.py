@@ -229,9 +229,11 @@ class OpenAPI:
 
     def validate(self, schema, value, where="body"):
         """A list of problems of value against the schema (the subset the
-        contract uses: type, required, properties, items, enum, minimum, maximum)."""
+        contract uses: type, nullable, required, properties, items, enum, minimum, maximum)."""
         schema = self.resolve(schema)
         problems = []
+        if value is None and schema.get("nullable"):
+            return problems
         t = schema.get("type")
         types = {"object": dict, "array": list, "string": str, "boolean": bool}
         if t in types and not isinstance(value, types[t]):

@@ -239,11 +239,11 @@ def test_interpolate(t, work):
 
 def parse_csv(text):
     lines = text.strip().splitlines()
-    check(lines and lines[0] == "source,index,energy,ood_score,in_distribution", "bad CSV header %r" % lines[:1])
+    check(lines and lines[0] == "source,index,energy,value,ood_score,in_distribution", "bad CSV header %r" % lines[:1])
     out = []
     for l in lines[1:]:
-        src, idx, e, s, ind = l.rsplit(",", 4)
-        out.append((src, int(idx), float(e), float(s) if s else None, int(ind) if ind else None))
+        src, idx, e, v, s, ind = l.rsplit(",", 5)
+        out.append((src, int(idx), float(e), float(v), float(s) if s else None, int(ind) if ind else None))
     return out
 
 
@@ -260,7 +260,7 @@ def auroc(pos, neg):
 
 def test_score(t, work):
     m = t.a.model
-    help_lists(t, "score", ["--format", "--summary", "--limit", "--resize", "--auroc-vs", "--auroc-n",
+    help_lists(t, "score", ["--format", "--summary", "--limit", "--resize", "--score", "--auroc-vs", "--auroc-n",
                             "--auroc-seed", "--batch", "--quiet", "--help", "--device", "--threads"])
     sd = os.path.join(work, "samples")
     t.ok("sample", m, "-n", 12, "--seed", 5, "--out-dir", sd)
@@ -271,7 +271,7 @@ def test_score(t, work):
     check(len(rows) == 3 and [r[0] for r in rows] == files[:3], "CSV rows: %s" % rows)
     for r in rows:
         check(r[2] == r[2] and abs(r[2]) < 1e6, "energy not finite: %s" % (r,))
-        check(r[3] is not None and 0 <= r[3] <= 1 and r[4] in (0, 1), "ood columns: %s" % (r,))
+        check(r[4] is not None and 0 <= r[4] <= 1 and r[5] in (0, 1), "ood columns: %s" % (r,))
 
     # a folder gives the same energies as the files, in name order
     p = t.ok("score", m, sd, "--batch", 5)
@@ -279,7 +279,19 @@ def test_score(t, work):
     check([r[0] for r in frows] == files, "folder order: %s" % [r[0] for r in frows])
     check(close([r[2] for r in frows[:3]], [r[2] for r in rows]), "folder energies differ from file energies")
     # its own samples are mostly in distribution (the calibration used samples of the model)
-    check(sum(r[4] for r in frows) >= 9, "only %d of 12 samples in distribution" % sum(r[4] for r in frows))
+    check(sum(r[5] for r in frows) >= 9, "only %d of 12 samples in distribution" % sum(r[5] for r in frows))
+    # the scores: energy's value is the energy; each score is the model's own, the default the multiscale one;
+    # a value does not depend on the batch
+    for score in ("energy", "complexity", "multiscale"):
+        sr = parse_csv(t.ok("score", m, sd, "--score", score, "--batch", 5).stdout)
+        sr3 = parse_csv(t.ok("score", m, sd, "--score", score, "--batch", 3).stdout)
+        check(close([r[3] for r in sr], [r[3] for r in sr3]), "%s values depend on the batch" % score)
+        check(close([r[2] for r in sr], [r[2] for r in frows]), "--score %s changed the energies" % score)
+        if score == "energy":
+            check(close([r[3] for r in sr], [r[2] for r in sr]), "energy score: value != energy")
+        if score == "multiscale":
+            check(close([r[3] for r in sr], [r[3] for r in frows]), "the default score is not multiscale")
+        check(sum(r[5] for r in sr) >= 9, "%s: only %d of 12 samples in distribution" % (score, sum(r[5] for r in sr)))
 
     # idx input, gzip'd and plain, and the same pixels as PNG files
     imgs = [bytes((x * 37 + y * 11 + k * 53) % 256 for y in range(H) for x in range(W)) for k in range(20)]
@@ -323,12 +335,12 @@ def test_score(t, work):
         png_encode(os.path.join(other, "o%d.png" % k), W, H, imgs[k])
     p = t.ok("score", m, sd, "--auroc-vs", other, "--format", "json", "--summary", "--batch", 5)
     val = json.loads(p.stdout)["summary"]["auroc"]["value"]
-    neg = [x[2] for x in parse_csv(t.ok("score", m, other, "--batch", 5).stdout)]
-    want = auroc([x[2] for x in frows], neg)
+    neg = [x[3] for x in parse_csv(t.ok("score", m, other, "--batch", 5).stdout)]
+    want = auroc([x[3] for x in frows], neg)
     check(abs(val - want) < 1e-9, "AUROC vs folder %.6f, computed here %.6f" % (val, want))
     p = t.ok("score", m, sd, "--auroc-vs", other, "--auroc-n", 4, "--format", "json", "--summary", "--batch", 5)
     a4 = json.loads(p.stdout)["summary"]["auroc"]
-    check(a4["count"] == 4 and abs(a4["value"] - auroc([x[2] for x in frows], neg[:4])) < 1e-9,
+    check(a4["count"] == 4 and abs(a4["value"] - auroc([x[3] for x in frows], neg[:4])) < 1e-9,
           "AUROC vs the first 4 images of a folder: %s" % a4)
     p = t.ok("score", m, sd, "--auroc-vs", "gaussian", "--auroc-n", 40, "--summary")
     check("AUROC" in p.stdout and "gaussian" in p.stdout, "csv --summary has no AUROC line: %r" % p.stdout)
@@ -347,7 +359,8 @@ def test_score(t, work):
     subprocess.run([t.a.make_model, nc, "--no-calib"], check=True, capture_output=True)
     p = t.ok("score", nc, *files[:2])
     r = parse_csv(p.stdout)
-    check(len(r) == 2 and r[0][3] is None and r[0][4] is None, "uncalibrated: %s" % r)
+    check(len(r) == 2 and r[0][4] is None and r[0][5] is None and r[0][3] == r[0][2], "uncalibrated: %s" % r)
+    fails(t, "score", [nc, files[0], "--score", "multiscale"], 1, "no multiscale score")
     check("no OOD calibration" in p.stderr, "no warning about the missing calibration")
     j = json.loads(t.ok("score", nc, files[0], "--format", "json").stdout)
     check(j["images"][0]["ood_score"] is None and j["summary"]["in_distribution_fraction"] is None,
@@ -449,6 +462,7 @@ def test_errors(t, work):
     fails(t, "score", [m, img, "--format", "xml"], 2, "--format", "'xml'")
     fails(t, "score", [m, img, "--limit", "0"], 2, "--limit")
     fails(t, "score", [m, img, "--auroc-n", "-5"], 2, "--auroc-n")
+    fails(t, "score", [m, img, "--score", "likelihood"], 2, "--score", "energy,complexity,multiscale")
     fails(t, "score", [m, img, "--auroc-vs", os.path.join(work, "nowhere")], 1, "--auroc-vs", "nowhere")
 
 

@@ -18,3 +18,15 @@ set_tests_properties(train_resume PROPERTIES ENVIRONMENT "OMP_WAIT_POLICY=passiv
 add_test(NAME train_final_save COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/train_final_save_test.py
          $<TARGET_FILE:vapo-train>)
 set_tests_properties(train_final_save PROPERTIES ENVIRONMENT "OMP_WAIT_POLICY=passive" TIMEOUT 120)
+
+# vapo-train --select fd's judge and Frechet distance (train/trainer/quality.c) against PyTorch's.
+add_executable(train_quality ${CMAKE_CURRENT_SOURCE_DIR}/train_quality.c ${CMAKE_SOURCE_DIR}/train/trainer/quality.c)
+target_include_directories(train_quality PRIVATE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/train)
+target_link_libraries(train_quality PRIVATE vapo)
+add_test(NAME train_quality COMMAND train_quality ${CMAKE_SOURCE_DIR}/models/fmnist-judge.safetensors
+         ${CMAKE_CURRENT_SOURCE_DIR}/data/judge_fixture.json)
+
+# vapo-train --select fd keeps the EMA weights with the lowest FD (a few steps of the real program).
+add_test(NAME train_select COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/train_select_test.py
+         $<TARGET_FILE:vapo-train> ${CMAKE_SOURCE_DIR}/models/fmnist-judge.safetensors)
+set_tests_properties(train_select PROPERTIES ENVIRONMENT "OMP_WAIT_POLICY=passive" TIMEOUT 600 SKIP_RETURN_CODE 77)

@@ -1,4 +1,5 @@
-/* vapo-score: energies Phi(x) and OOD scores of images (VAPO-MATH.md section 6).
+/* vapo-score: energies Phi(x) and OOD scores of images (VAPO-MATH.md section 6;
+ * the scores in vapo/ood.h).
  *
  * Inputs are PNG files, folders of PNG files (names ending in .png, sorted
  * bytewise, hidden files skipped) and idx3-ubyte image files (gzip'd or not,
@@ -6,8 +7,8 @@
  * model's height and width (or --resize: centre crop to a square, then an
  * antialiased resize); gray and RGB are converted to the model's channels.
  *
- * --auroc-vs states the separation: AUROC = P(Phi(ID) > Phi(OOD)), the inputs
- * being in distribution (positive, higher energy) and the other set out of it
+ * --auroc-vs states the separation: AUROC = P(v(ID) > v(OOD)) for the score's
+ * value v, the inputs being in distribution (positive) and the other set out of it
  * (ties count one half: the Mann-Whitney statistic, = sklearn's roc_auc_score). */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
@@ -27,6 +28,7 @@
 #include "vapo/error.h"
 #include "vapo/image.h"
 #include "vapo/model.h"
+#include "vapo/ood.h"
 #include "vapo/rng.h"
 
 /* Noise images for --auroc-vs: a stream of the RNG outside the ranges that
@@ -223,21 +225,21 @@ static int load_item(const item *it, const vapo_arch *a, int resize, float *out)
 
 typedef struct {
     vapo_model *m;
+    vapo_score_kind kind;
     int batch;
-    float *x; /* batch * d */
     cli_progress *prog;
     double base;
 } scorer;
 
-static int score_set(scorer *s, const image_set *set, int n, int resize, float *energy)
+/* Energies and values of score s->kind of n host images, batch by batch. */
+static int score_images(scorer *s, int n, const float *x, float *energy, double *value)
 {
     const size_t d = vapo_net_input_size(s->m->net);
     for (int done = 0; done < n; done += s->batch) {
         const int nb = n - done < s->batch ? n - done : s->batch;
-        for (int i = 0; i < nb; i++)
-            if (load_item(&set->items[done + i], &s->m->arch, resize, s->x + (size_t)i * d))
-                return -1;
-        if (vapo_model_energy(s->m, nb, s->x, energy + done))
+        const float *xb = x + (size_t)done * d;
+        if (vapo_model_energy(s->m, nb, xb, energy + done) ||
+            vapo_model_score(s->m, s->kind, nb, xb, s->batch, value + done))
             return -1;
         cli_progress_update(s->prog, s->base + done + nb, NULL);
     }
@@ -245,32 +247,45 @@ static int score_set(scorer *s, const image_set *set, int n, int resize, float *
     return 0;
 }
 
-/* kind 0: uniform 8-bit pixels; 1: 0.5 * N(0, 1) clipped to [-1, 1], rounded to 8 bits. */
-static int score_noise(scorer *s, int kind, uint64_t seed, int n, float *energy)
+static float *load_set(const image_set *set, int n, const vapo_arch *a, int resize)
 {
-    const size_t d = vapo_net_input_size(s->m->net);
-    for (int done = 0; done < n; done += s->batch) {
-        const int nb = n - done < s->batch ? n - done : s->batch;
-        const uint64_t first = (uint64_t)done * d;
-        if (kind == 0) {
-            for (size_t i = 0; i < (size_t)nb * d; i++)
-                s->x[i] = (float)vapo_rng_below(seed, SCORE_STREAM_NOISE, first + i, 256) / 127.5f - 1.0f;
-        } else {
-            vapo_rng_normal(seed, SCORE_STREAM_NOISE + 1, first, (size_t)nb * d, s->x);
-            for (size_t i = 0; i < (size_t)nb * d; i++) {
-                float v = 0.5f * s->x[i];
-                v = v < -1 ? -1 : v > 1 ? 1 : v;
-                unsigned char u;
-                vapo_float_to_u8(&v, 1, &u);
-                s->x[i] = u / 127.5f - 1.0f;
-            }
-        }
-        if (vapo_model_energy(s->m, nb, s->x, energy + done))
-            return -1;
-        cli_progress_update(s->prog, s->base + done + nb, NULL);
+    const size_t d = (size_t)a->in_c * a->in_h * a->in_w;
+    float *x = malloc(sizeof(float) * d * (n > 0 ? n : 1));
+    if (!x) {
+        vapo_fail("out of memory for %d images", n);
+        return NULL;
     }
-    s->base += n;
-    return 0;
+    for (int i = 0; i < n; i++)
+        if (load_item(&set->items[i], a, resize, x + (size_t)i * d)) {
+            free(x);
+            return NULL;
+        }
+    return x;
+}
+
+/* kind 0: uniform 8-bit pixels; 1: 0.5 * N(0, 1) clipped to [-1, 1], rounded to 8 bits. */
+static float *noise_images(int kind, uint64_t seed, int n, size_t d)
+{
+    float *x = malloc(sizeof(float) * d * (n > 0 ? n : 1));
+    if (!x) {
+        vapo_fail("out of memory for %d images", n);
+        return NULL;
+    }
+    const size_t total = (size_t)n * d;
+    if (kind == 0) {
+        for (size_t i = 0; i < total; i++)
+            x[i] = (float)vapo_rng_below(seed, SCORE_STREAM_NOISE, i, 256) / 127.5f - 1.0f;
+        return x;
+    }
+    vapo_rng_normal(seed, SCORE_STREAM_NOISE + 1, 0, total, x);
+    for (size_t i = 0; i < total; i++) {
+        float v = 0.5f * x[i];
+        v = v < -1 ? -1 : v > 1 ? 1 : v;
+        unsigned char u;
+        vapo_float_to_u8(&v, 1, &u);
+        x[i] = u / 127.5f - 1.0f;
+    }
+    return x;
 }
 
 typedef struct {
@@ -285,7 +300,7 @@ static int cmp_ranked(const void *a, const void *b)
 }
 
 /* P(pos > neg) + P(pos == neg) / 2 by ranks; non-finite energies rank lowest. */
-static double auroc(const float *pos, int np, const float *neg, int nn)
+static double auroc(const double *pos, int np, const double *neg, int nn)
 {
     ranked *r = malloc(sizeof(ranked) * (size_t)(np + nn));
     if (!r)
@@ -316,7 +331,7 @@ typedef struct {
     int finite;
 } stats;
 
-static stats energy_stats(const float *e, int n)
+static stats value_stats(const double *e, int n)
 {
     stats s = {0, 0, INFINITY, -INFINITY, 0};
     double sum = 0, sq = 0;
@@ -355,7 +370,7 @@ static void csv_field(FILE *f, const char *s)
 }
 
 typedef struct {
-    const char *model, *format, *auroc_vs;
+    const char *model, *format, *auroc_vs, *score;
     opt_positionals inputs;
     int summary_only, limit, resize, auroc_n, batch;
     uint64_t auroc_seed;
@@ -373,9 +388,14 @@ static const opt_def table[] = {
     OPT(OPT_FLAG, "--resize", NULL, F(resize), 0, 0, NULL,
         "centre-crop and resize images whose size differs from the model's\n"
         "(default: such an image is an error)"),
+    OPT(OPT_CHOICE, "--score", "S", F(score), 0, 0, NULL,
+        "the OOD score: energy (Phi), complexity (Phi + ln 2 x PNG bits) or\n"
+        "multiscale (a Gaussian mixture over Phi and |grad Phi| at a few noise\n"
+        "levels); default: the model's (its calibration's best)",
+        .choices = "energy|complexity|multiscale"),
     OPT(OPT_STRING, "--auroc-vs", "SET", F(auroc_vs), 0, 0, NULL,
         "also score an out-of-distribution set and print the AUROC (inputs\n"
-        "positive: P(energy of input > energy of SET)). SET is 'uniform'\n"
+        "positive: P(value of input > value of SET)). SET is 'uniform'\n"
         "(uniform 8-bit pixels), 'gaussian' (pixels N(0, 0.5^2) around mid-gray,\n"
         "clipped), or a PNG/folder/idx path"),
     OPT(OPT_INT, "--auroc-n", "N", F(auroc_n), 1, 10000000, NULL,
@@ -392,10 +412,11 @@ static const opt_spec spec = {
     .about = "Energies Phi(x) and out-of-distribution scores of images. INPUT is a PNG file, a\n"
              "folder of PNG files or an idx3-ubyte image file (optionally .gz).",
     .table = table,
-    .footer = "Columns: source, index (image within an idx file, else 0), energy, ood_score\n"
-              "(fraction of the model's calibration energies above this one: 0 typical, 1\n"
-              "below everything seen) and in_distribution (ood_score <= the model's keep\n"
-              "fraction). Without a calibration in the model the last two are empty (null).\n"
+    .footer = "Columns: source, index (image within an idx file, else 0), energy (Phi), value\n"
+              "(of the score: higher = more typical), ood_score (fraction of the model's\n"
+              "calibration values above this one: 0 typical, 1 below everything seen) and\n"
+              "in_distribution (ood_score <= the model's keep fraction). Without a\n"
+              "calibration in the model the last two are empty (null).\n"
               "The summary goes to stderr (stdout with --summary; inside the object for json).\n"
               CLI_PROGRESS_HELP
               "Exit status: 0 ok, 1 failure (model, unreadable or mis-sized image), 2 bad command line.\n",
@@ -407,11 +428,11 @@ int main(int argc, char **argv)
     int status = opt_parse(&spec, argc, argv, &o);
     if (status != OPT_GO)
         return status;
-    const char *model_path = o.model, *auroc_vs = o.auroc_vs, **inputs = o.inputs.v;
+    const char *model_path = o.model, *auroc_vs = o.auroc_vs, **inputs = o.inputs.v, *score_name = o.score;
     const int ninputs = o.inputs.n, format = !strcmp(o.format, "json"), summary_only = o.summary_only;
     const int limit = o.limit, resize = o.resize, quiet = o.tool.quiet, auroc_n = o.auroc_n ? o.auroc_n : 1000;
     const uint64_t auroc_seed = o.auroc_seed;
-    int batch = o.batch;
+    const int batch = o.batch;
     const int noise_kind = !auroc_vs ? -1 : !strcmp(auroc_vs, "uniform") ? 0 : !strcmp(auroc_vs, "gaussian") ? 1 : 2;
 
     /* Read the inputs before loading the model: a typo fails fast. */
@@ -419,8 +440,8 @@ int main(int argc, char **argv)
     int rc = OPT_EXIT_FAILURE;
     vapo_backend *be = NULL;
     vapo_model *m = NULL;
-    float *energy = NULL, *ood_energy = NULL;
-    scorer sc = {0};
+    float *x = NULL, *x_ood = NULL, *energy = NULL, *ood_energy = NULL;
+    double *value = NULL, *ood_value = NULL;
     for (int i = 0; i < ninputs; i++)
         if (add_input(&set, inputs[i])) {
             opt_error("%s", vapo_last_error());
@@ -437,28 +458,41 @@ int main(int argc, char **argv)
 
     if (!(m = cli_model_load(model_path, &o.tool.dev, &be)))
         goto done;
+    vapo_score_kind kind = m->ood.default_score;
+    if (score_name)
+        vapo_score_parse(score_name, &kind); /* checked above */
+    if (!vapo_ood_available(&m->ood, kind)) {
+        opt_error("%s has no %s score (no fitted mixture in its OOD calibration; try --score energy)", model_path,
+                  vapo_score_name(kind));
+        goto done;
+    }
     const size_t d = vapo_net_input_size(m->net);
-    if (batch > (n > n_ood ? n : n_ood))
-        batch = n > n_ood ? n : n_ood;
     energy = malloc(sizeof(float) * n);
     ood_energy = malloc(sizeof(float) * (n_ood ? n_ood : 1));
-    sc = (scorer){.m = m, .batch = batch, .x = malloc(sizeof(float) * d * batch)};
-    if (!energy || !ood_energy || !sc.x) {
+    value = malloc(sizeof(double) * n);
+    ood_value = malloc(sizeof(double) * (n_ood ? n_ood : 1));
+    if (!energy || !ood_energy || !value || !ood_value) {
         opt_error("out of memory for %d images", n);
         goto done;
     }
+    if (!(x = load_set(&set, n, &m->arch, resize)) ||
+        (noise_kind == 2 && !(x_ood = load_set(&ood, n_ood, &m->arch, resize))) ||
+        (noise_kind >= 0 && noise_kind < 2 && !(x_ood = noise_images(noise_kind, auroc_seed, n_ood, d)))) {
+        opt_error("%s", vapo_last_error());
+        goto done;
+    }
     if (!quiet)
-        opt_info("%s: scoring %d image(s) of %dx%dx%d%s on %s", model_path, n, m->arch.in_c, m->arch.in_h,
-                 m->arch.in_w, n_ood ? " and the AUROC set" : "", be->name);
-    if (m->n_calib == 0)
-        opt_warn("%s has no OOD calibration: only energies are reported", model_path);
+        opt_info("%s: scoring %d image(s) of %dx%dx%d%s on %s, score %s", model_path, n, m->arch.in_c, m->arch.in_h,
+                 m->arch.in_w, n_ood ? " and the AUROC set" : "", be->name, vapo_score_name(kind));
+    const int calibrated = m->ood.calib[kind].count > 0;
+    if (!calibrated)
+        opt_warn("%s has no OOD calibration: only energies and values are reported", model_path);
 
     cli_progress prog;
     cli_progress_start(&prog, "scoring", n + n_ood, "images", !quiet);
-    sc.prog = &prog;
-    if (score_set(&sc, &set, n, resize, energy) ||
-        (noise_kind == 2 && score_set(&sc, &ood, n_ood, resize, ood_energy)) ||
-        (noise_kind >= 0 && noise_kind < 2 && score_noise(&sc, noise_kind, auroc_seed, n_ood, ood_energy))) {
+    scorer sc = {.m = m, .kind = kind, .batch = batch, .prog = &prog};
+    if (score_images(&sc, n, x, energy, value) ||
+        (n_ood && score_images(&sc, n_ood, x_ood, ood_energy, ood_value))) {
         cli_progress_finish(&prog);
         opt_error("%s", vapo_last_error());
         goto done;
@@ -466,13 +500,14 @@ int main(int argc, char **argv)
     cli_progress_finish(&prog);
 
     /* ---- report ---- */
-    const int calibrated = m->n_calib > 0;
+    const vapo_ood *cal = &m->ood;
     int n_in = 0;
     for (int i = 0; i < n; i++)
-        n_in += vapo_model_in_distribution(m, energy[i]);
-    const stats st = energy_stats(energy, n);
-    const stats so = energy_stats(ood_energy, n_ood);
-    const double auc = n_ood ? auroc(energy, n, ood_energy, n_ood) : NAN;
+        n_in += vapo_ood_in_distribution(cal, kind, value[i]);
+    const stats st = value_stats(value, n);
+    const stats so = value_stats(ood_value, n_ood);
+    const double auc = n_ood ? auroc(value, n, ood_value, n_ood) : NAN;
+    const char *sname = vapo_score_name(kind);
     char ood_name[600];
     if (noise_kind == 2)
         snprintf(ood_name, sizeof ood_name, "%s", auroc_vs);
@@ -480,61 +515,60 @@ int main(int argc, char **argv)
         snprintf(ood_name, sizeof ood_name, "%s noise (seed %llu)", auroc_vs, (unsigned long long)auroc_seed);
 
     if (format == 1) {
-        json_t *root = json_object();
-        json_object_set_new(root, "model", json_string(model_path));
+        json_t *root = json_pack("{s:s, s:s}", "model", model_path, "score", sname);
         if (!summary_only) {
             json_t *rows = json_array();
             for (int i = 0; i < n; i++) {
-                const item *x = &set.items[i];
-                json_t *row = json_pack("{s:s, s:i, s:o}", "source", x->path, "index", x->index, "energy",
-                                        json_num(energy[i]));
+                const item *it_ = &set.items[i];
+                json_t *row = json_pack("{s:s, s:i, s:o, s:o}", "source", it_->path, "index", it_->index, "energy",
+                                        json_num(energy[i]), "value", json_num(value[i]));
                 json_object_set_new(row, "ood_score",
-                                    calibrated ? json_num(vapo_model_ood_score(m, energy[i])) : json_null());
+                                    calibrated ? json_num(vapo_ood_score(cal, kind, value[i])) : json_null());
                 json_object_set_new(row, "in_distribution",
-                                    calibrated ? json_boolean(vapo_model_in_distribution(m, energy[i])) : json_null());
+                                    calibrated ? json_boolean(vapo_ood_in_distribution(cal, kind, value[i]))
+                                               : json_null());
                 json_array_append_new(rows, row);
             }
             json_object_set_new(root, "images", rows);
         }
-        json_t *sum = json_pack("{s:i, s:o, s:o, s:o, s:o}", "count", n, "energy_mean", json_num(st.mean),
-                                "energy_std", json_num(st.std), "energy_min", json_num(st.min), "energy_max",
-                                json_num(st.max));
+        json_t *sum = json_pack("{s:i, s:s, s:o, s:o, s:o, s:o}", "count", n, "score", sname, "value_mean",
+                                json_num(st.mean), "value_std", json_num(st.std), "value_min", json_num(st.min),
+                                "value_max", json_num(st.max));
         json_object_set_new(sum, "in_distribution_fraction",
                             calibrated ? json_num((double)n_in / n) : json_null());
         if (n_ood)
             json_object_set_new(sum, "auroc",
                                 json_pack("{s:s, s:i, s:o, s:o, s:o, s:s}", "vs", ood_name, "count", n_ood, "value",
-                                          json_num(auc), "ood_energy_mean", json_num(so.mean), "ood_energy_std",
-                                          json_num(so.std), "positive", "inputs (higher energy = in distribution)"));
+                                          json_num(auc), "ood_value_mean", json_num(so.mean), "ood_value_std",
+                                          json_num(so.std), "positive", "inputs (higher value = in distribution)"));
         json_object_set_new(root, "summary", sum);
         if (json_dumpf(root, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(9)) == 0)
             fputc('\n', stdout);
         json_decref(root);
     } else {
         if (!summary_only) {
-            printf("source,index,energy,ood_score,in_distribution\n");
+            printf("source,index,energy,value,ood_score,in_distribution\n");
             for (int i = 0; i < n; i++) {
                 csv_field(stdout, set.items[i].path);
-                printf(",%d,%.9g,", set.items[i].index, energy[i]);
+                printf(",%d,%.9g,%.9g,", set.items[i].index, energy[i], value[i]);
                 if (calibrated)
-                    printf("%.6f,%d\n", vapo_model_ood_score(m, energy[i]),
-                           vapo_model_in_distribution(m, energy[i]));
+                    printf("%.6f,%d\n", vapo_ood_score(cal, kind, value[i]), vapo_ood_in_distribution(cal, kind, value[i]));
                 else
                     printf(",\n");
             }
         }
         FILE *sf = summary_only ? stdout : stderr;
         const char *pre = summary_only ? "" : "vapo-score: ";
-        fprintf(sf, "%s%d image(s): energy mean %.6g, std %.6g, min %.6g, max %.6g", pre, n, st.mean, st.std, st.min,
-                st.max);
+        fprintf(sf, "%s%d image(s), score %s: value mean %.6g, std %.6g, min %.6g, max %.6g", pre, n, sname, st.mean,
+                st.std, st.min, st.max);
         if (calibrated)
-            fprintf(sf, "; %.1f%% in distribution (keep %.3g)", 100.0 * n_in / n, m->ood_keep);
+            fprintf(sf, "; %.1f%% in distribution (keep %.3g)", 100.0 * n_in / n, cal->keep);
         fputc('\n', sf);
         if (n_ood)
             fprintf(sf,
-                    "%sAUROC %.4f: inputs (positive, higher energy) vs %d image(s) of %s (energy mean %.6g, std "
+                    "%sAUROC %.4f (%s): inputs (positive, higher value) vs %d image(s) of %s (value mean %.6g, std "
                     "%.6g)\n",
-                    pre, auc, n_ood, ood_name, so.mean, so.std);
+                    pre, auc, sname, n_ood, ood_name, so.mean, so.std);
     }
     if (fflush(stdout) != 0 || ferror(stdout)) {
         opt_error("cannot write the results to stdout");
@@ -542,7 +576,7 @@ int main(int argc, char **argv)
     }
     rc = 0;
 done:
-    free(sc.x), free(energy), free(ood_energy);
+    free(x), free(x_ood), free(energy), free(ood_energy), free(value), free(ood_value);
     set_free(&set);
     set_free(&ood);
     vapo_model_free(m);

@@ -17,6 +17,7 @@
 #include "trainer/dist.h"
 #include "trainer/optim.h"
 #include "trainer/options.h"
+#include "trainer/quality.h"
 #include "vapo/ckpt.h"
 #include "vapo/dataset.h"
 #include "vapo/error.h"
@@ -44,6 +45,11 @@ typedef struct {
     long step, step0; /* steps done, at the start of this process */
     FILE *log;
     cli_progress progress; /* the step line on stderr */
+    /* --select fd: the judge, the test images' features, the best EMA weights so far */
+    judge *judge;
+    double *ref_features, best_fd;
+    float *best_params;
+    long best_step;
 } run;
 
 static void out_path(const run *r, char *buf, size_t size, const char *name)
@@ -252,33 +258,163 @@ static int write_grid(run *r, const char *name)
     return rc;
 }
 
+/* n images of ds from `first` (host, NCHW floats), or NULL. */
+static float *read_images(const vapo_dataset *ds, int first, int n, int d)
+{
+    float *x = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1) * d);
+    if (!x)
+        vapo_fail("out of memory for %d images", n);
+    else if (n > 0 && vapo_dataset_get(ds, first, n, x, NULL))
+        free(x), x = NULL;
+    return x;
+}
+
+/* The OOD scores' calibration (vapo_model_calibrate) of m for the dataset
+ * spec: the mixture on its last n training images, the quantiles on its
+ * first n test images (without a test split, on the n training images
+ * before those). */
+static int calibrate_model(vapo_model *m, const char *spec, int n)
+{
+    vapo_dataset *train = NULL, *test = NULL;
+    const vapo_arch *a = &m->arch;
+    const int d = (int)vapo_net_input_size(m->net);
+    if (vapo_dataset_open(spec, "train", a->in_c, a->in_h, a->in_w, &train))
+        return -1;
+    if (vapo_dataset_open(spec, "test", a->in_c, a->in_h, a->in_w, &test)) {
+        opt_info("no test split for the OOD calibration (%s); using held-out training images", vapo_last_error());
+        test = NULL;
+    }
+    const int n_fit = n < train->n / 2 ? n : train->n / 2;
+    const int n_cal = test ? (n < test->n ? n : test->n) : n_fit;
+    float *fit = read_images(train, train->n - n_fit, n_fit, d);
+    float *cal = test ? read_images(test, 0, n_cal, d) : read_images(train, train->n - 2 * n_fit, n_cal, d);
+    int rc = fit && cal ? vapo_model_calibrate(m, fit, n_fit, cal, n_cal, 64) : -1;
+    for (int k = 0; !rc && k < VAPO_SCORE_KINDS; k++) {
+        const float *q = m->ood.calib[k].q;
+        if (m->ood.calib[k].count == 0) {
+            opt_info("no %s score: %d training images are too few for its mixture", vapo_score_name((vapo_score_kind)k),
+                     n_fit);
+            continue;
+        }
+        opt_info("OOD calibration (%s) on %d held-out images: 5%% %.4g, median %.4g, 95%% %.4g",
+                 vapo_score_name((vapo_score_kind)k), n_cal, q[50], q[500], q[950]);
+    }
+    free(fit), free(cal);
+    vapo_dataset_free(train);
+    vapo_dataset_free(test);
+    return rc;
+}
+
 static int calibrate(run *r)
 {
-    vapo_dataset *test = NULL;
-    const vapo_arch *a = &r->ema->arch;
-    if (vapo_dataset_open(r->o.data, "test", a->in_c, a->in_h, a->in_w, &test)) {
-        fprintf(stderr, "vapo-train: no test split for the OOD calibration (%s); using held-out training images\n",
-                vapo_last_error());
-        test = r->data;
-    }
     sync_ema(r);
-    const int n = r->o.calib < test->n ? r->o.calib : test->n, chunk = 64, d = (int)vapo_net_input_size(r->net);
-    float *x = malloc(sizeof(float) * chunk * d), *e = malloc(sizeof(float) * (n > 0 ? n : 1));
-    int rc = x && e ? 0 : vapo_fail("out of memory");
-    for (int i = 0; !rc && i < n; i += chunk) {
-        int c = n - i < chunk ? n - i : chunk;
-        rc = vapo_dataset_get(test, test == r->data ? test->n - n + i : i, c, x, NULL) ||
-             vapo_model_energy(r->ema, c, x, e + i);
+    return calibrate_model(r->ema, r->o.data, r->o.calib);
+}
+
+/* --recalibrate FILE: the calibration of an existing checkpoint, redone in
+ * place with today's scores; weights, trainer state and other metadata kept. */
+static int recalibrate(const train_options *o)
+{
+    vapo_backend *be = vapo_backend_open(o->dev.device, o->dev.threads);
+    vapo_ckpt *ck = be ? vapo_ckpt_load(o->recalibrate) : NULL;
+    vapo_model *m = ck ? vapo_model_load(o->recalibrate, be) : NULL;
+    int rc = m ? calibrate_model(m, o->data, o->calib) : -1;
+    if (!rc) {
+        vapo_tensor_ref *extra = calloc(vapo_ckpt_count(ck) + 1, sizeof *extra);
+        int n = 0;
+        for (int i = 0; extra && i < vapo_ckpt_count(ck); i++)
+            if (!strncmp(vapo_ckpt_tensor(ck, i)->name, "train/", 6))
+                extra[n++] = *vapo_ckpt_tensor(ck, i);
+        rc = extra ? vapo_model_save(o->recalibrate, m, extra, n) : vapo_fail("out of memory");
+        free(extra);
     }
     if (!rc)
-        rc = vapo_model_calibrate(r->ema, e, n);
-    if (!rc)
-        fprintf(stderr, "vapo-train: OOD calibration on %d held-out images: energy 5%% %.4g, median %.4g, 95%% %.4g\n",
-                n, r->ema->quantiles[50], r->ema->quantiles[500], r->ema->quantiles[950]);
-    free(x), free(e);
-    if (test != r->data)
-        vapo_dataset_free(test);
+        opt_info("recalibrated %s (default score %s)", o->recalibrate, vapo_score_name(m->ood.default_score));
+    vapo_model_free(m);
+    vapo_ckpt_free(ck);
+    if (be)
+        be->destroy(be);
     return rc;
+}
+
+/* ---- checkpoint selection by FD (--select fd) ------------------------------------- */
+
+static int select_init(run *r)
+{
+    const vapo_arch *a = &r->ema->arch;
+    vapo_dataset *test = NULL;
+    const int n = r->o.select_n, d = (int)vapo_net_input_size(r->net);
+    if (a->in_c != 1 || a->in_h != 28 || a->in_w != 28)
+        return vapo_fail("--select fd needs 1x28x28 images (its judge is Fashion-MNIST's), not %dx%dx%d", a->in_c,
+                         a->in_h, a->in_w);
+    if (!(r->judge = judge_load(r->o.judge)))
+        return vapo_fail("--select fd: the judge: %s", vapo_last_error());
+    if (vapo_dataset_open(r->o.data, "test", 1, 28, 28, &test))
+        return -1;
+    float *x = test->n >= n ? read_images(test, 0, n, d) : NULL;
+    r->ref_features = malloc(sizeof(double) * n * JUDGE_FEATURES);
+    r->best_params = malloc(sizeof(float) * r->opt.n);
+    int rc = x && r->ref_features && r->best_params ? judge_features(r->judge, n, x, r->ref_features)
+                                                    : vapo_fail("--select-n %d: too many test images or out of memory", n);
+    r->best_fd = INFINITY, r->best_step = -1;
+    free(x);
+    vapo_dataset_free(test);
+    return rc;
+}
+
+/* FD of --select-n samples (seed 1000, the grids' solver settings, rounded to 8
+ * bits as a PNG stores them) of the EMA weights; keeps them if the best. */
+static int select_eval(run *r)
+{
+    const int n = r->o.select_n, d = (int)vapo_net_input_size(r->net);
+    float *x = malloc(sizeof(float) * (size_t)n * d);
+    double *f = malloc(sizeof(double) * n * JUDGE_FEATURES), t0 = cli_now();
+    int rc = x && f ? 0 : vapo_fail("out of memory");
+    sync_ema(r);
+    vapo_ode_config cfg = r->ema->sampling;
+    cfg.rtol = cfg.atol = r->o.sample_tol;
+    if (!rc) {
+        vapo_model_noise(r->ema, 1000, 0, n, x);
+        rc = vapo_model_sample(r->ema, &cfg, n, x, NULL, NULL, progress_dot, NULL);
+    }
+    if (!rc) {
+        for (size_t i = 0; i < (size_t)n * d; i++) {
+            unsigned char u;
+            vapo_float_to_u8(x + i, 1, &u);
+            x[i] = u / 127.5f - 1.0f;
+        }
+        rc = judge_features(r->judge, n, x, f);
+    }
+    if (!rc) {
+        const double fd = frechet_distance(f, n, r->ref_features, n, JUDGE_FEATURES);
+        const int best = fd < r->best_fd;
+        if (best) {
+            r->best_fd = fd, r->best_step = r->step;
+            r->be->download(r->be, r->best_params, r->opt.ema, sizeof(float) * r->opt.n);
+        }
+        opt_info("FD %.3f at step %ld (%d samples, %.0f s)%s", fd, r->step, n, cli_now() - t0,
+                 best ? ", the best so far" : "");
+        if (r->log) {
+            fprintf(r->log, "{\"step\": %ld, \"fd\": %.6g, \"fd_n\": %d}\n", r->step, fd, n);
+            fflush(r->log);
+        }
+    }
+    free(x), free(f);
+    return rc;
+}
+
+/* The best weights become the EMA weights that the final grid, calibration
+ * and model.safetensors use; the metadata says which step they are. */
+static int select_apply(run *r)
+{
+    if (!r->judge || (r->best_step != r->step && select_eval(r)))
+        return r->judge ? -1 : 0;
+    r->be->upload(r->be, r->opt.ema, r->best_params, sizeof(float) * r->opt.n);
+    json_object_set_new(r->ema->meta, "select",
+                        json_pack("{s:s, s:I, s:f, s:i}", "by", "fd", "step", (json_int_t)r->best_step, "fd",
+                                  r->best_fd, "n", r->o.select_n));
+    opt_info("model.safetensors holds the EMA weights of step %ld (FD %.3f)", r->best_step, r->best_fd);
+    return 0;
 }
 
 /* ---- the loop ------------------------------------------------------------------ */
@@ -359,7 +495,7 @@ static int train_loop(run *r)
             char name[64];
             cli_progress_break(&r->progress);
             snprintf(name, sizeof name, "samples-%08ld.png", r->step);
-            if (write_grid(r, name))
+            if (write_grid(r, name) || (r->judge && select_eval(r)))
                 return -1;
         }
     }
@@ -536,11 +672,14 @@ static int build_model(run *r, const vapo_arch *arch)
     return resume ? load_resume_tensors(r, r->o.resume) : 0;
 }
 
-/* Rank 0's metrics log (continued from the resumed step) and the run's summary. */
+/* Rank 0's metrics log (continued from the resumed step), the run's summary
+ * and, with --select fd, the judge's view of the test images. */
 static int open_log(run *r, const vapo_arch *arch)
 {
     if (r->world.rank > 0)
         return 0;
+    if (!strcmp(r->o.select, "fd") && select_init(r))
+        return -1;
     char path[1024];
     out_path(r, path, sizeof path, "metrics.jsonl");
     if (r->step > 0)
@@ -574,7 +713,8 @@ static int finish_run(run *r)
     /* The last steps first: sampling the grid and calibrating can fail (a
      * diverged model at max NFE, a full disk), and that must not lose up to
      * save_every - 1 steps. */
-    if ((r->step % r->o.save_every != 0 && save_step_checkpoint(r)) || write_grid(r, "samples.png") || calibrate(r))
+    if ((r->step % r->o.save_every != 0 && save_step_checkpoint(r)) || select_apply(r) ||
+        write_grid(r, "samples.png") || calibrate(r))
         return -1;
     out_path(r, path, sizeof path, "model.safetensors");
     if (save_checkpoint(r, path))
@@ -594,6 +734,8 @@ static void teardown(run *r)
     free(r->batch), free(r->terms), free(r->grad_host);
     vapo_model_free(r->ema);
     vapo_net_free(r->net);
+    judge_free(r->judge);
+    free(r->ref_features), free(r->best_params);
     vapo_loader_free(r->loader);
     vapo_dataset_free(r->data);
     if (r->be)
@@ -611,6 +753,8 @@ int main(int argc, char **argv)
     if (dist_init(&argc, &argv, &r.world))
         return opt_error("%s", vapo_last_error());
     int status = train_options_parse(&r.o, argc, argv);
+    if (status == OPT_GO && r.o.recalibrate) /* no training */
+        status = recalibrate(&r.o) ? opt_error("%s", vapo_last_error()) : 0;
     if (status == OPT_GO && r.o.resume)
         status = resume_options(&r, argc, argv);
     if (status != OPT_GO) {

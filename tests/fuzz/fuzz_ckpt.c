@@ -58,6 +58,28 @@ static void read_back(const vapo_ckpt *ck)
     free(meta);
 }
 
+/* A loaded model's OOD calibration in use: every score it has on a small
+ * batch, its quantile lookup and metadata written out again. */
+static void use_ood(vapo_model *m)
+{
+    const size_t d = vapo_net_input_size(m->net);
+    if (d > 4096)
+        return;
+    float x[2 * 4096];
+    for (size_t i = 0; i < 2 * d; i++)
+        x[i] = (float)((i * 37) % 200) / 100.0f - 1.0f;
+    for (int k = 0; k < VAPO_SCORE_KINDS; k++) {
+        double v[2];
+        if (!vapo_ood_available(&m->ood, (vapo_score_kind)k) || vapo_model_score(m, (vapo_score_kind)k, 2, x, 2, v))
+            continue;
+        for (int i = 0; i < 2; i++) {
+            double s = vapo_ood_score(&m->ood, (vapo_score_kind)k, v[i]);
+            check(s >= 0 && s <= 1, "ood_score outside [0, 1]");
+        }
+    }
+    json_decref(vapo_model_metadata(m));
+}
+
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
     check(ftruncate(fd, 0) == 0 && pwrite(fd, data, size, 0) == (ssize_t)size, "cannot write the memfd");
@@ -67,6 +89,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     read_back(ck);
     vapo_ckpt_free(ck);
     vapo_model *m = vapo_model_load(path, be);
+    if (m)
+        use_ood(m);
     vapo_model_free(m);
     return 0;
 }

@@ -92,6 +92,9 @@ def main():
         "dataurl.json": json.dumps({"images": ["data:image/png;base64," + b64png, b64png]}),
         "body.png": gray28(3),
         "rgb.json": json.dumps({"images": [base64.b64encode(pngs()["rgb.png"]).decode()]}),
+        "score.json": json.dumps({"images": [b64png, b64png], "score": "multiscale"}),
+        "complexity.json": json.dumps({"images": [b64png], "score": "complexity"}),
+        "energy.json": json.dumps({"images": [b64png], "score": "energy"}),
     })
     write("png", pngs())
     write("b64", {

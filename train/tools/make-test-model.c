@@ -7,9 +7,10 @@
  * scales (parameters named "...scale", zero after init) are set to V so that
  * the residual blocks contribute and the field grad Phi is non-trivial.
  * Sampling defaults: rk45, t_end 1.5, rtol = atol = 1e-3. The OOD calibration
- * uses the energies of N samples of this very model (seed 1000, pushed through
- * the ODE and rounded to 8 bits as a PNG would store them), so its own
- * samples score as in distribution and flat noise mostly does not. */
+ * (every score) uses samples of this very model (pushed through the ODE and
+ * rounded to 8 bits as a PNG would store them): the multiscale mixture is
+ * fitted on 256 of seed 2000 and the quantiles come from N of seed 1000, so
+ * its own samples score as in distribution and flat noise mostly does not. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -21,28 +22,35 @@
 #include "vapo/image.h"
 #include "vapo/model.h"
 
-static int calibrate(vapo_model *m, int n)
+/* n samples of the model from `seed`, rounded to 8 bits as a PNG stores them. */
+static float *samples(vapo_model *m, uint64_t seed, int n)
 {
     const int d = (int)vapo_net_input_size(m->net);
     float *x = malloc(sizeof(float) * (size_t)n * d);
     unsigned char *u8 = malloc((size_t)n * d);
-    float *phi = malloc(sizeof(float) * n);
-    int rc = -1;
-    if (!x || !u8 || !phi) {
-        vapo_fail("out of memory");
-        goto done;
+    int rc = x && u8 ? 0 : vapo_fail("out of memory");
+    if (!rc) {
+        vapo_model_noise(m, seed, 0, n, x);
+        rc = vapo_model_sample(m, &m->sampling, n, x, NULL, NULL, NULL, NULL);
     }
-    vapo_model_noise(m, 1000, 0, n, x);
-    if (vapo_model_sample(m, &m->sampling, n, x, NULL, NULL, NULL, NULL))
-        goto done;
-    vapo_float_to_u8(x, (size_t)n * d, u8);
-    for (size_t i = 0; i < (size_t)n * d; i++)
-        x[i] = u8[i] / 127.5f - 1.0f;
-    if (vapo_model_energy(m, n, x, phi) || vapo_model_calibrate(m, phi, n))
-        goto done;
-    rc = 0;
-done:
-    free(x), free(u8), free(phi);
+    if (!rc) {
+        vapo_float_to_u8(x, (size_t)n * d, u8);
+        for (size_t i = 0; i < (size_t)n * d; i++)
+            x[i] = u8[i] / 127.5f - 1.0f;
+    }
+    free(u8);
+    if (rc)
+        free(x);
+    return rc ? NULL : x;
+}
+
+/* The mixture on FIT_SAMPLES samples of seed 2000, the quantiles on n of seed 1000. */
+enum { FIT_SAMPLES = 256 };
+static int calibrate(vapo_model *m, int n)
+{
+    float *fit = samples(m, 2000, FIT_SAMPLES), *cal = fit ? samples(m, 1000, n) : NULL;
+    int rc = cal ? vapo_model_calibrate(m, fit, FIT_SAMPLES, cal, n, 256) : -1;
+    free(fit), free(cal);
     return rc;
 }
 
@@ -113,8 +121,8 @@ int main(int argc, char **argv)
     else if (vapo_model_save(out, m, NULL, 0))
         rc = opt_error("cannot save '%s': %s", out, vapo_last_error());
     else
-        printf("wrote %s (%s, seed %llu, ReZero scales %g, %d calibration energies)\n", out, preset,
-               (unsigned long long)seed, scale, m->n_calib);
+        printf("wrote %s (%s, seed %llu, ReZero scales %g, %d calibration images)\n", out, preset,
+               (unsigned long long)seed, scale, m->ood.calib[VAPO_SCORE_ENERGY].count);
     vapo_model_free(m);
     be->destroy(be);
     opt_release();

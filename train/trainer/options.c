@@ -75,7 +75,20 @@ static const opt_def table[] = {
         "RK45 rtol = atol for the grids during training, stored as the sampling\n"
         "default"),
     OPT(OPT_DOUBLE, "--t-end", "T", F(t_end), 1e-9, 1e6, "1.5", "ODE end time stored as the sampling default"),
-    OPT(OPT_INT, "--calib", "N", F(calib), 0, 1 << 30, "2000", "held-out images for the OOD energy calibration"),
+    OPT(OPT_INT, "--calib", "N", F(calib), 0, 1 << 30, "2000",
+        "held-out images for the OOD calibration: the last N training images fit\n"
+        "the multiscale score's mixture, the first N test images give every\n"
+        "score's quantiles"),
+    OPT(OPT_STRING, "--select", "WHAT", F(select), 0, 0, "none",
+        "none, or fd: at every grid and at the end, the FD of --select-n samples\n"
+        "to as many test images in the judge's features; model.safetensors gets\n"
+        "the EMA weights with the lowest"),
+    OPT(OPT_INT, "--select-n", "N", F(select_n), 2, 1000000, "500", "samples per FD of --select fd"),
+    OPT(OPT_STRING, "--judge", "FILE", F(judge), 0, 0, "models/fmnist-judge.safetensors",
+        "the judge's weights for --select fd (Fashion-MNIST, bench/judge.py)", .nosave = 1),
+    OPT(OPT_STRING, "--recalibrate", "FILE", F(recalibrate), 0, 0, NULL,
+        "no training: redo the OOD calibration of this checkpoint in place\n"
+        "(--data, --calib), keeping its weights and state", .nosave = 1),
     OPT_TABLE_END};
 
 static const opt_spec spec = {
@@ -154,6 +167,8 @@ static int finish(train_options *o)
         return opt_fail("--anchor takes on, off or auto, got '%s'", o->anchor);
     if (!strcmp(o->anchor, "on") && o->kappa == 0)
         return opt_fail("--anchor on centres the quadratic: it needs --quadratic > 0");
+    if (strcmp(o->select, "none") && strcmp(o->select, "fd"))
+        return opt_fail("--select takes none or fd, got '%s'", o->select);
     return 0;
 }
 

@@ -30,6 +30,9 @@ typedef struct {
     double kappa;
     vapo_act head;
     double sample_tol, t_end;
+    const char *recalibrate;    /* a checkpoint whose OOD calibration to redo (no training) */
+    const char *select, *judge; /* checkpoint selection: none or fd; the judge's weights */
+    int select_n;               /* samples per FD */
 } train_options;
 
 /* The defaults, then --config FILE, then the command line. OPT_GO to go on,

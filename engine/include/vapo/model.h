@@ -21,8 +21,7 @@
 #include "vapo/loss.h"
 #include "vapo/net.h"
 #include "vapo/ode.h"
-
-#define VAPO_OOD_QUANTILES 1001
+#include "vapo/ood.h"
 
 typedef struct {
     vapo_net *net;
@@ -31,12 +30,9 @@ typedef struct {
     vapo_ode_config sampling; /* defaults for generation */
     long long step;           /* training step of the weights */
     char dataset[128];
-    /* OOD calibration: energy quantiles of held-out in-distribution data,
-     * q[i] = quantile i/(VAPO_OOD_QUANTILES-1); absent when n_calib == 0. */
-    int n_calib;
-    float quantiles[VAPO_OOD_QUANTILES];
-    double ood_keep; /* fraction of in-distribution data kept by the threshold (0.95) */
-    json_t *meta;    /* the full "vapo" metadata object */
+    vapo_ood ood; /* OOD scores' calibration (vapo/ood.h); nothing calibrated when
+                   * ood.calib[VAPO_SCORE_ENERGY].count == 0 */
+    json_t *meta; /* the full "vapo" metadata object */
 
     /* scratch for batched evaluation on the backend */
     int cap;
@@ -87,14 +83,21 @@ int vapo_model_sample(vapo_model *m, const vapo_ode_config *cfg, int n, float *x
 /* Initial noise of samples first..first+n-1 for `seed` (host, n*d floats). */
 void vapo_model_noise(const vapo_model *m, uint64_t seed, int first, int n, float *x);
 
-/* OOD score of an energy: the fraction of in-distribution calibration
- * energies above it (0 typical or better, 1 below everything seen). The
- * threshold rule: in distribution iff score <= ood_keep, i.e. the energy is
- * at least the (1 - ood_keep) quantile of in-distribution energies. */
-double vapo_model_ood_score(const vapo_model *m, double energy);
-int vapo_model_in_distribution(const vapo_model *m, double energy);
+/* Values of OOD score k (vapo/ood.h: higher = more typical) of n host
+ * images, in batches of at most `batch` rows; each value depends on its image
+ * alone. The multiscale score needs a fitted mixture (vapo_ood_available),
+ * except through vapo_model_ms_features, which gives the features it uses
+ * (vapo_ood_ms_dim per image) with the levels set in m->ood.ms. */
+int vapo_model_score(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, double *value);
+int vapo_model_ms_features(vapo_model *m, int n, const float *x, int batch, double *features);
 
-/* Fills the calibration from energies of held-out in-distribution data. */
-int vapo_model_calibrate(vapo_model *m, const float *energies, int n);
+/* The OOD calibration at the end of training: fits the multiscale mixture
+ * (vapo_ood_ms_defaults' levels, VAPO_MS_COMPONENTS components) on n_fit
+ * held-out training images, then stores every score's quantiles over n_cal
+ * other held-out images, and makes the multiscale score the default. With
+ * fewer than 4 x components x features fit images (a toy dataset) there is
+ * no mixture: energy and complexity are calibrated, energy the default. */
+#define VAPO_MS_COMPONENTS 4
+int vapo_model_calibrate(vapo_model *m, const float *fit, int n_fit, const float *cal, int n_cal, int batch);
 
 #endif

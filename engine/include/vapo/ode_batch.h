@@ -42,12 +42,14 @@ vapo_pool *vapo_pool_create(vapo_backend *be, int dim, vapo_pool_eval_fn eval, v
 void vapo_pool_free(vapo_pool *p);
 
 enum {
-    VAPO_POOL_ENERGY = 1, /* ode trajectory: also evaluate the energy of its final state (one more row) */
-    VAPO_POOL_DEVICE = 2, /* x0 is backend memory (else host) */
+    VAPO_POOL_ENERGY = 1,   /* ode trajectory: also evaluate the energy of its final state (one more row) */
+    VAPO_POOL_DEVICE = 2,   /* x0 is backend memory (else host) */
+    VAPO_POOL_GRADNORM = 4, /* energy row: evaluate the gradient too and report |grad Phi| (an OOD score's row) */
 };
 
 /* Adds a row starting at x0 (dim floats, copied): a trajectory of cfg, or
- * with cfg NULL an energy-only row (one evaluation, no gradient). Returns the
+ * with cfg NULL an energy-only row (one evaluation, no gradient unless
+ * VAPO_POOL_GRADNORM). Returns the
  * row's id (>= 0), or -1 on a bad config or out of memory (vapo_last_error). */
 int vapo_pool_add(vapo_pool *p, const vapo_ode_config *cfg, const float *x0, int flags);
 
@@ -69,6 +71,7 @@ typedef struct {
     int nfe;                  /* ODE evaluations (the final energy's not counted) */
     int steps, rejected;      /* accepted and rejected steps */
     float phi;                /* energy of the final state (VAPO_POOL_ENERGY) or of the energy row */
+    float gnorm;              /* |grad Phi| of an energy row added with VAPO_POOL_GRADNORM (else 0) */
 } vapo_pool_result;
 
 /* Takes a finished or failed row out: x (dim floats, host; may be NULL) gets

@@ -19,6 +19,8 @@ enum {
     VAPO_STREAM_SAMPLE_NOISE = 1, /* initial ODE noise: stream base + sample index */
     VAPO_STREAM_INIT = 1u << 20,  /* parameter initialisation */
     VAPO_STREAM_TRAIN = 1u << 21, /* training: times, noises, flips, shuffles */
+    /* 1u << 22: vapo-score's noise images */
+    VAPO_STREAM_OOD_NOISE = 1u << 23, /* the multiscale OOD score's fixed noise directions */
 };
 
 #endif

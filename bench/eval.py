@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Evaluation of a Fashion-MNIST vapo model: sample quality and OOD detection.
 
-    eval.py MODEL [-n 1000] [--fd-n 1000] [--out DIR] [--threads 2] [--skip-fd] [--write-quality]
+    eval.py MODEL [-n 1000] [--fd-n 1000] [--out DIR] [--threads 1] [--skip-fd] [--skip-ood] [--write-quality]
 
 Drives the C tools (vapo-score, vapo-sample, vapo-interpolate from build/)
 and writes DIR/report.md, DIR/report.json and PNG figures:
@@ -17,9 +17,10 @@ and writes DIR/report.md, DIR/report.json and PNG figures:
   - figures: value histograms (train, test, each OOD set) per score, the
     nearest training images of 16 samples (a memorisation check), the
     interpolation grid.
---write-quality stores the FD and the AUROC table in MODEL's metadata
-(vapo.quality, shown by vapo-serve's /v1/model and page); weights and the
-rest of the header stay byte for byte.
+--write-quality stores what was measured (the FD, the AUROC table) in MODEL's
+metadata (vapo.quality, shown by vapo-serve's /v1/model and page; a part not
+measured this time is kept); weights and the rest of the header stay byte for
+byte.
 Cost on the 2-core development machine (one thread): about 3 minutes of CPU per
 score pass over the 12 x 1,000 images (multiscale: four gradient evaluations
 per image), 1,000 samples for the FD about 10 minutes."""
@@ -217,9 +218,9 @@ def markdown(rep):
                   f"images at the same N, {f['fd_floor']:.2f}); judge confidence {f['confidence']:.3f} (test images "
                   f"{f['confidence_test']:.3f}), Inception-style score {f['is']:.2f} (test images "
                   f"{f['is_test']:.2f}).", ""]
-    t = rep["ood"]
-    names = list(next(iter(t.values())))
-    for metric, label in (("auroc", "AUROC"), ("aupr", "AUPR (OOD positive)"), ("fpr95", "FPR at 95% TPR")):
+    t = rep.get("ood", {})
+    names = list(next(iter(t.values()))) if t else []
+    for metric, label in () if not t else (("auroc", "AUROC"), ("aupr", "AUPR (OOD positive)"), ("fpr95", "FPR at 95% TPR")):
         lines += [f"{label}, {rep['n']} test images vs {rep['n']} of each set:", "",
                   "| score | " + " | ".join(names) + " | mean | min |" if metric != "fpr95" else
                   "| score | " + " | ".join(names) + " | mean | max |",
@@ -239,9 +240,11 @@ def write_quality(model, rep):
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
     meta = json.loads(header["__metadata__"]["vapo"])
-    q = {"ood_n": rep["n"], "ood_auroc": {s: {k: round(v["auroc"], 4) for k, v in row.items()}
-                                           for s, row in rep["ood"].items()},
-         "measured_by": "bench/eval.py"}
+    q = meta.get("quality", {})
+    q["measured_by"] = "bench/eval.py"
+    if "ood" in rep:
+        q["ood_n"] = rep["n"]
+        q["ood_auroc"] = {s: {k: round(v["auroc"], 4) for k, v in row.items()} for s, row in rep["ood"].items()}
     if "fd" in rep:
         q.update({k: round(v, 4) if isinstance(v, float) else v for k, v in rep["fd"].items()})
         q["fd_n"] = q.pop("n")
@@ -264,15 +267,17 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--build", default=os.path.join(ROOT, "build"))
     p.add_argument("--skip-fd", action="store_true", help="no sampling: the OOD report only")
+    p.add_argument("--skip-ood", action="store_true", help="the FD and figures of samples only")
     p.add_argument("--write-quality", action="store_true", help="store the results in MODEL's metadata")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rep = {"model": a.model, "n": a.n}
     with tempfile.TemporaryDirectory() as tmp:
-        rep["ood"], values = ood_report(a, tmp)
-        for score in SCORES:
-            histograms(os.path.join(a.out, f"hist-{score}.png"), values[score])
-        rep["histogram_rows"] = list(values["energy"])
+        if not a.skip_ood:
+            rep["ood"], values = ood_report(a, tmp)
+            for score in SCORES:
+                histograms(os.path.join(a.out, f"hist-{score}.png"), values[score])
+            rep["histogram_rows"] = list(values["energy"])
         if not a.skip_fd:
             rep["fd"], s = fd_report(a, tmp)
             train = ood_sets.read_idx(os.path.join(ood_sets.DATA, "train-images-idx3-ubyte.gz"))
@@ -283,7 +288,7 @@ def main():
     md = markdown(rep)
     with open(os.path.join(a.out, "report.md"), "w") as f:
         f.write(f"# Evaluation of {a.model}\n\n{md}\nFigures: hist-<score>.png (rows: "
-                f"{', '.join(rep['histogram_rows'])}), neighbours.png, interpolation.png\n")
+                f"{', '.join(rep.get('histogram_rows', []))}), neighbours.png, interpolation.png\n")
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(rep, f, indent=1)
     print(md)

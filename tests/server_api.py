@@ -164,8 +164,8 @@ check(status == 200, f"an RGB 8x8 image is converted to gray: {status} {data[:20
 status, h, data = call("POST", "/energy", imgs[0], {"Content-Type": "image/png"})
 check(status == 200 and same_result(json.loads(data)["results"][0], res3[0]), "the same image as PNG body or in JSON")
 
-# the OOD scores: the default is the checkpoint's (multiscale), each selectable; the values agree with
-# vapo-score's (the same engine code), energy's value is the energy, and a value does not depend on the batch
+# the OOD scores: the default is the checkpoint's (multiscale), each selectable; energy's value is the
+# energy, and a value does not depend on the batch
 check(info["ood"].get("default_score") == "multiscale" and
       info["ood"].get("scores") == ["energy", "complexity", "multiscale"], f"/v1/model ood: {info.get('ood')}")
 check(json.loads(data)["score"] == "multiscale", f"the default score: {data[:200]!r}")

@@ -363,6 +363,44 @@ static void test_model_cpu(vapo_backend *cpu, const float *params, size_t np)
     vapo_model_free(m);
 }
 
+/* (e) Energy rows with VAPO_POOL_GRADNORM (the OOD scores' rows): phi and
+ * |grad Phi| as the model computes them, next to plain energy rows and a
+ * trajectory, and the same value whatever the row's company. */
+static void test_gradnorm(vapo_backend *cpu, const float *params, size_t np)
+{
+    vapo_model *m = tiny_model(cpu, params, np);
+    const int d = (int)vapo_net_input_size(m->net);
+    float *x = malloc(sizeof(float) * 3 * d), *g = malloc(sizeof(float) * 3 * d), phi[3];
+    vapo_model_noise(m, 4, 0, 3, x);
+    CHECK(!vapo_model_energy_grad(m, 3, x, phi, g), "model: %s", vapo_last_error());
+    struct vapo_pool *pool = vapo_model_pool(m);
+    vapo_ode_config c = method_config(VAPO_ODE_RK4, 5);
+    const int traj = vapo_pool_add(pool, &c, x, VAPO_POOL_ENERGY);
+    const int plain = vapo_pool_add(pool, NULL, x + d, 0);
+    const int a = vapo_pool_add(pool, NULL, x + d, VAPO_POOL_GRADNORM);
+    CHECK(vapo_pool_wants(pool, plain) == 1 && vapo_pool_wants(pool, a) == 2, "wants: plain %d, gradnorm %d",
+          vapo_pool_wants(pool, plain), vapo_pool_wants(pool, a));
+    while (vapo_pool_waiting(pool))
+        CHECK(vapo_pool_step(pool, NULL, 0) >= 0, "step: %s", vapo_last_error());
+    const int alone = vapo_pool_add(pool, NULL, x + 2 * d, VAPO_POOL_GRADNORM);
+    CHECK(vapo_pool_step(pool, NULL, 0) == 1, "one row alone");
+    vapo_pool_result ra, rp, rl;
+    vapo_pool_take(pool, a, NULL, &ra);
+    vapo_pool_take(pool, plain, NULL, &rp);
+    vapo_pool_take(pool, alone, NULL, &rl);
+    vapo_pool_take(pool, traj, NULL, NULL);
+    for (int i = 1; i < 3; i++) {
+        const vapo_pool_result *r = i == 1 ? &ra : &rl;
+        double want = sqrt(dotd(g + (size_t)i * d, g + (size_t)i * d, d));
+        CHECK(r->phi == phi[i] && fabs(r->gnorm - want) <= 1e-6 * want, "row %d: phi %g (want %g), |grad| %g (want %g)",
+              i, r->phi, phi[i], r->gnorm, want);
+    }
+    CHECK(rp.phi == ra.phi && rp.gnorm == 0, "a plain energy row: phi %g (%g), gnorm %g", rp.phi, ra.phi, rp.gnorm);
+    vapo_pool_free(pool);
+    free(x), free(g);
+    vapo_model_free(m);
+}
+
 /* ---- CUDA against CPU ------------------------------------------------------------ */
 
 static void test_cuda(vapo_backend *cpu, vapo_backend *cuda, const float *params, size_t np)
@@ -390,6 +428,7 @@ int main(void)
     compare_cases("", NULL, cpu); /* (b), (c) and the failure paths */
     test_progress(cpu);
     test_model_cpu(cpu, params, np);
+    test_gradnorm(cpu, params, np);
 
     const char *require = getenv("VAPO_TEST_REQUIRE_CUDA");
     vapo_backend *cuda = vapo_backend_cuda(0);

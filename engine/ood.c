@@ -88,13 +88,12 @@ double vapo_ood_png_bits(const float *x, int c, int h, int w)
     return 8.0 * (double)len;
 }
 
-/* log N(f; mean_j, cov_j) + log weight_j for each component, log-sum-exp'd. */
-static double ms_log_density(const vapo_multiscale *ms, const double *f)
+/* log N(z; mean_j, cov_j) + log weight_j of a standardised point for each
+ * component (lp, k values); returns their maximum. */
+static double component_logs(const vapo_multiscale *ms, const double *z, double *lp)
 {
     const int n = vapo_ood_ms_dim(ms);
-    double z[F], lp[VAPO_MS_MAX_COMPONENTS], top = -INFINITY;
-    for (int i = 0; i < n; i++)
-        z[i] = (f[i] - ms->shift[i]) / ms->scale[i];
+    double top = -INFINITY;
     for (int j = 0; j < ms->k; j++) {
         const double *L = ms->chol[j];
         double y[F], q = 0;
@@ -108,7 +107,17 @@ static double ms_log_density(const vapo_multiscale *ms, const double *f)
         lp[j] = ms->lognorm[j] - 0.5 * q;
         top = fmax(top, lp[j]);
     }
-    double sum = 0;
+    return top;
+}
+
+/* The mixture's log-density of a feature vector (log-sum-exp of the components). */
+static double ms_log_density(const vapo_multiscale *ms, const double *f)
+{
+    const int n = vapo_ood_ms_dim(ms);
+    double z[F], lp[VAPO_MS_MAX_COMPONENTS], sum = 0;
+    for (int i = 0; i < n; i++)
+        z[i] = (f[i] - ms->shift[i]) / ms->scale[i];
+    const double top = component_logs(ms, z, lp);
     for (int j = 0; j < ms->k; j++)
         sum += exp(lp[j] - top);
     return top + log(sum);
@@ -253,20 +262,8 @@ int vapo_ood_ms_fit(vapo_multiscale *ms, const double *features, int n, int k)
         if ((rc = vapo_ood_ms_prepare(ms)))
             break;
         for (int i = 0; i < n; i++) { /* E step: responsibilities in the standardised space */
-            double lp[VAPO_MS_MAX_COMPONENTS], top = -INFINITY, sum = 0;
-            for (int j = 0; j < k; j++) {
-                const double *L = ms->chol[j];
-                double y[F], q = 0;
-                for (int r = 0; r < dim; r++) {
-                    double s = z[i * dim + r] - ms->mean[j][r];
-                    for (int c = 0; c < r; c++)
-                        s -= L[r * dim + c] * y[c];
-                    y[r] = s / L[r * dim + r];
-                    q += y[r] * y[r];
-                }
-                lp[j] = ms->lognorm[j] - 0.5 * q;
-                top = fmax(top, lp[j]);
-            }
+            double lp[VAPO_MS_MAX_COMPONENTS], sum = 0;
+            const double top = component_logs(ms, z + (size_t)i * dim, lp);
             for (int j = 0; j < k; j++)
                 sum += (resp[i * k + j] = exp(lp[j] - top));
             for (int j = 0; j < k; j++)

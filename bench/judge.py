@@ -55,7 +55,7 @@ def idx(name):
 
 def to_input(u8):
     """uint8 (n, 28, 28) -> float (n, 1, 28, 28) in [-1, 1], as the models see images."""
-    return torch.from_numpy(np.ascontiguousarray(u8, np.uint8).reshape(-1, 1, 28, 28)).float() / 127.5 - 1
+    return torch.from_numpy(np.array(u8, np.uint8).reshape(-1, 1, 28, 28)).float() / 127.5 - 1
 
 
 def save(net, path):

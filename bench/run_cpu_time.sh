@@ -6,10 +6,12 @@
 # start-up (imports, model loading) cancels out. Step: run_train_bench.sh's
 # pair (vapo-train, score estimator, paper's network; bench_train_torch.py).
 # Sampling: RK45 shared step (bench_sample) against SciPy (bench_sample_torch.py)
-# from the same noise (bench_sample writes it, --noise reads it), so both take
-# the same steps; each reports the process CPU seconds of its solve alone, at
-# n_lo and at n_hi images (neither the start-up nor the timed grad-Phi loop,
-# whose CPU time varies with the load, counts). ONLY=step or ONLY=sample runs one half.
+# from the same noise (bench_sample writes it, --noise reads it); each reports
+# the process CPU seconds of its solve alone (neither the start-up nor the
+# timed grad-Phi loop, whose CPU time varies with the load, counts), at n_lo
+# and n_hi images. The sampler pool keeps float32 states where SciPy keeps
+# float64 ones, so the step counts can differ: the ratio per image and
+# evaluation is the like-for-like one. ONLY=step or ONLY=sample runs one half.
 #   bench/run_cpu_time.sh [steps_lo] [steps_hi] [n_lo] [n_hi]   (after a Release build in build/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +38,10 @@ if [ "${ONLY:-sample}" = sample ]; then
   for n in "$nlo" "$nhi"; do
     v=$(vsample "$n") t=$(tsample "$n")
     vi=$(field cpu_s_per_image <<<"$v") ti=$(field cpu_s_per_image <<<"$t")
+    ve=$(field cpu_ms_per_image_eval <<<"$v") te=$(field cpu_ms_per_image_eval <<<"$t")
     echo "RK45 sampling, $n images, CPU s/image: vapo $vi (NFE $(field mean_nfe <<<"$v")), torch+scipy $ti" \
-      "(NFE $(field mean_nfe <<<"$t")) ($(ratio "$ti" "$vi")x)"
+      "(NFE $(field mean_nfe <<<"$t")) ($(ratio "$ti" "$vi")x); CPU ms per image and evaluation: vapo $ve," \
+      "torch $te ($(ratio "$te" "$ve")x)"
   done
 fi
 rm -rf "$out"

@@ -279,13 +279,6 @@ static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s,
     const size_t n = (size_t)s->batch * s->h * s->w;
     if (db)
         rowsum_add(s->cout, n, db, dy);
-    if (s->k == 1 && n == 1) { /* an outer product (the anchor's X += a mu^T, rows = the batch): row by row */
-        #pragma omp parallel for schedule(static)
-        for (int co = 0; co < s->cout; co++)
-            for (int ci = 0; ci < s->cin; ci++)
-                dw[(size_t)co * s->cin + ci] += dy[co] * x[ci];
-        return;
-    }
     if (s->k == 1) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->cout, s->cin, n, 1.0f, dy, n, x, n, 1.0f, dw,
                     s->cin);

@@ -196,15 +196,22 @@ static void check_passes(const char *preset, int batch, float quadratic, int ext
     be->destroy(be);
 }
 
+/* vapo-train's network on the tiny preset: quadratic, anchor, level heads, global head */
+static vapo_arch tiny_with_extras(void)
+{
+    vapo_arch a;
+    vapo_arch_preset("tiny", &a);
+    a.quadratic = 1.5f, a.multiscale_head = a.anchor = 1, a.global_head = 600;
+    return a;
+}
+
 /* The buffers only grow: a batch that shrinks (the sampler's, as trajectories
  * finish) and grows again reuses them with a new layout, and every sample's
  * Phi and grad_x Phi are those of the first pass. */
 static void check_batch_changes(void)
 {
     vapo_backend *be = vapo_backend_cpu(0);
-    vapo_arch a;
-    vapo_arch_preset("tiny", &a);
-    a.quadratic = 1.5f, a.multiscale_head = a.anchor = 1, a.global_head = 600;
+    const vapo_arch a = tiny_with_extras();
     vapo_net *n = vapo_net_create(be, &a);
     const size_t d = vapo_net_input_size(n);
     fill_normal(vapo_net_params(n), vapo_net_param_count(n), 5, 0.4f);
@@ -256,9 +263,7 @@ static void fresh_pass(vapo_backend *be, const vapo_arch *a, const float *p, int
 static void check_weight_cache(void)
 {
     vapo_backend *be = vapo_backend_cpu(0);
-    vapo_arch a;
-    vapo_arch_preset("tiny", &a);
-    a.quadratic = 1.5f, a.multiscale_head = a.anchor = 1, a.global_head = 600;
+    const vapo_arch a = tiny_with_extras();
     vapo_net *n = vapo_net_create(be, &a);
     const size_t d = vapo_net_input_size(n), np = vapo_net_param_count(n), bytes = sizeof(float) * d * 3;
     float *x = malloc(bytes), *g = malloc(bytes), *gf = malloc(bytes), *gs = malloc(bytes);

@@ -220,7 +220,8 @@ def markdown(rep):
                   f"{f['is_test']:.2f}).", ""]
     t = rep.get("ood", {})
     names = list(next(iter(t.values()))) if t else []
-    for metric, label in () if not t else (("auroc", "AUROC"), ("aupr", "AUPR (OOD positive)"), ("fpr95", "FPR at 95% TPR")):
+    metrics = (("auroc", "AUROC"), ("aupr", "AUPR (OOD positive)"), ("fpr95", "FPR at 95% TPR")) if t else ()
+    for metric, label in metrics:
         lines += [f"{label}, {rep['n']} test images vs {rep['n']} of each set:", "",
                   "| score | " + " | ".join(names) + " | mean | min |" if metric != "fpr95" else
                   "| score | " + " | ".join(names) + " | mean | max |",

@@ -21,9 +21,9 @@ and writes DIR/report.md, DIR/report.json and PNG figures:
 metadata (vapo.quality, shown by vapo-serve's /v1/model and page; a part not
 measured this time is kept); weights and the rest of the header stay byte for
 byte.
-Cost on the 2-core development machine (one thread): about 3 minutes of CPU per
-score pass over the 12 x 1,000 images (multiscale: four gradient evaluations
-per image), 1,000 samples for the FD about 10 minutes."""
+Cost on the shared 2-core development machine (one thread, loaded): the three
+score passes over the 13 x 1,000 images about 12 minutes (multiscale: four
+gradient evaluations per image), 1,000 samples for the FD about 13 minutes."""
 import argparse
 import gzip
 import json

@@ -19,6 +19,13 @@ CLIENTS clients each send requests of N images back to back for --duration
 seconds against the server's --timeout-s deadline (--deadline), and it
 reports goodput (images delivered within the deadline per second), the share
 of 503 and 504 answers, and latency p50/p99 of the delivered requests.
+With --mixed CLIENTSxN (e.g. 4x16) it measures latency classes instead: CLIENTS
+clients keep /generate busy with requests of N images while one client sends
+single-image /energy requests at --score-rate per second, for --duration
+seconds; it reports /energy p50/p99, the generate throughput (ODE evaluations
+and images per second) and the server's chunking (steps cut short for scores,
+their mean time). Run it with --score-chunk-ms 0 (full batches: before) and
+with the default (after) to compare.
 Use a Release build of vapo-serve: Debug numbers say little."""
 
 import argparse
@@ -150,6 +157,56 @@ def overload_run(port, clients, n, duration, extra):
     return stats, lat, time.perf_counter() - t0
 
 
+def mixed_run(port, proc, clients, n, duration, rate, png, extra):
+    """Generate clients saturating the device plus a paced stream of scores."""
+    stop, lock = threading.Event(), threading.Lock()
+    done = {"images": 0}
+
+    def loader(i):
+        c = Client(port)
+        seed = 2_000_000 * (i + 1)
+        while not stop.is_set():
+            try:
+                c.post("/generate", {"seed": seed, "n": n, **extra})
+                with lock:
+                    done["images"] += n
+            except RuntimeError:  # 503: back off a little
+                time.sleep(0.5)
+            seed += n
+
+    loaders = [threading.Thread(target=loader, args=(i,)) for i in range(clients)]
+    for t in loaders:
+        t.start()
+    time.sleep(3)  # the device fills up
+    before, cpu0, images0 = metrics(port), cpu_seconds(proc.pid), done["images"]
+    c, lat = Client(port), []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        t = time.perf_counter()
+        c.post("/energy", png, "image/png")
+        lat.append(time.perf_counter() - t)
+        time.sleep(max(0.0, t + 1 / rate - time.perf_counter()))
+    wall = time.perf_counter() - t0
+    after, cpu1, images1 = metrics(port), cpu_seconds(proc.pid), done["images"]
+    stop.set()
+    for t in loaders:
+        t.join()
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    steps = d.get("vapo_chunked_steps_total", 0)
+    chunk_ms = 1e3 * d.get("vapo_chunked_step_seconds_total", 0) / max(steps, 1)
+    full_calls = d["vapo_model_calls_total"] - steps
+    full_ms = 1e3 * (d["vapo_device_busy_seconds_total"] - d.get("vapo_chunked_step_seconds_total", 0)) / max(
+        full_calls, 1)
+    print(f"mixed {clients} clients x n={n} + /energy at {rate:g}/s, {wall:.0f} s: /energy p50 "
+          f"{percentile(lat, 50) * 1e3:.1f} ms p99 {percentile(lat, 99) * 1e3:.1f} ms ({len(lat)} scores) | generate "
+          f"{d['vapo_nfe_total'] / wall:.1f} NFE/s, {(images1 - images0) / wall:.2f} images/s, server CPU "
+          f"{1e3 * (cpu1 - cpu0) / max(d['vapo_nfe_total'], 1):.2f} ms per NFE | {steps:.0f} chunked steps of "
+          f"{chunk_ms:.1f} ms, {full_calls:.0f} full steps of {full_ms:.1f} ms")
+    print(f"RESULT name=serve-mixed status=ok energy_p50_ms={percentile(lat, 50) * 1e3:.4g} "
+          f"energy_p99_ms={percentile(lat, 99) * 1e3:.4g} nfe_per_s={d['vapo_nfe_total'] / wall:.4g} "
+          f"images_per_s={(images1 - images0) / wall:.4g} chunked_steps={steps:.0f} chunk_ms={chunk_ms:.4g}")
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,7 +222,10 @@ def main():
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--overload", default=None, help="CLIENTSxN, e.g. 48x64: the overload measurement only")
     ap.add_argument("--deadline", type=float, default=60, help="the server's --timeout-s in overload mode")
-    ap.add_argument("--duration", type=float, default=180, help="seconds of overload traffic")
+    ap.add_argument("--duration", type=float, default=180, help="seconds of overload or mixed traffic")
+    ap.add_argument("--mixed", default=None, help="CLIENTSxN, e.g. 4x16: generate load plus a stream of scores")
+    ap.add_argument("--score-rate", type=float, default=10, help="scores per second in --mixed mode")
+    ap.add_argument("--score-chunk-ms", type=int, default=None, help="vapo-serve's --score-chunk-ms (0: off)")
     a = ap.parse_args()
     extra = {}
     if a.solver:
@@ -176,7 +236,8 @@ def main():
     log = tempfile.NamedTemporaryFile("w+", prefix="serve-bench-", suffix=".log", delete=False)
     proc = subprocess.Popen([a.serve, "--port", "0", "--device", a.device, "--threads", str(a.threads), "--quiet",
                              "--max-batch", str(a.max_batch), "--max-queue", "4096", "--http-threads", "4",
-                             "--max-connections", "512", "--timeout-s", str(a.deadline), a.model],
+                             "--max-connections", "512", "--timeout-s", str(a.deadline), a.model]
+                            + ([] if a.score_chunk_ms is None else ["--score-chunk-ms", str(a.score_chunk_ms)]),
                             stdout=log, stderr=log)
     try:
         port = None
@@ -200,6 +261,11 @@ def main():
               f"solver {extra.get('solver', info['sampling']['solver'])}")
         # warm up
         Client(port).post("/generate", {"seed": 0, "n": 8, "format": "json", **extra})
+        if a.mixed:
+            clients, n = (int(v) for v in a.mixed.lower().split("x"))
+            mixed_run(port, proc, clients, n, a.duration, a.score_rate, gray_png(info["shape"][2], info["shape"][1]),
+                      extra)
+            return
         if a.overload:
             clients, n = (int(v) for v in a.overload.lower().split("x"))
             st, lat, wall = overload_run(port, clients, n, a.duration, extra)

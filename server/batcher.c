@@ -21,6 +21,7 @@ enum { RR_SHARE_DIV = 16 }; /* max_batch / 16 rows of a batch go round-robin */
 #define ADMIT_SAFETY 0.9       /* admit when the estimate ends within 90% of the deadline */
 #define RK45_NFE_GUESS 100.0   /* RK45 evaluations per image before one has finished */
 #define RATE_TAU_S 2.0         /* the cost per row is an average over about the last 2 s of work */
+#define SCORE_HOLD_S 1.0       /* keep steps short this long after the last score (batcher.h) */
 enum { STATE_LOADING, STATE_READY, STATE_FAILED };
 
 /* One row of a batch: which job and row it came from. */
@@ -63,6 +64,10 @@ struct batcher {
     job **active;
     int nactive, active_cap;
     int rr; /* round-robin start */
+    /* Latency classes (batcher.h): when score rows were last taken, the
+     * chunk's rows, and whether the batch being run was cut to it. */
+    double last_score, chunk;
+    int chunked, scores_alone; /* scores_alone: the last step was score rows only */
     vapo_pool *pool; /* every row of every admitted job */
     int *ids;        /* max_batch: the pool rows of one step */
     slot *slots;     /* max_batch: which job and row each is */
@@ -381,9 +386,8 @@ static int take_in_order(batcher *b, int energy, int rows, int limit, int *grad_
 /* The rest of the batch round-robin: every job with work gets one row per
  * round, starting from a job that rotates between iterations and, inside a
  * job, from where the last batch stopped. */
-static int take_round_robin(batcher *b, int rows, int *grad_rows)
+static int take_round_robin(batcher *b, int rows, int max, int *grad_rows)
 {
-    const int max = b->cfg.max_batch;
     int progress = 1;
     /* scanned rows per job live in a small stack array when possible */
     int stack_scan[64] = {0}, *scanned = b->nactive <= 64 ? stack_scan : calloc(b->nactive, sizeof(int));
@@ -412,16 +416,56 @@ static int take_round_robin(batcher *b, int rows, int *grad_rows)
     return rows;
 }
 
-/* Fills the batch in the order batcher.h states; returns the number of rows. */
-static int gather(batcher *b, int *grad_rows)
+/* Steps are cut to the chunk while scores wait or waited recently. */
+static int chunking(const batcher *b, double now)
 {
-    const int max = b->cfg.max_batch, head = max - max / RR_SHARE_DIV;
+    return b->cfg.score_chunk_ms > 0 && b->last_score > 0 && now - b->last_score < SCORE_HOLD_S;
+}
+
+/* The chunk's rows: kept from the last chunked steps, or at first from the
+ * measured cost per row (a quarter batch before any is known). */
+static int chunk_rows(batcher *b)
+{
+    const int max = b->cfg.max_batch;
+    if (b->chunk <= 0)
+        b->chunk = b->sec_per_row > 0 ? 1e-3 * b->cfg.score_chunk_ms / b->sec_per_row : 0.25 * max;
+    b->chunk = fmin(fmax(b->chunk, 1.0), max);
+    return (int)b->chunk;
+}
+
+/* After a chunked step of `rows` rows that took dt seconds: move the chunk
+ * towards the rows that take score_chunk_ms at that rate. */
+static void update_chunk(batcher *b, int rows, double dt)
+{
+    if (dt <= 0)
+        return;
+    const double want = rows * 1e-3 * b->cfg.score_chunk_ms / dt;
+    b->chunk = fmin(fmax(0.7 * b->chunk + 0.3 * want, 1.0), b->cfg.max_batch);
+}
+
+/* Fills the batch in the order batcher.h states; returns the number of
+ * rows. While chunking, waiting score rows make a step of their own (no
+ * gradient: a forward pass), but never two in a row, so generate rows
+ * move at least every other step; other steps are cut to the chunk. */
+static int gather(batcher *b, int *grad_rows, double now)
+{
+    const int max = b->cfg.max_batch, alone = b->scores_alone;
     *grad_rows = 0;
+    b->chunked = b->scores_alone = 0;
     if (b->nactive == 0)
         return 0;
-    int rows = take_in_order(b, 1, 0, head, grad_rows);
-    rows = take_in_order(b, 0, rows, head, grad_rows);
-    return take_round_robin(b, rows, grad_rows);
+    int rows = take_in_order(b, 1, 0, max, grad_rows);
+    if (rows)
+        b->last_score = now;
+    int limit = max;
+    if (chunking(b, now)) {
+        if (rows && !alone)
+            return b->scores_alone = 1, rows;
+        limit = rows + chunk_rows(b) < max ? rows + chunk_rows(b) : max;
+        b->chunked = limit < max;
+    }
+    rows = take_in_order(b, 0, rows, limit - limit / RR_SHARE_DIV, grad_rows);
+    return take_round_robin(b, rows, limit, grad_rows);
 }
 
 static void fail_job(job *j, job_status st, const char *msg)
@@ -468,7 +512,7 @@ static void scatter(batcher *b, int rows, double t0)
         j->work_done += 1.0;
         if (j->t_first == 0) {
             j->t_first = t0;
-            metrics_queue_wait(b->mx, t0 - j->t_submit);
+            metrics_queue_wait(b->mx, j->kind == JOB_ENERGY, t0 - j->t_submit);
         }
         if (j->status == JOB_OK && !vapo_pool_wants(b->pool, j->row[r]))
             row_result(b, j, r, &nfe_sum, &nfe_count);
@@ -527,13 +571,13 @@ static void publish_backlog(batcher *b)
 static int run_batch(batcher *b)
 {
     int grad_rows;
-    int rows = gather(b, &grad_rows);
+    double t0 = clock_now();
+    int rows = gather(b, &grad_rows, t0);
     if (rows == 0)
         return 0;
-    double t0 = clock_now();
     int rc = vapo_pool_step(b->pool, b->ids, rows) < 0;
     double t1 = clock_now();
-    metrics_batch(b->mx, rows, grad_rows, t0, t1);
+    metrics_batch(b->mx, rows, grad_rows, t0, t1, b->chunked);
     if (rc) {
         char msg[256];
         snprintf(msg, sizeof msg, "model evaluation failed: %s", vapo_last_error());
@@ -644,6 +688,9 @@ static void *scheduler_main(void *arg)
         sweep(b, 0, clock_now());
         if (rows)
             update_rate(b, rows, clock_now() - t_iter);
+        if (rows && b->chunked)
+            update_chunk(b, rows, clock_now() - t_iter); /* (score rows in it count as generate rows) */
+        metrics_chunk(b->mx, chunking(b, clock_now()) ? chunk_rows(b) : 0);
         publish_backlog(b);
     }
     return NULL;

@@ -17,6 +17,19 @@
  *   3. runs ONE vapo_pool_step over them (each row advances its own solver),
  *   4. takes the finished rows' results (a failure comes back as an enum,
  *      vapo_ode_failure) and completes the jobs that are done.
+ * Latency classes. /energy rows are latency work, the rest throughput work.
+ * While score rows wait -- and for SCORE_HOLD_S after the last one, so that
+ * a stream of scores finds short steps in flight -- the scheduler chunks:
+ * waiting score rows run in a step of their own (a forward pass, no
+ * gradient), and the other steps take only as many generate rows as fit in
+ * about score_chunk_ms (the chunk: a row count adjusted from the measured
+ * time of the chunked steps). A score then waits for at most one chunk in
+ * flight and its own short step, instead of a full batch in flight and a
+ * full batch of its own. Two score-only steps never follow each other, so a
+ * flood of scores cannot stop generation. With no score for SCORE_HOLD_S,
+ * steps are full batches again. Chunking changes no result (the pool is
+ * batch invariant), only how many rows share a step.
+ *
  * Trajectories join and leave the batch at every iteration (continuous
  * batching). Earlier requests finish first: under overload, sharing the
  * device equally would make every request late together, while serving in
@@ -49,7 +62,7 @@
 
 #include "metrics.h"
 
-typedef enum { JOB_SAMPLE, JOB_INTERPOLATE, JOB_ENERGY } job_kind;
+typedef enum { JOB_SAMPLE, JOB_INTERPOLATE, JOB_ENERGY } job_kind; /* JOB_ENERGY: the score class */
 
 typedef enum {
     JOB_OK = 0,
@@ -112,6 +125,7 @@ typedef struct {
     const char *device; /* cpu | cuda | auto */
     int threads;
     int max_batch, max_queue, max_wait_ms;
+    int score_chunk_ms; /* latency classes: a step's target time while scores wait; 0 = off */
 } batcher_config;
 
 /* What HTTP threads may know about the model: immutable once ready. */

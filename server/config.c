@@ -74,6 +74,10 @@ static const opt_def table[] = {
         "when the device is idle, wait up to N ms after a request arrives for\n"
         "more to start in the same batch (0: work that arrives later joins at\n"
         "the next evaluation anyway)"),
+    OPT(OPT_INT, "--score-chunk-ms", "N", F(score_chunk_ms), 0, 10000, "50",
+        "while /energy work waits (and for a second after), cut the generate\n"
+        "rows into steps of about N ms, so a score waits for one short step, not\n"
+        "a full batch (0: never cut; see the server README)"),
     OPT(OPT_DOUBLE, "--timeout-s", "S", F(timeout_s), 0.001, 86400, "60", "deadline per request; 504 when exceeded"),
     OPT(OPT_DOUBLE, "--grace-s", "S", F(grace_s), 0, 3600, "10",
         "on SIGTERM/SIGINT, time to finish in-flight work before cancelling it"),

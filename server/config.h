@@ -14,6 +14,7 @@ typedef struct {
     int max_batch;         /* rows per model call */
     int max_queue;         /* images queued or in flight before 503 */
     int max_wait_ms;       /* batching delay when the device is idle */
+    int score_chunk_ms;    /* step time while scores wait; 0 = full batches always */
     double timeout_s;      /* per-request deadline */
     int max_images;        /* images per request */
     int max_steps;         /* fixed-step solvers */

@@ -112,7 +112,8 @@ int main(int argc, char **argv)
                          .threads = cfg.dev.threads,
                          .max_batch = cfg.max_batch,
                          .max_queue = cfg.max_queue,
-                         .max_wait_ms = cfg.max_wait_ms};
+                         .max_wait_ms = cfg.max_wait_ms,
+                         .score_chunk_ms = cfg.score_chunk_ms};
     app a = {.mx = mx, .cfg = &cfg};
     atomic_init(&a.draining, 0);
     a.b = mx ? batcher_start(&bc, mx) : NULL;

@@ -42,7 +42,10 @@ struct metrics {
     long long rejected_full, rejected_not_ready, rejected_shutdown, rejected_slow, rejected_deadline;
     int queue_images, queue_requests;
     double sec_per_row, backlog_rows;
-    histogram wait, batch;
+    histogram wait[2], batch; /* wait: generate, score */
+    int chunk_rows;
+    long long chunk_steps;
+    double chunk_seconds;
     long long calls, rows, nfe, generated, scored, cancelled;
     double busy_total;
     long long busy_sec[BUSY_WINDOW + 2]; /* which second each slot holds */
@@ -77,7 +80,8 @@ metrics *metrics_create(int max_batch)
         return NULL;
     pthread_mutex_init(&mx->mu, NULL);
     mx->t_start = clock_now();
-    hist_init(&mx->wait, latency_bounds, sizeof latency_bounds / sizeof latency_bounds[0]);
+    for (int c = 0; c < 2; c++)
+        hist_init(&mx->wait[c], latency_bounds, sizeof latency_bounds / sizeof latency_bounds[0]);
     double b[MAX_BUCKETS];
     int n = 0;
     for (int v = 1; v < max_batch && n < MAX_BUCKETS - 1; v *= 2)
@@ -153,10 +157,17 @@ void metrics_admission(metrics *mx, double sec_per_row, double backlog_rows)
     pthread_mutex_unlock(&mx->mu);
 }
 
-void metrics_queue_wait(metrics *mx, double seconds)
+void metrics_queue_wait(metrics *mx, int score, double seconds)
 {
     pthread_mutex_lock(&mx->mu);
-    hist_add(&mx->wait, seconds);
+    hist_add(&mx->wait[score != 0], seconds);
+    pthread_mutex_unlock(&mx->mu);
+}
+
+void metrics_chunk(metrics *mx, int rows)
+{
+    pthread_mutex_lock(&mx->mu);
+    mx->chunk_rows = rows;
     pthread_mutex_unlock(&mx->mu);
 }
 
@@ -175,9 +186,11 @@ static void busy_add(metrics *mx, double t0, double t1)
     }
 }
 
-void metrics_batch(metrics *mx, int rows, int nfe, double t0, double t1)
+void metrics_batch(metrics *mx, int rows, int nfe, double t0, double t1, int chunked)
 {
     pthread_mutex_lock(&mx->mu);
+    if (chunked)
+        mx->chunk_steps++, mx->chunk_seconds += t1 - t0;
     hist_add(&mx->batch, rows);
     mx->calls++;
     mx->rows += rows;
@@ -298,8 +311,16 @@ char *metrics_render(metrics *mx, size_t *len)
     put(&t, "vapo_queue_images %d\n", mx->queue_images);
     header(&t, "vapo_queue_requests", "gauge", "Requests queued or in flight in the scheduler.");
     put(&t, "vapo_queue_requests %d\n", mx->queue_requests);
-    header(&t, "vapo_queue_wait_seconds", "histogram", "Time from submission to a request's first evaluation.");
-    put_hist(&t, "vapo_queue_wait_seconds", "", &mx->wait);
+    header(&t, "vapo_queue_wait_seconds", "histogram",
+           "Time from submission to a request's first evaluation, by latency class (score: /energy).");
+    put_hist(&t, "vapo_queue_wait_seconds", "class=\"generate\"", &mx->wait[0]);
+    put_hist(&t, "vapo_queue_wait_seconds", "class=\"score\"", &mx->wait[1]);
+    header(&t, "vapo_score_chunk_rows", "gauge", "Rows per step while scores wait (0: full batches now).");
+    put(&t, "vapo_score_chunk_rows %d\n", mx->chunk_rows);
+    header(&t, "vapo_chunked_steps_total", "counter", "Steps cut short because scores waited.");
+    put(&t, "vapo_chunked_steps_total %lld\n", mx->chunk_steps);
+    header(&t, "vapo_chunked_step_seconds_total", "counter", "Seconds of model calls in those steps.");
+    put(&t, "vapo_chunked_step_seconds_total %.6f\n", mx->chunk_seconds);
     header(&t, "vapo_batch_size", "histogram", "Rows per batched model call.");
     put_hist(&t, "vapo_batch_size", "", &mx->batch);
     header(&t, "vapo_model_calls_total", "counter", "Batched model calls.");

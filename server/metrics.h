@@ -19,12 +19,16 @@ void metrics_rejected(metrics *mx, const char *reason);
 
 /* Scheduler side. */
 void metrics_queue(metrics *mx, int images, int requests);
-void metrics_queue_wait(metrics *mx, double seconds);
+/* Time from submission to a job's first evaluation, by latency class. */
+void metrics_queue_wait(metrics *mx, int score, double seconds);
+/* Latency classes: the chunk (rows of a step while scores wait; 0 = full
+ * batches now). */
+void metrics_chunk(metrics *mx, int rows);
 /* The admission estimates (batcher.h): seconds per row, rows admitted and not evaluated. */
 void metrics_admission(metrics *mx, double sec_per_row, double backlog_rows);
 /* One batched model call of `rows` rows, `nfe` of them ODE evaluations,
- * busy from t0 to t1 (monotonic seconds). */
-void metrics_batch(metrics *mx, int rows, int nfe, double t0, double t1);
+ * busy from t0 to t1 (monotonic seconds); `chunked`: cut short for scores. */
+void metrics_batch(metrics *mx, int rows, int nfe, double t0, double t1, int chunked);
 void metrics_images(metrics *mx, int generated, int scored);
 void metrics_cancelled(metrics *mx, int trajectories);
 void metrics_ready(metrics *mx, int ready);

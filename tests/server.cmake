@@ -22,6 +22,12 @@ if(TARGET vapo-serve AND EXISTS /usr/bin/python3)
   set_tests_properties(server_invariance PROPERTIES TIMEOUT 300 LABELS server ENVIRONMENT "OMP_WAIT_POLICY=passive")
   # timed against the server's own speed estimate: alone, so no other test changes the speed mid-run
   set_tests_properties(server_goodput PROPERTIES RUN_SERIAL TRUE ENVIRONMENT "OMP_WAIT_POLICY=passive")
+  # latency classes: score latency against the server's own chunk time, on the bundled model
+  add_test(NAME server_latency
+           COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/server_latency.py ${VAPO_SERVER_TEST_ARGS}
+           WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+  set_tests_properties(server_latency PROPERTIES TIMEOUT 300 LABELS server RUN_SERIAL TRUE
+                       ENVIRONMENT "OMP_WAIT_POLICY=passive")
 elseif(NOT TARGET vapo-serve)
   message(STATUS "vapo: ✗ vapo-serve not built: the server tests are not run")
 endif()

@@ -17,7 +17,8 @@ from server_common import Server, check, finish, parse_args, stop_cleanly
 
 args = parse_args()
 MODEL = "../models/fmnist-small.safetensors"
-srv = Server(args.serve, MODEL, "--threads", "2", "--max-batch", "64", "--max-images", "16")
+srv = Server(args.serve, MODEL, "--threads", "2", "--max-batch", "64", "--max-images", "16",
+             "--score-chunk-ms", "10")  # well under a full step, even on a fast machine
 LOAD = {"n": 16, "solver": "euler", "steps": 30, "format": "json"}  # a fixed amount of work per request
 REF_SEED = 77
 

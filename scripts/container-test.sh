@@ -323,6 +323,8 @@ time_request() {
 # 0 on its own, before the 10 s are up.
 stop_checks() {
     local c=vapo-ct-$$-b key=test-key-$$ out=$state/out code
+    # raised limits: the long request is sized below to outlast the drain on any machine
+    local server_args=("${server_args[@]}" --max-steps 100000 --max-nfe 1000000)
     start "$c" -e VAPO_API_KEY="$key" -e VAPO_METRICS_OPEN=1 --read-only --tmpfs /tmp
     wait_ready "$c"
     code=$(get "$c" /metrics "$out")
@@ -334,15 +336,17 @@ stop_checks() {
     [ "$code" = 200 ] || fail "/generate with VAPO_API_KEY's key: $code (want 200)"
     [ -z "$(generated_key "$c")" ] || fail "a key was generated although VAPO_API_KEY was given"
 
-    # size the short request to ~1.5 s of work on this machine, now
-    local t20 steps
+    # size the short request to ~1.5 s of work on this machine, now, and the
+    # long one to ~20 s (4 evaluations a step), four times the 5 s drain
+    local t20 steps long_steps
     t20=$(time_request "$c" '{"seed": 1, "solver": "euler", "steps": 20}' "$key")
     steps=$(echo "s = 1.5 * 20 / $t20; if (s < 20) s = 20; if (s > 1000) s = 1000; s / 1" | bc)
-    say "euler, 20 steps: ${t20} s; the short request takes $steps steps"
+    long_steps=$(echo "s = 20 * 20 / (4 * $t20); if (s < 500) s = 500; if (s > 100000) s = 100000; s / 1" | bc)
+    say "euler, 20 steps: ${t20} s; the short request takes $steps steps, the long one $long_steps rk4 steps"
     post_json "$c" /generate "$state/short.png" "{\"seed\": 2, \"solver\": \"euler\", \"steps\": $steps}" \
         -H "Authorization: Bearer $key" >"$state/short.code" &
     local short=$!
-    post_json "$c" /generate "$state/long.out" '{"seed": 3, "solver": "rk4", "steps": 500}' \
+    post_json "$c" /generate "$state/long.out" "{\"seed\": 3, \"solver\": \"rk4\", \"steps\": $long_steps}" \
         -H "Authorization: Bearer $key" >"$state/long.code" &
     local long=$!
     sleep 0.5

@@ -10,7 +10,7 @@ and writes DIR/report.md, DIR/report.json and PNG figures:
     independent judge (bench/judge.py, weights committed beside the model),
     with the floor at the same N (test images vs as many training images), the
     judge's mean confidence and its Inception-style score;
-  - OOD: for every score (energy, complexity, multiscale) and every set of
+  - OOD: for every score (energy, complexity, multiscale, mahalanobis) and every set of
     bench/ood_sets.py, AUROC, AUPR (OOD as the positive class) and the FPR at
     95% TPR against -n in-distribution test images (test 2000.., none of them
     a calibration image);
@@ -21,9 +21,10 @@ and writes DIR/report.md, DIR/report.json and PNG figures:
 metadata (vapo.quality, shown by vapo-serve's /v1/model and page; a part not
 measured this time is kept); weights and the rest of the header stay byte for
 byte.
-Cost on the shared 2-core development machine (one thread, loaded): the three
+Cost on the shared 2-core development machine (one thread, loaded): the four
 score passes over the 13 x 1,000 images about 12 minutes (multiscale: four
-gradient evaluations per image), 1,000 samples for the FD about 13 minutes."""
+gradient evaluations per image, the others one without), 1,000 samples for the
+FD about 13 minutes."""
 import argparse
 import gzip
 import json
@@ -42,7 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import ood_sets  # noqa: E402
 import pngio  # noqa: E402
 
-SCORES = ["energy", "complexity", "multiscale"]
+SCORES = ["energy", "complexity", "multiscale", "mahalanobis"]
 
 
 # ---- metrics (OOD is the positive class for AUPR, as in the literature) ----------

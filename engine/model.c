@@ -36,6 +36,7 @@ vapo_net *vapo_model_unwrap(vapo_model *m)
         be->free(be, m->dev_x), be->free(be, m->dev_g), be->free(be, m->dev_phi);
     vapo_net *net = m->net;
     json_decref(m->meta);
+    vapo_ood_free(&m->ood);
     free(m);
     return net;
 }
@@ -165,6 +166,11 @@ vapo_model *vapo_model_load(const char *path, vapo_backend *be)
     m->net = vapo_net_create(be, &m->arch);
     if (!m->net || read_params(m, ck, path))
         goto fail;
+    if (m->ood.g.dim && m->ood.g.dim != vapo_net_feature_count(m->net) + 1) {
+        vapo_fail("%s: ood metadata (mahalanobis): %d values per image, the network gives %d features + 1", path,
+                  m->ood.g.dim, vapo_net_feature_count(m->net));
+        goto fail;
+    }
     vapo_ckpt_free(ck);
     return m;
 fail:
@@ -238,9 +244,15 @@ int vapo_model_eval_backend(void *model, int count, const float *x, float *grad,
     return grad ? vapo_net_backward(m->net, grad) : 0;
 }
 
+static int pool_features(void *model, float *out) { return vapo_net_features(((vapo_model *)model)->net, out); }
+
 vapo_pool *vapo_model_pool(vapo_model *m)
 {
-    return vapo_pool_create(vapo_net_backend(m->net), (int)vapo_net_input_size(m->net), vapo_model_eval_backend, m);
+    vapo_pool *p =
+        vapo_pool_create(vapo_net_backend(m->net), (int)vapo_net_input_size(m->net), vapo_model_eval_backend, m);
+    if (p)
+        vapo_pool_set_features(p, vapo_net_feature_count(m->net), pool_features);
+    return p;
 }
 
 int vapo_model_sample(vapo_model *m, const vapo_ode_config *cfg, int n, float *x, float *phi, int *nfe,
@@ -296,9 +308,15 @@ void vapo_model_noise(const vapo_model *m, uint64_t seed, int first, int n, floa
 
 /* ---- OOD scores ------------------------------------------------------------------ */
 
-/* Rows of OOD score k for n images, evaluated in batches: phi and |grad phi|
- * per row (rows = n * vapo_ood_rows). */
-static int score_rows(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, float *phi, float *gnorm)
+/* Rows of OOD score k for n images, evaluated in batches: phi, |grad phi|
+ * and the network's features (nf per row) as the score needs them (rows = n
+ * * vapo_ood_rows). */
+typedef struct {
+    float *phi, *gnorm, *feat;
+    int nf;
+} score_rows_out;
+
+static int score_rows(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, const score_rows_out *o)
 {
     const int d = (int)vapo_net_input_size(m->net), per = vapo_ood_rows(&m->ood, k), grad = vapo_ood_needs_grad(k);
     const int chunk = batch / per > 0 ? batch / per : 1; /* images per pass */
@@ -309,61 +327,96 @@ static int score_rows(vapo_model *m, vapo_score_kind k, int n, const float *x, i
         const int nb = n - i0 < chunk ? n - i0 : chunk, nr = nb * per;
         for (int i = 0; i < nb; i++)
             vapo_ood_expand(&m->ood, k, d, x + (size_t)(i0 + i) * d, rows + (size_t)i * per * d);
-        rc = vapo_model_energy_grad(m, nr, rows, phi + (size_t)i0 * per, g);
+        rc = vapo_model_energy_grad(m, nr, rows, o->phi + (size_t)i0 * per, g);
+        if (!rc && o->nf)
+            rc = vapo_net_features(m->net, o->feat + (size_t)i0 * per * o->nf);
         for (int r = 0; !rc && g && r < nr; r++) {
             double s = 0;
             for (int t = 0; t < d; t++)
                 s += (double)g[(size_t)r * d + t] * g[(size_t)r * d + t];
-            gnorm[(size_t)i0 * per + r] = (float)sqrt(s);
+            o->gnorm[(size_t)i0 * per + r] = (float)sqrt(s);
         }
     }
     free(rows), free(g);
     return rc;
 }
 
-static int score_rows_alloc(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, float **phi,
-                            float **gnorm)
+static int score_rows_alloc(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, score_rows_out *o)
 {
     const size_t rows = (size_t)n * vapo_ood_rows(&m->ood, k);
-    *phi = malloc(sizeof(float) * rows);
-    *gnorm = malloc(sizeof(float) * rows);
-    if (!*phi || !*gnorm)
+    o->nf = vapo_ood_needs_features(k) ? vapo_net_feature_count(m->net) : 0;
+    o->phi = malloc(sizeof(float) * rows);
+    o->gnorm = malloc(sizeof(float) * rows);
+    o->feat = malloc(sizeof(float) * rows * (o->nf ? o->nf : 1));
+    if (!o->phi || !o->gnorm || !o->feat)
         return vapo_fail("out of memory");
-    return score_rows(m, k, n, x, batch, *phi, *gnorm);
+    return score_rows(m, k, n, x, batch, o);
 }
+
+static void score_rows_free(score_rows_out *o) { free(o->phi), free(o->gnorm), free(o->feat); }
 
 int vapo_model_score(vapo_model *m, vapo_score_kind k, int n, const float *x, int batch, double *value)
 {
     if (!vapo_ood_available(&m->ood, k))
-        return vapo_fail("the model has no %s score (its checkpoint holds no fitted mixture)", vapo_score_name(k));
-    float *phi = NULL, *gnorm = NULL;
+        return vapo_fail("the model has no %s score (its checkpoint holds no fitted %s)", vapo_score_name(k),
+                         k == VAPO_SCORE_MAHALANOBIS ? "Gaussian" : "mixture");
+    score_rows_out o = {0};
     const vapo_arch *a = &m->arch;
     const int per = vapo_ood_rows(&m->ood, k), d = (int)vapo_net_input_size(m->net);
-    int rc = score_rows_alloc(m, k, n, x, batch, &phi, &gnorm);
+    int rc = score_rows_alloc(m, k, n, x, batch, &o);
     for (int i = 0; !rc && i < n; i++)
-        value[i] = vapo_ood_value(&m->ood, k, a->in_c, a->in_h, a->in_w, x + (size_t)i * d, phi + (size_t)i * per,
-                                  gnorm + (size_t)i * per);
-    free(phi), free(gnorm);
+        value[i] = vapo_ood_value(&m->ood, k, a->in_c, a->in_h, a->in_w, x + (size_t)i * d, o.phi + (size_t)i * per,
+                                  o.gnorm + (size_t)i * per, o.feat + (size_t)i * per * o.nf);
+    score_rows_free(&o);
+    return rc;
+}
+
+/* The mahalanobis score's values of n images, for its fit. */
+static int gauss_features(vapo_model *m, int n, const float *x, int batch, double *v)
+{
+    score_rows_out o = {0};
+    const vapo_arch *a = &m->arch;
+    const size_t d = vapo_net_input_size(m->net);
+    int rc = score_rows_alloc(m, VAPO_SCORE_MAHALANOBIS, n, x, batch, &o);
+    for (int i = 0; !rc && i < n; i++)
+        vapo_ood_gauss_features(a->in_c, a->in_h, a->in_w, x + i * d, o.feat + (size_t)i * o.nf, o.nf,
+                                v + (size_t)i * (o.nf + 1));
+    score_rows_free(&o);
     return rc;
 }
 
 int vapo_model_ms_features(vapo_model *m, int n, const float *x, int batch, double *features)
 {
-    float *phi = NULL, *gnorm = NULL;
+    score_rows_out o = {0};
     const vapo_multiscale *ms = &m->ood.ms;
     const vapo_arch *a = &m->arch;
     const size_t d = vapo_net_input_size(m->net);
-    int rc = score_rows_alloc(m, VAPO_SCORE_MULTISCALE, n, x, batch, &phi, &gnorm);
+    int rc = score_rows_alloc(m, VAPO_SCORE_MULTISCALE, n, x, batch, &o);
     for (int i = 0; !rc && i < n; i++)
-        vapo_ood_ms_features(ms, a->in_c, a->in_h, a->in_w, x + i * d, phi + (size_t)i * ms->levels,
-                             gnorm + (size_t)i * ms->levels, features + (size_t)i * vapo_ood_ms_dim(ms));
-    free(phi), free(gnorm);
+        vapo_ood_ms_features(ms, a->in_c, a->in_h, a->in_w, x + i * d, o.phi + (size_t)i * ms->levels,
+                             o.gnorm + (size_t)i * ms->levels, features + (size_t)i * vapo_ood_ms_dim(ms));
+    score_rows_free(&o);
+    return rc;
+}
+
+/* The mahalanobis score's Gaussian on the fit images (none for too few). */
+static int fit_gauss(vapo_model *m, const float *fit, int n_fit, int batch)
+{
+    const int dim = vapo_net_feature_count(m->net) + 1;
+    if (n_fit < 2 * dim)
+        return 0;
+    double *v = malloc(sizeof(double) * (size_t)n_fit * dim);
+    int rc = v ? gauss_features(m, n_fit, fit, batch, v) : vapo_fail("out of memory");
+    if (!rc && (rc = vapo_ood_gauss_fit(&m->ood.g, v, n_fit, dim)))
+        vapo_ood_free(&m->ood);
+    free(v);
     return rc;
 }
 
 int vapo_model_calibrate(vapo_model *m, const float *fit, int n_fit, const float *cal, int n_cal, int batch)
 {
     vapo_ood *o = &m->ood;
+    vapo_ood_free(o);
     vapo_ood_ms_defaults(&o->ms);
     const int dim = vapo_ood_ms_dim(&o->ms), mixture = n_fit >= 4 * VAPO_MS_COMPONENTS * dim;
     double *f = malloc(sizeof(double) * (size_t)(mixture ? n_fit : 1) * dim);
@@ -371,13 +424,16 @@ int vapo_model_calibrate(vapo_model *m, const float *fit, int n_fit, const float
     int rc = f && v ? 0 : vapo_fail("out of memory");
     if (!rc && mixture)
         rc = vapo_model_ms_features(m, n_fit, fit, batch, f) || vapo_ood_ms_fit(&o->ms, f, n_fit, VAPO_MS_COMPONENTS);
-    memset(o->calib, 0, sizeof o->calib);
+    if (!rc)
+        rc = fit_gauss(m, fit, n_fit, batch);
     for (int k = 0; !rc && k < VAPO_SCORE_KINDS; k++)
         if (vapo_ood_available(o, (vapo_score_kind)k))
             rc = vapo_model_score(m, (vapo_score_kind)k, n_cal, cal, batch, v) ||
                  vapo_ood_calibrate(o, (vapo_score_kind)k, v, n_cal);
-    if (!rc)
-        o->default_score = mixture ? VAPO_SCORE_MULTISCALE : VAPO_SCORE_ENERGY;
+    if (!rc) /* the best measured that the fit images allow (models/README.md) */
+        o->default_score = vapo_ood_available(o, VAPO_SCORE_MAHALANOBIS) ? VAPO_SCORE_MAHALANOBIS
+                           : mixture                                    ? VAPO_SCORE_MULTISCALE
+                                                                        : VAPO_SCORE_ENERGY;
     free(f), free(v);
     return rc;
 }

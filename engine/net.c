@@ -1070,3 +1070,52 @@ int vapo_net_dual_backward(vapo_net *n, const float *phi_bar, const float *phido
         weightnorm_grad(n, &n->conv_out, param_grad);
     return 0;
 }
+
+/* ---- features (the mahalanobis OOD score) ------------------------------------ */
+
+int vapo_net_feature_count(const vapo_net *n)
+{
+    int count = n->arch.global_head;
+    for (int l = 0; l < n->arch.levels; l++)
+        count += n->arch.widths[l];
+    return count;
+}
+
+/* Per level, the spatial sum of max(0, y) of its last block's output; then
+ * the global head's hidden activations. Summed on the host in a fixed order,
+ * so a sample's features do not depend on its batch. */
+int vapo_net_features(vapo_net *n, float *out)
+{
+    if (!n->have_forward)
+        return vapo_fail("network features: no forward pass to read them from");
+    const vapo_arch *a = &n->arch;
+    const int count = vapo_net_feature_count(n), b = n->batch;
+    size_t most = (size_t)count * b;
+    for (int l = 0; l < a->levels; l++)
+        if ((size_t)a->widths[l] * level_cols(n, l, b) > most)
+            most = (size_t)a->widths[l] * level_cols(n, l, b);
+    float *y = malloc(sizeof(float) * most);
+    if (!y)
+        return vapo_fail("out of memory");
+    int off = 0;
+    for (int l = 0; l < a->levels; off += a->widths[l], l++) {
+        const size_t hw = (size_t)level_h(n, l) * level_w(n, l);
+        n->be->download(n->be, y, n->fwd.y[level_output(n, l)], sizeof(float) * a->widths[l] * hw * b);
+        for (int c = 0; c < a->widths[l]; c++) /* [C][N][HW] */
+            for (int i = 0; i < b; i++) {
+                const float *p = y + ((size_t)c * b + i) * hw;
+                double s = 0;
+                for (size_t t = 0; t < hw; t++)
+                    s += p[t] > 0 ? p[t] : 0;
+                out[(size_t)i * count + off + c] = (float)s;
+            }
+    }
+    if (a->global_head) { /* [H][N] */
+        n->be->download(n->be, y, n->fwd.hidden_act, sizeof(float) * a->global_head * b);
+        for (int c = 0; c < a->global_head; c++)
+            for (int i = 0; i < b; i++)
+                out[(size_t)i * count + off + c] = y[(size_t)c * b + i];
+    }
+    free(y);
+    return 0;
+}

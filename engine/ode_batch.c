@@ -37,6 +37,7 @@ typedef struct {
     int state, phase, stage;
     int ode, want_phi; /* a trajectory (else an energy row); evaluate its final energy */
     int want_gnorm;    /* an energy row that also wants |grad Phi| */
+    int want_feat;     /* an energy row that also wants the network's features */
     int ready;         /* the query point is in place */
     vapo_ode_config cfg;
     const ode_tableau *tab;
@@ -59,6 +60,9 @@ struct vapo_pool {
     double *h, *norm;  /* cap, NORMS cap: by row id */
     int *idx, *ids;    /* 3 cap: gather/scatter indices; cap: the rows of step(NULL) */
     float *phi;        /* cap: by batch position */
+    vapo_pool_features_fn features; /* NULL: no row may want features */
+    int nfeat;
+    float *feat, *fbatch; /* cap nfeat: by row id; cap nfeat: one batch's (allocated on first use) */
     /* backend */
     float *store;      /* cap NBUF dim */
     double *h_dev, *norm_dev;
@@ -106,8 +110,12 @@ static int grow(vapo_pool *p, int need)
     float *phi = realloc(p->phi, n * sizeof *phi);
     if (phi)
         p->phi = phi;
+    float *feat = p->nfeat ? realloc(p->feat, n * p->nfeat * sizeof *feat) : NULL;
+    if (feat)
+        p->feat = feat;
+    free(p->fbatch), p->fbatch = NULL; /* sized again when next needed */
     float *store = be->alloc(be, sizeof(float) * slab * NBUF);
-    if (!rows || !h || !idx || !phi || !store) {
+    if (!rows || !h || !idx || !phi || (p->nfeat && !feat) || !store) {
         be->free(be, store);
         return vapo_fail("sampler pool: out of memory for %d rows of %d", cap, p->dim);
     }
@@ -157,7 +165,7 @@ void vapo_pool_free(vapo_pool *p)
         return;
     free_backend(p);
     p->be->free(p->be, p->store);
-    free(p->rows), free(p->h), free(p->idx), free(p->phi);
+    free(p->rows), free(p->h), free(p->idx), free(p->phi), free(p->feat), free(p->fbatch);
     free(p);
 }
 
@@ -169,6 +177,8 @@ int vapo_pool_add(vapo_pool *p, const vapo_ode_config *cfg, const float *x0, int
         return -1;
     if (!x0)
         return vapo_fail("sampler pool: a row needs a start point");
+    if ((flags & VAPO_POOL_FEATURES) && (cfg || !p->features))
+        return vapo_fail("sampler pool: features are for energy rows of a pool that has them");
     int id = 0;
     while (id < p->cap && p->rows[id].state != ROW_FREE)
         id++;
@@ -183,6 +193,7 @@ int vapo_pool_add(vapo_pool *p, const vapo_ode_config *cfg, const float *x0, int
     r->ode = cfg != NULL;
     r->want_phi = !cfg || (flags & VAPO_POOL_ENERGY);
     r->want_gnorm = !cfg && (flags & VAPO_POOL_GRADNORM);
+    r->want_feat = !cfg && (flags & VAPO_POOL_FEATURES);
     if (cfg) {
         r->cfg = *cfg;
         r->tab = ode_method_tableau(cfg->method);
@@ -405,6 +416,25 @@ static int grad_norms(vapo_pool *p, const int *ids, int n)
     return 0;
 }
 
+/* The network's features of the energy rows that want them, from the batch
+ * just evaluated (position i of the step). */
+static int row_features(vapo_pool *p, const int *ids, int n)
+{
+    int any = 0;
+    for (int i = 0; i < n; i++)
+        any |= p->rows[ids[i]].want_feat;
+    if (!any)
+        return 0;
+    if (!p->fbatch && !(p->fbatch = malloc(sizeof(float) * (size_t)p->cap * p->nfeat)))
+        return vapo_fail("sampler pool: out of memory");
+    if (p->features(p->ctx, p->fbatch))
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (p->rows[ids[i]].want_feat)
+            memcpy(p->feat + (size_t)ids[i] * p->nfeat, p->fbatch + (size_t)i * p->nfeat, sizeof(float) * p->nfeat);
+    return 0;
+}
+
 /* Row id was evaluated (its energy is phi): its next phase. */
 static void decide(vapo_pool *p, int id, float phi)
 {
@@ -492,7 +522,7 @@ int vapo_pool_step(vapo_pool *p, const int *ids, int n)
     if (any_norm)
         be->download(be, p->norm, p->norm_dev, sizeof(double) * NORMS * high);
     be->download(be, p->phi, p->bphi, sizeof(float) * n);
-    if (grad_norms(p, ids, n))
+    if (grad_norms(p, ids, n) || row_features(p, ids, n))
         return -1;
     for (int i = 0; i < n; i++)
         decide(p, ids[i], p->phi[i]);
@@ -511,6 +541,24 @@ static vapo_ode_failure public_failure(ode_failure why)
     case ODE_OK: break;
     }
     return VAPO_ODE_OK;
+}
+
+int vapo_pool_set_features(vapo_pool *p, int nfeat, vapo_pool_features_fn fn)
+{
+    if (p->cap) /* the buffers are sized with the rows */
+        return vapo_fail("sampler pool: features are set before the first row");
+    p->nfeat = nfeat > 0 && fn ? nfeat : 0;
+    p->features = p->nfeat ? fn : NULL;
+    return 0;
+}
+
+int vapo_pool_features(const vapo_pool *p, int id, float *out)
+{
+    const row *r = get(p, id);
+    if (!r || r->state != ROW_DONE || !r->want_feat)
+        return vapo_fail("sampler pool: row %d has no features", id);
+    memcpy(out, p->feat + (size_t)id * p->nfeat, sizeof(float) * p->nfeat);
+    return 0;
 }
 
 int vapo_pool_take(vapo_pool *p, int id, float *x, vapo_pool_result *res)

@@ -10,10 +10,10 @@
 
 #define F VAPO_MS_MAX_FEATURES
 
-static const char *const names[VAPO_SCORE_KINDS] = {"energy", "complexity", "multiscale"};
+static const char *const names[VAPO_SCORE_KINDS] = {"energy", "complexity", "multiscale", "mahalanobis"};
 
 const char *vapo_score_name(vapo_score_kind k) { return k >= 0 && k < VAPO_SCORE_KINDS ? names[k] : "?"; }
-const char *vapo_score_choices(void) { return "energy, complexity or multiscale"; }
+const char *vapo_score_choices(void) { return "energy, complexity, multiscale or mahalanobis"; }
 
 int vapo_score_parse(const char *name, vapo_score_kind *k)
 {
@@ -32,6 +32,12 @@ void vapo_ood_init(vapo_ood *o)
     o->default_score = VAPO_SCORE_ENERGY;
 }
 
+void vapo_ood_free(vapo_ood *o)
+{
+    free(o->g.mean), free(o->g.scale), free(o->g.chol);
+    vapo_ood_init(o);
+}
+
 /* Four levels from the data's own scale to well inside the noise: the field
  * near the data, where blur and interpolation show, and where the garment's
  * shape is decided (docs/DESIGN.md). */
@@ -46,11 +52,18 @@ void vapo_ood_ms_defaults(vapo_multiscale *ms)
 
 int vapo_ood_available(const vapo_ood *o, vapo_score_kind k)
 {
+    if (k == VAPO_SCORE_MAHALANOBIS)
+        return o->g.dim > 0;
     return k != VAPO_SCORE_MULTISCALE || (o->ms.levels > 0 && o->ms.k > 0);
 }
 
 int vapo_ood_rows(const vapo_ood *o, vapo_score_kind k) { return k == VAPO_SCORE_MULTISCALE ? o->ms.levels : 1; }
 int vapo_ood_needs_grad(vapo_score_kind k) { return k == VAPO_SCORE_MULTISCALE; }
+int vapo_ood_needs_features(vapo_score_kind k) { return k == VAPO_SCORE_MAHALANOBIS; }
+int vapo_ood_features(const vapo_ood *o, vapo_score_kind k)
+{
+    return k == VAPO_SCORE_MAHALANOBIS && o->g.dim > 0 ? o->g.dim - 1 : 0;
+}
 
 void vapo_ood_expand(const vapo_ood *o, vapo_score_kind k, int d, const float *x, float *rows)
 {
@@ -123,18 +136,115 @@ static double ms_log_density(const vapo_multiscale *ms, const double *f)
     return top + log(sum);
 }
 
+/* ---- the Gaussian of the network's features --------------------------------------- */
+
+static size_t packed(int r, int c) { return (size_t)r * (r + 1) / 2 + c; } /* c <= r */
+
+void vapo_ood_gauss_features(int c, int h, int w, const float *x, const float *feat, int nfeat, double *v)
+{
+    for (int i = 0; i < nfeat; i++) /* sums of ReLUs: heavy-tailed, log makes them closer to Gaussian */
+        v[i] = log1p(feat[i] > 0 ? feat[i] : 0);
+    v[nfeat] = vapo_ood_png_bits(x, c, h, w) / ((double)c * h * w);
+}
+
+/* -|L^-1 (v - mean) / scale|^2 / 2: the log-density up to a constant. */
+static double gauss_log_density(const vapo_gauss *g, const double *v)
+{
+    double *y = malloc(sizeof(double) * g->dim), q = 0;
+    if (!y)
+        return NAN;
+    for (int r = 0; r < g->dim; r++) {
+        double s = (v[r] - g->mean[r]) / g->scale[r];
+        for (int c = 0; c < r; c++)
+            s -= g->chol[packed(r, c)] * y[c];
+        y[r] = s / g->chol[packed(r, r)];
+        q += y[r] * y[r];
+    }
+    free(y);
+    return -0.5 * q;
+}
+
+static int gauss_alloc(vapo_gauss *g, int dim)
+{
+    g->mean = malloc(sizeof(double) * dim);
+    g->scale = malloc(sizeof(double) * dim);
+    g->chol = malloc(sizeof(double) * packed(dim, 0));
+    g->dim = dim;
+    return g->mean && g->scale && g->chol ? 0 : vapo_fail("out of memory");
+}
+
+/* Cholesky factor of a in place (packed lower triangle); -1 if not positive definite. */
+static int cholesky(double *a, int dim)
+{
+    for (int r = 0; r < dim; r++)
+        for (int c = 0; c <= r; c++) {
+            double s = a[packed(r, c)];
+            for (int t = 0; t < c; t++)
+                s -= a[packed(r, t)] * a[packed(c, t)];
+            if (r == c) {
+                if (!(s > 0) || !isfinite(s))
+                    return vapo_fail("mahalanobis Gaussian: the covariance is not positive definite");
+                a[packed(r, r)] = sqrt(s);
+            } else {
+                a[packed(r, c)] = s / a[packed(c, c)];
+            }
+        }
+    return 0;
+}
+
+#define GAUSS_REG 1e-3 /* added to the covariance's diagonal (standardised units) */
+
+int vapo_ood_gauss_fit(vapo_gauss *g, const double *v, int n, int dim)
+{
+    if (dim < 1 || n < 2 * dim)
+        return vapo_fail("mahalanobis fit: need at least %d images for %d features, got %d", 2 * dim, dim, n);
+    if (gauss_alloc(g, dim))
+        return -1;
+    for (int c = 0; c < dim; c++) {
+        double s = 0, q = 0;
+        for (int i = 0; i < n; i++)
+            s += v[(size_t)i * dim + c];
+        g->mean[c] = s / n;
+        for (int i = 0; i < n; i++)
+            q += (v[(size_t)i * dim + c] - g->mean[c]) * (v[(size_t)i * dim + c] - g->mean[c]);
+        g->scale[c] = q > 0 ? sqrt(q / n) : 1.0;
+    }
+    double *a = g->chol;
+    memset(a, 0, sizeof(double) * packed(dim, 0));
+    for (int i = 0; i < n; i++) {
+        const double *row = v + (size_t)i * dim;
+        for (int r = 0; r < dim; r++) {
+            const double zr = (row[r] - g->mean[r]) / g->scale[r];
+            for (int c = 0; c <= r; c++)
+                a[packed(r, c)] += zr * (row[c] - g->mean[c]) / g->scale[c];
+        }
+    }
+    for (int r = 0; r < dim; r++) {
+        for (int c = 0; c <= r; c++)
+            a[packed(r, c)] /= n;
+        a[packed(r, r)] += GAUSS_REG;
+    }
+    return cholesky(a, dim);
+}
+
 double vapo_ood_value(const vapo_ood *o, vapo_score_kind k, int c, int h, int w, const float *x, const float *phi,
-                      const float *gnorm)
+                      const float *gnorm, const float *feat)
 {
     double v;
     if (k == VAPO_SCORE_ENERGY) {
         v = phi[0];
     } else if (k == VAPO_SCORE_COMPLEXITY) {
         v = phi[0] + M_LN2 * vapo_ood_png_bits(x, c, h, w);
-    } else {
+    } else if (k == VAPO_SCORE_MULTISCALE) {
         double f[F];
         vapo_ood_ms_features(&o->ms, c, h, w, x, phi, gnorm, f);
         v = ms_log_density(&o->ms, f);
+    } else {
+        double *f = malloc(sizeof(double) * o->g.dim);
+        if (f)
+            vapo_ood_gauss_features(c, h, w, x, feat, o->g.dim - 1, f);
+        v = f ? gauss_log_density(&o->g, f) : NAN;
+        free(f);
     }
     return isfinite(v) ? v : -INFINITY;
 }
@@ -368,6 +478,16 @@ static json_t *ms_json(const vapo_multiscale *ms)
                      "(f - shift) / scale");
 }
 
+static json_t *gauss_json(const vapo_gauss *g)
+{
+    return json_pack("{s:o, s:o, s:o, s:s}", "mean", doubles_json(g->mean, g->dim), "scale",
+                     doubles_json(g->scale, g->dim), "chol", doubles_json(g->chol, (int)packed(g->dim, 0)),
+                     "features",
+                     "log(1 + max(0, f)) of each network feature (vapo_net_features), then PNG bits per value; "
+                     "standardised (v - mean) / scale; chol: lower Cholesky factor of the standardised covariance, "
+                     "rows packed");
+}
+
 json_t *vapo_ood_to_json(const vapo_ood *o)
 {
     const vapo_quantiles *e = &o->calib[VAPO_SCORE_ENERGY];
@@ -384,6 +504,8 @@ json_t *vapo_ood_to_json(const vapo_ood *o)
         json_t *s = json_pack("{s:i, s:o}", "count", c->count, "quantiles", quantiles_json(c));
         if (k == VAPO_SCORE_MULTISCALE)
             json_object_set_new(s, "mixture", ms_json(&o->ms));
+        if (k == VAPO_SCORE_MAHALANOBIS)
+            json_object_set_new(s, "gaussian", gauss_json(&o->g));
         json_object_set_new(scores, names[k], s);
     }
     json_object_set_new(obj, "scores", scores);
@@ -415,11 +537,11 @@ static int quantiles_from_json(const json_t *obj, const char *what, vapo_quantil
 static int doubles_from_json(const json_t *a, int n, double *out, const char *what)
 {
     if (!json_is_array(a) || (int)json_array_size(a) != n)
-        return vapo_fail("ood metadata (multiscale): '%s' must be a list of %d numbers", what, n);
+        return vapo_fail("ood metadata: '%s' must be a list of %d numbers", what, n);
     for (int i = 0; i < n; i++) {
         json_t *v = json_array_get(a, i);
         if (!json_is_number(v) || !isfinite(json_number_value(v)))
-            return vapo_fail("ood metadata (multiscale): '%s' holds a value that is not a finite number", what);
+            return vapo_fail("ood metadata: '%s' holds a value that is not a finite number", what);
         out[i] = json_number_value(v);
     }
     return 0;
@@ -468,9 +590,37 @@ static int ms_from_json(const json_t *obj, vapo_multiscale *ms)
     return vapo_ood_ms_prepare(ms);
 }
 
+#define GAUSS_MAX_DIM 8192
+
+static int gauss_from_json(const json_t *obj, vapo_gauss *g)
+{
+    json_t *mean = json_object_get(obj, "mean");
+    const int dim = json_is_array(mean) ? (int)json_array_size(mean) : 0;
+    if (!json_is_object(obj) || dim < 1 || dim > GAUSS_MAX_DIM)
+        return vapo_fail("ood metadata (mahalanobis): need a 'gaussian' object with 1..%d means", GAUSS_MAX_DIM);
+    if (gauss_alloc(g, dim) || doubles_from_json(mean, dim, g->mean, "mean") ||
+        doubles_from_json(json_object_get(obj, "scale"), dim, g->scale, "scale") ||
+        doubles_from_json(json_object_get(obj, "chol"), (int)packed(dim, 0), g->chol, "chol"))
+        return -1;
+    for (int r = 0; r < dim; r++)
+        if (!(g->scale[r] > 0) || !(g->chol[packed(r, r)] > 0))
+            return vapo_fail("ood metadata (mahalanobis): scales and the factor's diagonal must be positive");
+    return 0;
+}
+
+static int ood_from_json(const json_t *obj, vapo_ood *o);
+
 int vapo_ood_from_json(const json_t *obj, vapo_ood *o)
 {
     vapo_ood_init(o);
+    int rc = ood_from_json(obj, o);
+    if (rc)
+        vapo_ood_free(o);
+    return rc;
+}
+
+static int ood_from_json(const json_t *obj, vapo_ood *o)
+{
     if (!obj)
         return 0;
     double keep = o->keep;
@@ -496,6 +646,8 @@ int vapo_ood_from_json(const json_t *obj, vapo_ood *o)
         if (quantiles_from_json(s, names[k], &o->calib[k]))
             return -1;
         if (k == VAPO_SCORE_MULTISCALE && ms_from_json(json_object_get(s, "mixture"), &o->ms))
+            return -1;
+        if (k == VAPO_SCORE_MAHALANOBIS && gauss_from_json(json_object_get(s, "gaussian"), &o->g))
             return -1;
     }
     vapo_score_kind d = VAPO_SCORE_ENERGY;

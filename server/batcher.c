@@ -101,7 +101,7 @@ void job_free(job *j)
 {
     if (!j)
         return;
-    free(j->x), free(j->phi), free(j->gnorm), free(j->nfe), free(j->taken), free(j->row);
+    free(j->x), free(j->phi), free(j->gnorm), free(j->feat), free(j->nfe), free(j->taken), free(j->row);
     free(j);
 }
 
@@ -293,7 +293,8 @@ static int job_admit(batcher *b, job *j)
         free(ends);
     }
     const vapo_ode_config *ode = j->kind == JOB_ENERGY ? NULL : &j->ode;
-    const int flags = j->kind == JOB_ENERGY && j->want_norm ? VAPO_POOL_GRADNORM : VAPO_POOL_ENERGY;
+    const int flags = j->kind != JOB_ENERGY ? VAPO_POOL_ENERGY
+                                            : (j->want_norm ? VAPO_POOL_GRADNORM : 0) | (j->feat ? VAPO_POOL_FEATURES : 0);
     for (int i = 0; i < j->n; i++) {
         j->row[i] = vapo_pool_add(b->pool, ode, j->x + (size_t)i * d, flags);
         if (j->row[i] < 0) {
@@ -481,6 +482,8 @@ static void row_result(batcher *b, job *j, int r, double *nfe_sum, int *nfe_coun
 {
     const int d = b->info.d;
     vapo_pool_result res;
+    if (j->feat)
+        vapo_pool_features(b->pool, j->row[r], j->feat + (size_t)r * j->nfeat);
     vapo_pool_take(b->pool, j->row[r], j->x + (size_t)r * d, &res);
     j->row[r] = -1;
     j->phi[r] = res.phi;

@@ -89,6 +89,8 @@ struct job {
     void *done_ctx;
 
     int want_norm;         /* energy: the rows need |grad Phi| too (vapo_ood_needs_grad) */
+    int nfeat;             /* energy: the network's features per row the score reads (vapo_ood_features) */
+    float *feat;           /* energy with nfeat: n*nfeat, the rows' features (set with nfeat, freed by job_free) */
 
     /* Rows (allocated by job_create). energy: x holds the rows to evaluate
      * (vapo_ood_expand's rows of each image); sample/interpolate: x receives

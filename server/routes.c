@@ -674,6 +674,12 @@ static route_work *energy_work(app *a, const model_info *mi, vapo_score_kind k, 
     if (w) {
         w->images = n, w->score = k, w->rows_per = per;
         w->j->want_norm = vapo_ood_needs_grad(k);
+        w->j->nfeat = vapo_ood_features(mi->ood, k);
+        if (w->j->nfeat && !(w->j->feat = malloc(sizeof(float) * (size_t)n * per * w->j->nfeat))) {
+            route_work_free(w);
+            reply_error(out, 503, "overloaded", "out of memory");
+            return NULL;
+        }
     }
     return w;
 }
@@ -786,7 +792,8 @@ static void finish_energy(app *a, route_work *w, reply *out)
     json_t *results = json_array();
     for (int i = 0; i < w->images; i++) {
         const size_t row = (size_t)i * w->rows_per; /* the first row is the image itself (sigma 0) */
-        const double v = vapo_ood_value(o, k, mi->c, mi->h, mi->w, j->x + row * j->d, j->phi + row, j->gnorm + row);
+        const double v = vapo_ood_value(o, k, mi->c, mi->h, mi->w, j->x + row * j->d, j->phi + row, j->gnorm + row,
+                                        j->feat ? j->feat + row * j->nfeat : NULL);
         json_t *r = json_pack("{s:o, s:o}", "energy", finite_or_null(j->phi[row]), "value", finite_or_null(v));
         /* uncalibrated: ood_score 1 and never in distribution (vapo_ood_score) */
         json_object_set_new(r, "ood_score", json_real(vapo_ood_score(o, k, v)));

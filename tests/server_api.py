@@ -164,13 +164,14 @@ check(status == 200, f"an RGB 8x8 image is converted to gray: {status} {data[:20
 status, h, data = call("POST", "/energy", imgs[0], {"Content-Type": "image/png"})
 check(status == 200 and same_result(json.loads(data)["results"][0], res3[0]), "the same image as PNG body or in JSON")
 
-# the OOD scores: the default is the checkpoint's (multiscale), each selectable; energy's value is the
+# the OOD scores: the default is the checkpoint's (mahalanobis), each selectable; energy's value is the
 # energy, and a value does not depend on the batch
-check(info["ood"].get("default_score") == "multiscale" and
-      info["ood"].get("scores") == ["energy", "complexity", "multiscale"], f"/v1/model ood: {info.get('ood')}")
-check(json.loads(data)["score"] == "multiscale", f"the default score: {data[:200]!r}")
+SCORES = ["energy", "complexity", "multiscale", "mahalanobis"]
+check(info["ood"].get("default_score") == "mahalanobis" and info["ood"].get("scores") == SCORES,
+      f"/v1/model ood: {info.get('ood')}")
+check(json.loads(data)["score"] == "mahalanobis", f"the default score: {data[:200]!r}")
 by_score = {}
-for score in ("energy", "complexity", "multiscale"):
+for score in SCORES:
     status, h, data = call("POST", "/energy", {"images": [b64png(i) for i in imgs[:3]], "score": score})
     body = json.loads(data) if status == 200 else {}
     by_score[score] = body.get("results", [])
@@ -181,9 +182,10 @@ for score in ("energy", "complexity", "multiscale"):
     check(by_score[score] and alone.get("value") == by_score[score][1]["value"],
           f"{score}: image 1 alone {alone.get('value')} vs in a batch of 3")
 check(all(r["value"] == r["energy"] for r in by_score["energy"]), "energy score: value == energy")
-check([r["energy"] for r in by_score["multiscale"]] == [r["energy"] for r in by_score["energy"]],
-      "the energy reported with the multiscale score is the image's")
-check([r["value"] for r in by_score["multiscale"]] == [r["value"] for r in res3], "no score given = multiscale")
+for score in ("multiscale", "mahalanobis"):
+    check([r["energy"] for r in by_score[score]] == [r["energy"] for r in by_score["energy"]],
+          f"the energy reported with the {score} score is the image's")
+check([r["value"] for r in by_score["mahalanobis"]] == [r["value"] for r in res3], "no score given = mahalanobis")
 
 # ---- bad requests: status, error shape, never 500 ---------------------------------------------------
 
@@ -257,7 +259,8 @@ for method, path, body, headers, want in bad:
 status, h, data = call("POST", "/energy", {"images": [b64png(big)]})
 check("8x8" in error_of(data).get("message", ""), f"wrong size says what the model expects: {data!r}")
 status, h, data = call("POST", "/energy", {"images": [b64png(one)], "score": "likelihood"})
-check("energy, complexity or multiscale" in error_of(data).get("message", ""), f"bad score names the choices: {data!r}")
+check("energy, complexity, multiscale or mahalanobis" in error_of(data).get("message", ""),
+      f"bad score names the choices: {data!r}")
 
 # a declared body far over the limit with Expect: 100-continue is refused before it is sent
 reply = raw_request(srv.port, b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

@@ -13,6 +13,7 @@
 #include "vapo/backend.h"
 #include "vapo/error.h"
 #include "vapo/model.h"
+#include "vapo/ode_batch.h"
 #include "vapo/ood.h"
 
 static void test_names(void)
@@ -22,7 +23,8 @@ static void test_names(void)
         CHECK(!vapo_score_parse(vapo_score_name((vapo_score_kind)i), &k) && k == (vapo_score_kind)i, "name %d", i);
     CHECK(vapo_score_parse("Energy", &k) && vapo_score_parse("", &k) && vapo_score_parse(NULL, &k),
           "bad names accepted");
-    CHECK(strstr(vapo_last_error(), "multiscale") != NULL, "the error names the choices: %s", vapo_last_error());
+    CHECK(strstr(vapo_last_error(), "multiscale or mahalanobis") != NULL, "the error names the choices: %s",
+          vapo_last_error());
 }
 
 /* ood_score falls as the value rises; the keep threshold sits at the 5% quantile. */
@@ -62,12 +64,12 @@ static void test_complexity(void)
     const float phi = 100.0f;
     double bf = vapo_ood_png_bits(flat, C, H, W), bb = vapo_ood_png_bits(busy, C, H, W);
     CHECK(bf > 0 && bb > 4 * bf, "PNG bits: flat %g, busy %g", bf, bb);
-    double vf = vapo_ood_value(&o, VAPO_SCORE_COMPLEXITY, C, H, W, flat, &phi, NULL);
-    double vb = vapo_ood_value(&o, VAPO_SCORE_COMPLEXITY, C, H, W, busy, &phi, NULL);
+    double vf = vapo_ood_value(&o, VAPO_SCORE_COMPLEXITY, C, H, W, flat, &phi, NULL, NULL);
+    double vb = vapo_ood_value(&o, VAPO_SCORE_COMPLEXITY, C, H, W, busy, &phi, NULL, NULL);
     CHECK(vf == phi + M_LN2 * bf && vb > vf, "complexity values: flat %g, busy %g", vf, vb);
-    CHECK(vapo_ood_value(&o, VAPO_SCORE_ENERGY, C, H, W, flat, &phi, NULL) == phi, "energy value is phi");
+    CHECK(vapo_ood_value(&o, VAPO_SCORE_ENERGY, C, H, W, flat, &phi, NULL, NULL) == phi, "energy value is phi");
     const float higher = 200.0f; /* and it still rises with the energy */
-    CHECK(vapo_ood_value(&o, VAPO_SCORE_COMPLEXITY, C, H, W, flat, &higher, NULL) > vf, "complexity not rising");
+    CHECK(vapo_ood_value(&o, VAPO_SCORE_COMPLEXITY, C, H, W, flat, &higher, NULL, NULL) > vf, "complexity not rising");
 }
 
 /* Two clusters of features (the last one, PNG bits per value, that of a
@@ -116,7 +118,7 @@ static void test_mixture(void)
             phi[l] = (float)(-5.0 * (2 * l + 1) + t * 15.0 * (2 * l + 1));
             g[l] = (float)exp(-5.0 * (2 * l + 2) + t * 15.0 * (2 * l + 2));
         }
-        double v = vapo_ood_value(&o, VAPO_SCORE_MULTISCALE, 1, FH, FW, flat_image, phi, g);
+        double v = vapo_ood_value(&o, VAPO_SCORE_MULTISCALE, 1, FH, FW, flat_image, phi, g, NULL);
         if (step <= 2)
             CHECK(v < prev, "log-density not falling away from the cluster: %g at t = %g after %g", v, t, prev);
         else if (step == 4)
@@ -124,6 +126,66 @@ static void test_mixture(void)
         if (step <= 2)
             prev = v;
     }
+}
+
+/* The Gaussian of the mahalanobis score on correlated features (the first
+ * two move together): the fit finds mean and scale; the value is highest at
+ * the mean, falls along a line away from it, and a step against the
+ * correlation costs more than the same step along it. Features go in as the
+ * network gives them (v = log(1 + f), so f = e^v - 1). */
+static void test_gaussian(void)
+{
+    enum { N = 2000, NF = 4, DIM = NF + 1 };
+    const double bits = vapo_ood_png_bits(flat_image, 1, FH, FW) / (FH * FW);
+    double *v = malloc(sizeof(double) * N * DIM);
+    float z[DIM];
+    for (int i = 0; i < N; i++) {
+        vapo_rng_normal(13, 1, (uint64_t)i * DIM, DIM, z);
+        v[i * DIM + 0] = 2.0 + 0.5 * z[0];
+        v[i * DIM + 1] = 3.0 + 0.5 * (0.95 * z[0] + 0.31 * z[1]); /* correlation 0.95 with the first */
+        v[i * DIM + 2] = 1.0 + 0.2 * z[2];
+        v[i * DIM + 3] = 4.0 + 1.0 * z[3];
+        v[i * DIM + 4] = bits + 0.01 * z[4];
+    }
+    vapo_ood o;
+    vapo_ood_init(&o);
+    CHECK(vapo_ood_gauss_fit(&o.g, v, 2 * DIM - 1, DIM) != 0, "a fit on too few images accepted");
+    vapo_ood_free(&o);
+    CHECK(!vapo_ood_gauss_fit(&o.g, v, N, DIM), "fit: %s", vapo_last_error());
+    free(v);
+    CHECK(vapo_ood_available(&o, VAPO_SCORE_MAHALANOBIS) && vapo_ood_features(&o, VAPO_SCORE_MAHALANOBIS) == NF &&
+              vapo_ood_rows(&o, VAPO_SCORE_MAHALANOBIS) == 1 && !vapo_ood_needs_grad(VAPO_SCORE_MAHALANOBIS),
+          "the score's shape");
+    CHECK(fabs(o.g.mean[0] - 2) < 0.05 && fabs(o.g.mean[3] - 4) < 0.1 && fabs(o.g.scale[2] - 0.2) < 0.02,
+          "mean %g %g, scale %g", o.g.mean[0], o.g.mean[3], o.g.scale[2]);
+    const double centre[NF] = {2, 3, 1, 4};
+    double prev = INFINITY, along = 0, across = 0;
+    for (int step = 0; step <= 4; step++) { /* away from the mean along feature 3 */
+        float f[NF];
+        for (int c = 0; c < NF; c++)
+            f[c] = (float)expm1(centre[c] + (c == 3 ? step * 0.75 : 0));
+        const double val = vapo_ood_value(&o, VAPO_SCORE_MAHALANOBIS, 1, FH, FW, flat_image, NULL, NULL, f);
+        CHECK(isfinite(val) && val < prev, "value not falling away from the mean: %g after %g (step %d)", val, prev,
+              step);
+        prev = val;
+    }
+    for (int dir = 0; dir < 2; dir++) { /* 0.5 along (+, +) and across (+, -) the correlation */
+        float f[NF];
+        for (int c = 0; c < NF; c++)
+            f[c] = (float)expm1(centre[c] + (c == 0 ? 0.35 : c == 1 ? (dir ? -0.35 : 0.35) : 0));
+        *(dir ? &across : &along) = vapo_ood_value(&o, VAPO_SCORE_MAHALANOBIS, 1, FH, FW, flat_image, NULL, NULL, f);
+    }
+    CHECK(across < along - 5, "across the correlation %g, along it %g", across, along);
+    float busy[FH * FW], f[NF]; /* the same features with many more PNG bits */
+    for (int c = 0; c < NF; c++)
+        f[c] = (float)expm1(centre[c]);
+    for (int i = 0; i < FH * FW; i++)
+        busy[i] = (float)vapo_rng_uniform(3, 0, i) * 2 - 1;
+    CHECK(vapo_ood_value(&o, VAPO_SCORE_MAHALANOBIS, 1, FH, FW, busy, NULL, NULL, f) <
+              vapo_ood_value(&o, VAPO_SCORE_MAHALANOBIS, 1, FH, FW, flat_image, NULL, NULL, f) - 100,
+          "an image far from the fit's PNG bits is not less typical");
+    vapo_ood_free(&o);
+    CHECK(o.g.dim == 0 && !vapo_ood_available(&o, VAPO_SCORE_MAHALANOBIS), "freed");
 }
 
 /* A model of the tiny preset, calibrated on random images. */
@@ -151,7 +213,7 @@ static void test_model_roundtrip(void)
     float *x;
     vapo_model *m = tiny_model(be, &x, N);
     const int d = (int)vapo_net_input_size(m->net);
-    CHECK(m->ood.default_score == VAPO_SCORE_MULTISCALE, "the default is the multiscale score");
+    CHECK(m->ood.default_score == VAPO_SCORE_MAHALANOBIS, "the default is the mahalanobis score");
     for (int k = 0; k < VAPO_SCORE_KINDS; k++)
         CHECK(m->ood.calib[k].count == N / 2, "score %d calibrated on %d", k, m->ood.calib[k].count);
 
@@ -172,8 +234,14 @@ static void test_model_roundtrip(void)
     CHECK(!memcmp(a->mean, b->mean, sizeof a->mean) && !memcmp(a->cov, b->cov, sizeof a->cov) &&
               !memcmp(a->weight, b->weight, sizeof a->weight) && !memcmp(a->shift, b->shift, sizeof a->shift),
           "mixture parameters differ after reload");
+    const vapo_gauss *ga = &m->ood.g, *gb = &r->ood.g;
+    CHECK(ga->dim == vapo_net_feature_count(m->net) + 1 && gb->dim == ga->dim &&
+              !memcmp(ga->mean, gb->mean, sizeof(double) * ga->dim) &&
+              !memcmp(ga->scale, gb->scale, sizeof(double) * ga->dim) &&
+              !memcmp(ga->chol, gb->chol, sizeof(double) * ga->dim * (ga->dim + 1) / 2),
+          "Gaussian differs after reload (dim %d, %d)", ga->dim, gb->dim);
     /* the same values image by image, alone or in a batch (batch invariance) */
-    double va[16], vb[16], one;
+    double va[16], vb[16], one, va_maha[16];
     for (int k = 0; k < VAPO_SCORE_KINDS; k++) {
         CHECK(!vapo_model_score(m, (vapo_score_kind)k, 16, x, 64, va) &&
                   !vapo_model_score(r, (vapo_score_kind)k, 16, x, 5, vb),
@@ -183,7 +251,29 @@ static void test_model_roundtrip(void)
                   va[i], vb[i]);
         CHECK(!vapo_model_score(r, (vapo_score_kind)k, 1, x + 9 * d, 1, &one) && one == va[9],
               "score %d of image 9 alone: %.17g, in a batch %.17g", k, one, va[9]);
+        if (k == VAPO_SCORE_MAHALANOBIS)
+            memcpy(va_maha, va, sizeof va);
     }
+    /* the server's path: energy rows of the sampler pool with their features, 16 in one step, give the
+     * values vapo_model_score gives */
+    vapo_pool *pool = vapo_model_pool(r);
+    int ids[16];
+    for (int i = 0; i < 16; i++)
+        ids[i] = vapo_pool_add(pool, NULL, x + (size_t)i * d, VAPO_POOL_FEATURES);
+    CHECK(vapo_pool_step(pool, NULL, 0) == 16, "pool step: %s", vapo_last_error());
+    const int nf = vapo_ood_features(&r->ood, VAPO_SCORE_MAHALANOBIS);
+    float *feat = malloc(sizeof(float) * nf);
+    for (int i = 0; i < 16; i++) {
+        vapo_pool_result res;
+        CHECK(!vapo_pool_features(pool, ids[i], feat) && !vapo_pool_take(pool, ids[i], NULL, &res), "row %d: %s", i,
+              vapo_last_error());
+        const double pv = vapo_ood_value(&r->ood, VAPO_SCORE_MAHALANOBIS, r->arch.in_c, r->arch.in_h, r->arch.in_w,
+                                         x + (size_t)i * d, &res.phi, NULL, feat);
+        CHECK(pv == va_maha[i], "pool value of image %d: %.17g, vapo_model_score %.17g", i, pv, va_maha[i]);
+    }
+    CHECK(vapo_pool_add(pool, &r->sampling, x, VAPO_POOL_FEATURES) < 0, "features asked of a trajectory");
+    free(feat);
+    vapo_pool_free(pool);
     /* calibration images are mostly in distribution; flat images (simpler) less typical under the complexity
      * score than the calibration images' median */
     int in = 0;
@@ -213,10 +303,12 @@ static void test_few_images(void)
           m->ood.calib[2].count);
     json_t *j = vapo_ood_to_json(&m->ood);
     vapo_ood o;
-    CHECK(j && !vapo_ood_from_json(j, &o) && !memcmp(o.calib, m->ood.calib, sizeof o.calib) && o.ms.k == 0,
-          "round trip without a mixture: %s", vapo_last_error());
+    CHECK(j && !vapo_ood_from_json(j, &o) && !memcmp(o.calib, m->ood.calib, sizeof o.calib) && o.ms.k == 0 &&
+              o.g.dim == 0,
+          "round trip without a mixture or a Gaussian: %s", vapo_last_error());
     double v;
     CHECK(vapo_model_score(m, VAPO_SCORE_MULTISCALE, 1, x, 1, &v) != 0, "a multiscale value without a mixture");
+    CHECK(vapo_model_score(m, VAPO_SCORE_MAHALANOBIS, 1, x, 1, &v) != 0, "a mahalanobis value without a Gaussian");
     json_decref(j);
     vapo_model_free(m);
     free(x);
@@ -232,13 +324,15 @@ static void test_bad_metadata(void)
     vapo_model *m = tiny_model(be, &x, N);
     json_t *good = vapo_ood_to_json(&m->ood);
     vapo_ood o;
-    CHECK(!vapo_ood_from_json(good, &o), "the good object: %s", vapo_last_error());
+    CHECK(!vapo_ood_from_json(good, &o) && o.g.dim > 0, "the good object: %s", vapo_last_error());
+    vapo_ood_free(&o);
     CHECK(!vapo_ood_from_json(NULL, &o) && o.calib[0].count == 0, "absent: nothing calibrated");
     static const char *const edits[] = {"unsorted", "sigma0", "notpd", "default", "unknown-default", "keep",
-                                        "weights", "scores"};
+                                        "weights", "scores", "chol", "gauss-length"};
     for (size_t e = 0; e < sizeof edits / sizeof edits[0]; e++) {
         json_t *bad = json_deep_copy(good);
         json_t *mix = json_object_get(json_object_get(json_object_get(bad, "scores"), "multiscale"), "mixture");
+        json_t *gauss = json_object_get(json_object_get(json_object_get(bad, "scores"), "mahalanobis"), "gaussian");
         const char *what = edits[e];
         if (!strcmp(what, "unsorted"))
             json_array_set_new(json_object_get(bad, "quantiles"), 3, json_real(1e30));
@@ -247,7 +341,11 @@ static void test_bad_metadata(void)
         else if (!strcmp(what, "notpd"))
             json_array_set_new(json_array_get(json_object_get(mix, "covariances"), 0), 0, json_real(-1));
         else if (!strcmp(what, "default"))
-            json_object_del(json_object_get(bad, "scores"), "multiscale");
+            json_object_del(json_object_get(bad, "scores"), "mahalanobis");
+        else if (!strcmp(what, "chol"))
+            json_array_set_new(json_object_get(gauss, "chol"), 2, json_real(-1)); /* the second diagonal entry */
+        else if (!strcmp(what, "gauss-length"))
+            json_array_append_new(json_object_get(gauss, "mean"), json_real(0));
         else if (!strcmp(what, "unknown-default"))
             json_object_set_new(bad, "default", json_string("likelihood"));
         else if (!strcmp(what, "keep"))
@@ -271,6 +369,7 @@ int main(void)
     test_quantiles();
     test_complexity();
     test_mixture();
+    test_gaussian();
     test_model_roundtrip();
     test_few_images();
     test_bad_metadata();

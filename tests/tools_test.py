@@ -280,17 +280,17 @@ def test_score(t, work):
     check(close([r[2] for r in frows[:3]], [r[2] for r in rows]), "folder energies differ from file energies")
     # its own samples are mostly in distribution (the calibration used samples of the model)
     check(sum(r[5] for r in frows) >= 9, "only %d of 12 samples in distribution" % sum(r[5] for r in frows))
-    # the scores: energy's value is the energy; each score is the model's own, the default the multiscale one;
+    # the scores: energy's value is the energy; each score is the model's own, the default the mahalanobis one;
     # a value does not depend on the batch
-    for score in ("energy", "complexity", "multiscale"):
+    for score in ("energy", "complexity", "multiscale", "mahalanobis"):
         sr = parse_csv(t.ok("score", m, sd, "--score", score, "--batch", 5).stdout)
         sr3 = parse_csv(t.ok("score", m, sd, "--score", score, "--batch", 3).stdout)
         check(close([r[3] for r in sr], [r[3] for r in sr3]), "%s values depend on the batch" % score)
         check(close([r[2] for r in sr], [r[2] for r in frows]), "--score %s changed the energies" % score)
         if score == "energy":
             check(close([r[3] for r in sr], [r[2] for r in sr]), "energy score: value != energy")
-        if score == "multiscale":
-            check(close([r[3] for r in sr], [r[3] for r in frows]), "the default score is not multiscale")
+        if score == "mahalanobis":
+            check(close([r[3] for r in sr], [r[3] for r in frows]), "the default score is not mahalanobis")
         check(sum(r[5] for r in sr) >= 9, "%s: only %d of 12 samples in distribution" % (score, sum(r[5] for r in sr)))
 
     # idx input, gzip'd and plain, and the same pixels as PNG files
@@ -361,6 +361,7 @@ def test_score(t, work):
     r = parse_csv(p.stdout)
     check(len(r) == 2 and r[0][4] is None and r[0][5] is None and r[0][3] == r[0][2], "uncalibrated: %s" % r)
     fails(t, "score", [nc, files[0], "--score", "multiscale"], 1, "no multiscale score")
+    fails(t, "score", [nc, files[0], "--score", "mahalanobis"], 1, "no mahalanobis score")
     check("no OOD calibration" in p.stderr, "no warning about the missing calibration")
     j = json.loads(t.ok("score", nc, files[0], "--format", "json").stdout)
     check(j["images"][0]["ood_score"] is None and j["summary"]["in_distribution_fraction"] is None,
@@ -462,7 +463,7 @@ def test_errors(t, work):
     fails(t, "score", [m, img, "--format", "xml"], 2, "--format", "'xml'")
     fails(t, "score", [m, img, "--limit", "0"], 2, "--limit")
     fails(t, "score", [m, img, "--auroc-n", "-5"], 2, "--auroc-n")
-    fails(t, "score", [m, img, "--score", "likelihood"], 2, "--score", "energy,complexity,multiscale")
+    fails(t, "score", [m, img, "--score", "likelihood"], 2, "--score", "energy,complexity,multiscale,mahalanobis")
     fails(t, "score", [m, img, "--auroc-vs", os.path.join(work, "nowhere")], 1, "--auroc-vs", "nowhere")
 
 

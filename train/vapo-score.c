@@ -389,10 +389,11 @@ static const opt_def table[] = {
         "centre-crop and resize images whose size differs from the model's\n"
         "(default: such an image is an error)"),
     OPT(OPT_CHOICE, "--score", "S", F(score), 0, 0, NULL,
-        "the OOD score: energy (Phi), complexity (Phi + ln 2 x PNG bits) or\n"
+        "the OOD score: energy (Phi), complexity (Phi + ln 2 x PNG bits),\n"
         "multiscale (a Gaussian mixture over Phi and |grad Phi| at a few noise\n"
-        "levels); default: the model's (its calibration's best)",
-        .choices = "energy|complexity|multiscale"),
+        "levels) or mahalanobis (a Gaussian over the network's own features of\n"
+        "the image); default: the model's (its calibration's best)",
+        .choices = "energy|complexity|multiscale|mahalanobis"),
     OPT(OPT_STRING, "--auroc-vs", "SET", F(auroc_vs), 0, 0, NULL,
         "also score an out-of-distribution set and print the AUROC (inputs\n"
         "positive: P(value of input > value of SET)). SET is 'uniform'\n"

@@ -77,8 +77,8 @@ static const opt_def table[] = {
     OPT(OPT_DOUBLE, "--t-end", "T", F(t_end), 1e-9, 1e6, "1.5", "ODE end time stored as the sampling default"),
     OPT(OPT_INT, "--calib", "N", F(calib), 0, 1 << 30, "2000",
         "held-out images for the OOD calibration: the last N training images fit\n"
-        "the multiscale score's mixture, the first N test images give every\n"
-        "score's quantiles"),
+        "the multiscale score's mixture and the mahalanobis score's Gaussian, the\n"
+        "first N test images give every score's quantiles"),
     OPT(OPT_STRING, "--select", "WHAT", F(select), 0, 0, "none",
         "none, or fd: at every grid and at the end, the FD of --select-n samples\n"
         "to as many test images in the judge's features; model.safetensors gets\n"

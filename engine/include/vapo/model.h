@@ -92,11 +92,13 @@ int vapo_model_score(vapo_model *m, vapo_score_kind k, int n, const float *x, in
 int vapo_model_ms_features(vapo_model *m, int n, const float *x, int batch, double *features);
 
 /* The OOD calibration at the end of training: fits the multiscale mixture
- * (vapo_ood_ms_defaults' levels, VAPO_MS_COMPONENTS components) on n_fit
- * held-out training images, then stores every score's quantiles over n_cal
- * other held-out images, and makes the multiscale score the default. With
- * fewer than 4 x components x features fit images (a toy dataset) there is
- * no mixture: energy and complexity are calibrated, energy the default. */
+ * (vapo_ood_ms_defaults' levels, VAPO_MS_COMPONENTS components) and the
+ * mahalanobis score's Gaussian on n_fit held-out training images, then
+ * stores every score's quantiles over n_cal other held-out images, and makes
+ * the best measured score the default (mahalanobis, models/README.md). With
+ * too few fit images for one (fewer than 4 x components x features for the
+ * mixture, 2 x features for the Gaussian: a toy dataset) that score is left
+ * out; with neither the default is the energy. */
 #define VAPO_MS_COMPONENTS 4
 int vapo_model_calibrate(vapo_model *m, const float *fit, int n_fit, const float *cal, int n_cal, int batch);
 

@@ -79,4 +79,12 @@ int vapo_net_backward(vapo_net *net, float *grad_x);
 int vapo_net_tangent(vapo_net *net, const float *u, float *phi_dot);
 int vapo_net_dual_backward(vapo_net *net, const float *phi_bar, const float *phidot_bar, float *param_grad);
 
+/* The network's own summary of an image (the mahalanobis OOD score's
+ * features): per level the spatial sum of max(0, y), y the level's last block
+ * output (the encoder's for a U-Net), then the global head's hidden
+ * activations. vapo_net_features writes them for the last forward batch to
+ * host memory, batch x vapo_net_feature_count floats, sample-major. */
+int vapo_net_feature_count(const vapo_net *net);
+int vapo_net_features(vapo_net *net, float *out);
+
 #endif

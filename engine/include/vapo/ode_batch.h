@@ -35,16 +35,24 @@
  * or a negative value (after vapo_fail). */
 typedef int (*vapo_pool_eval_fn)(void *ctx, int count, const float *x, float *grad, float *phi);
 
+/* The network's features (vapo_net_features) of the batch the last
+ * evaluation took, to host memory: count x nfeat floats. */
+typedef int (*vapo_pool_features_fn)(void *ctx, float *out);
+
 typedef struct vapo_pool vapo_pool;
 
 /* A pool of rows of `dim` floats on `be` (room grows as rows are added). */
 vapo_pool *vapo_pool_create(vapo_backend *be, int dim, vapo_pool_eval_fn eval, void *ctx);
 void vapo_pool_free(vapo_pool *p);
+/* Lets energy rows ask for nfeat features each (VAPO_POOL_FEATURES); before
+ * the first row is added. */
+int vapo_pool_set_features(vapo_pool *p, int nfeat, vapo_pool_features_fn fn);
 
 enum {
     VAPO_POOL_ENERGY = 1,   /* ode trajectory: also evaluate the energy of its final state (one more row) */
     VAPO_POOL_DEVICE = 2,   /* x0 is backend memory (else host) */
     VAPO_POOL_GRADNORM = 4, /* energy row: evaluate the gradient too and report |grad Phi| (an OOD score's row) */
+    VAPO_POOL_FEATURES = 8, /* energy row: keep the network's features (vapo_pool_set_features) */
 };
 
 /* Adds a row starting at x0 (dim floats, copied): a trajectory of cfg, or
@@ -79,6 +87,9 @@ typedef struct {
  * NULL) its result; the id is free again. Returns 0, or -1 if the row still
  * runs or the id is not a row. */
 int vapo_pool_take(vapo_pool *p, int id, float *x, vapo_pool_result *res);
+/* The features of a finished energy row added with VAPO_POOL_FEATURES
+ * (nfeat floats, host), read before vapo_pool_take. */
+int vapo_pool_features(const vapo_pool *p, int id, float *out);
 /* Drops a row whatever its state (a cancelled request). */
 void vapo_pool_remove(vapo_pool *p, int id);
 

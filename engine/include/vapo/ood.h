@@ -16,9 +16,15 @@
  *               (fixed directions z_l; after Mahmood et al., ICLR 2021; s_0 =
  *               0, the image itself), and the PNG code length per pixel (so
  *               that simple images stand out here too).
+ *   mahalanobis the log-density, under one Gaussian fitted on held-out
+ *               training images, of the network's own summary of the image
+ *               (vapo_net_features: log(1 + f) of each, after Lee et al.,
+ *               NeurIPS 2018) and its PNG bits per value. One evaluation
+ *               without the gradient.
  * A score is evaluated on rows: vapo_ood_rows images per input image (the
  * noised copies for multiscale, the image itself otherwise), each needing
- * Phi and, where vapo_ood_needs_grad, |grad Phi|; vapo_ood_value turns the
+ * Phi and, where vapo_ood_needs_grad, |grad Phi| (where
+ * vapo_ood_needs_features, the network's features); vapo_ood_value turns the
  * rows' results into the image's value. Values depend on the image alone
  * (the noise is the same for every image), not on its batch. */
 #ifndef VAPO_OOD_H
@@ -32,12 +38,18 @@
 #define VAPO_MS_MAX_FEATURES (2 * VAPO_MS_MAX_LEVELS + 1)
 #define VAPO_MS_MAX_COMPONENTS 8
 
-typedef enum { VAPO_SCORE_ENERGY, VAPO_SCORE_COMPLEXITY, VAPO_SCORE_MULTISCALE, VAPO_SCORE_KINDS } vapo_score_kind;
+typedef enum {
+    VAPO_SCORE_ENERGY,
+    VAPO_SCORE_COMPLEXITY,
+    VAPO_SCORE_MULTISCALE,
+    VAPO_SCORE_MAHALANOBIS,
+    VAPO_SCORE_KINDS
+} vapo_score_kind;
 
 const char *vapo_score_name(vapo_score_kind k);
 /* -1 with a message naming the choices for an unknown name. */
 int vapo_score_parse(const char *name, vapo_score_kind *k);
-/* "energy, complexity or multiscale" */
+/* "energy, complexity, multiscale or mahalanobis" */
 const char *vapo_score_choices(void);
 
 /* Values of a held-out in-distribution set: q[i] = quantile i/(N-1). */
@@ -64,23 +76,40 @@ typedef struct {
     double lognorm[VAPO_MS_MAX_COMPONENTS];
 } vapo_multiscale;
 
+/* The mahalanobis score's Gaussian over dim = features + 1 values (log(1 +
+ * max(0, f)) of each network feature, then PNG bits per value), standardised,
+ * (v - mean) / scale; chol is the lower Cholesky factor of the standardised
+ * covariance, rows packed (dim (dim + 1) / 2 values). Heap memory: a
+ * vapo_ood that holds one is released with vapo_ood_free. */
+typedef struct {
+    int dim; /* 0: not fitted */
+    double *mean, *scale, *chol;
+} vapo_gauss;
+
 typedef struct {
     vapo_quantiles calib[VAPO_SCORE_KINDS];
     vapo_multiscale ms;
+    vapo_gauss g;
     vapo_score_kind default_score; /* used when a request names none */
     double keep;                   /* fraction of in-distribution data kept (0.95) */
 } vapo_ood;
 
 void vapo_ood_init(vapo_ood *o);
+/* Releases the Gaussian and empties o as vapo_ood_init does. */
+void vapo_ood_free(vapo_ood *o);
 
 /* The noise levels of the multiscale features a calibration uses. */
 void vapo_ood_ms_defaults(vapo_multiscale *ms);
 
-/* 1 if the score can be computed (multiscale needs a fitted mixture). */
+/* 1 if the score can be computed (multiscale needs a fitted mixture,
+ * mahalanobis a Gaussian). */
 int vapo_ood_available(const vapo_ood *o, vapo_score_kind k);
 /* Rows per image, and whether they need |grad Phi| too. */
 int vapo_ood_rows(const vapo_ood *o, vapo_score_kind k);
 int vapo_ood_needs_grad(vapo_score_kind k);
+int vapo_ood_needs_features(vapo_score_kind k);
+/* Network features per row the score reads (0 when it reads none). */
+int vapo_ood_features(const vapo_ood *o, vapo_score_kind k);
 /* The rows of one image x (d floats): vapo_ood_rows(k) images of d floats. */
 void vapo_ood_expand(const vapo_ood *o, vapo_score_kind k, int d, const float *x, float *rows);
 /* Features per image of the multiscale score. */
@@ -88,11 +117,17 @@ int vapo_ood_ms_dim(const vapo_multiscale *ms);
 /* The multiscale features of one image x (c, h, w) from its rows' results. */
 void vapo_ood_ms_features(const vapo_multiscale *ms, int c, int h, int w, const float *x, const float *phi,
                           const float *gnorm, double *f);
-/* The value of one image (c, h, w floats in [-1, 1]) from its rows' Phi
- * and |grad Phi| (gnorm may be NULL when the score needs no gradient).
- * Non-finite results come back as -INFINITY (least typical). */
+/* The value of one image (c, h, w floats in [-1, 1]) from its rows' Phi,
+ * |grad Phi| and network features (gnorm and feat may be NULL when the score
+ * needs none). Non-finite results come back as -INFINITY (least typical). */
 double vapo_ood_value(const vapo_ood *o, vapo_score_kind k, int c, int h, int w, const float *x, const float *phi,
-                      const float *gnorm);
+                      const float *gnorm, const float *feat);
+/* The mahalanobis score's dim values of one image from its nfeat network
+ * features (dim = nfeat + 1). */
+void vapo_ood_gauss_features(int c, int h, int w, const float *x, const float *feat, int nfeat, double *v);
+/* Fits the Gaussian on n vectors of dim values (row-major; n >= 2 dim). */
+int vapo_ood_gauss_fit(vapo_gauss *g, const double *v, int n, int dim);
+
 /* PNG code length of the image quantised to 8 bits, in bits. */
 double vapo_ood_png_bits(const float *x, int c, int h, int w);
 

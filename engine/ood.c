@@ -596,11 +596,14 @@ static int gauss_from_json(const json_t *obj, vapo_gauss *g)
 {
     json_t *mean = json_object_get(obj, "mean");
     const int dim = json_is_array(mean) ? (int)json_array_size(mean) : 0;
-    if (!json_is_object(obj) || dim < 1 || dim > GAUSS_MAX_DIM)
-        return vapo_fail("ood metadata (mahalanobis): need a 'gaussian' object with 1..%d means", GAUSS_MAX_DIM);
+    json_t *chol = json_object_get(obj, "chol");
+    if (!json_is_object(obj) || dim < 1 || dim > GAUSS_MAX_DIM || !json_is_array(chol) ||
+        json_array_size(chol) != packed(dim, 0)) /* before allocating what the lengths ask for */
+        return vapo_fail("ood metadata (mahalanobis): need a 'gaussian' object with 1..%d means and a factor of "
+                         "dim (dim + 1) / 2 values", GAUSS_MAX_DIM);
     if (gauss_alloc(g, dim) || doubles_from_json(mean, dim, g->mean, "mean") ||
         doubles_from_json(json_object_get(obj, "scale"), dim, g->scale, "scale") ||
-        doubles_from_json(json_object_get(obj, "chol"), (int)packed(dim, 0), g->chol, "chol"))
+        doubles_from_json(chol, (int)packed(dim, 0), g->chol, "chol"))
         return -1;
     for (int r = 0; r < dim; r++)
         if (!(g->scale[r] > 0) || !(g->chol[packed(r, r)] > 0))

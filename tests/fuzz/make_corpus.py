@@ -95,6 +95,7 @@ def main():
         "score.json": json.dumps({"images": [b64png, b64png], "score": "multiscale"}),
         "complexity.json": json.dumps({"images": [b64png], "score": "complexity"}),
         "energy.json": json.dumps({"images": [b64png], "score": "energy"}),
+        "mahalanobis.json": json.dumps({"images": [b64png, b64png], "score": "mahalanobis"}),
     })
     write("png", pngs())
     write("b64", {

@@ -145,7 +145,9 @@ int vapo_ood_in_distribution(const vapo_ood *o, vapo_score_kind k, double value)
 
 /* The "ood" metadata object (NULL when nothing is calibrated), and back:
  * every field checked (counts, sorted finite quantiles, a positive definite
- * mixture); an absent object leaves o as vapo_ood_init made it. */
+ * mixture, the Gaussian's lengths and positive factor diagonal); an absent
+ * object leaves o as vapo_ood_init made it. vapo_ood_from_json starts from
+ * vapo_ood_init (o must hold no Gaussian) and on failure frees what it read. */
 json_t *vapo_ood_to_json(const vapo_ood *o);
 int vapo_ood_from_json(const json_t *obj, vapo_ood *o);
 

@@ -6,11 +6,17 @@
  * With "direct" as the fourth argument only the direct kernels run (BLIS's
  * own threads spin at barriers: on a machine busy with other work, its
  * 2-thread passes took seconds instead of milliseconds).
+ * With "winograd" the direct kernels (VAPO_CPU_WINOGRAD=off) run against
+ * Winograd F(2x2, 3x3) (=on) on the forward and data-adjoint passes; with
+ * "grid" as the sixth argument over a grid of channels and sides, the
+ * measurement behind conv3_uses_winograd's choice.
  * With "cpu" as the fifth, times are the process's CPU time divided by the
  * threads, not wall time: on a machine shared with other work, what the
  * passes would take with the cores to themselves (while threads are not
  * waiting: fair for 1 thread, flattering for more).
- *   bench_conv [batch] [repeats] [threads] [both|direct] [wall|cpu] */
+ * Weights carry a version (vapo_conv_shape.wver), as a network's do: what the
+ * backend derives from them is kept between calls.
+ *   bench_conv [batch] [repeats] [threads] [both|direct|winograd] [wall|cpu] [grid] */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
@@ -100,9 +106,10 @@ static void run_pass(vapo_backend *be, int pass, const vapo_conv_shape *s, float
         be->conv_backward_filter(be, s, dw, NULL, y, x);
 }
 
-static vapo_backend *open_with(const char *conv, int threads)
+static vapo_backend *open_with(const char *conv, const char *wino, int threads)
 {
     setenv("VAPO_CPU_CONV", conv, 1);
+    setenv("VAPO_CPU_WINOGRAD", wino, 1);
     vapo_backend *be = vapo_backend_cpu(threads);
     if (!be)
         fprintf(stderr, "bench_conv: %s\n", vapo_last_error());
@@ -114,23 +121,37 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     const int batch = argc > 1 ? atoi(argv[1]) : 64, reps = argc > 2 ? atoi(argv[2]) : 10;
     const int threads = argc > 3 ? atoi(argv[3]) : 2;
-    const int sides = argc > 4 && !strcmp(argv[4], "direct") ? 1 : 2;
+    const int wino = argc > 4 && !strcmp(argv[4], "winograd");
+    const int sides = argc > 4 && !strcmp(argv[4], "direct") ? 1 : 2, passes = wino ? 2 : PASSES;
     cpu_clock = argc > 5 && !strcmp(argv[5], "cpu"), clock_threads = threads;
-    static const conv_case cases[] = {
+    static const conv_case paper[] = {
         {"conv_in", 1, 32, 28}, {"level 0", 32, 32, 28}, {"level 1 c1/sc", 32, 64, 14},
         {"level 1 c2", 64, 64, 14}, {"level 2", 64, 64, 7},
     };
-    vapo_backend *be[2] = {open_with("auto", threads), sides == 2 ? open_with("blis", threads) : NULL};
+    conv_case grid[64];
+    size_t ncases = sizeof paper / sizeof paper[0];
+    const conv_case *cases = paper;
+    if (argc > 6 && !strcmp(argv[6], "grid")) {
+        static const int ch[] = {4, 8, 16, 32, 64, 128}, side[] = {4, 7, 8, 14, 16, 28, 32};
+        ncases = 0;
+        for (size_t i = 0; i < sizeof ch / sizeof ch[0]; i++)
+            for (size_t j = 0; j < sizeof side / sizeof side[0]; j++)
+                grid[ncases++] = (conv_case){"grid", ch[i], ch[i], side[j]};
+        cases = grid;
+    }
+    const char *other = wino ? "winograd" : "blis";
+    vapo_backend *be[2] = {open_with("auto", "off", threads),
+                           sides == 2 ? open_with(wino ? "auto" : "blis", wino ? "on" : "off", threads) : NULL};
     if (!be[0] || (sides == 2 && !be[1]) || batch < 1 || reps < 1)
         return 1;
     const double peak = peak_gflops(threads);
     printf("FMA peak, %d threads: %.1f GFLOPS\n", threads, peak);
-    printf("%-14s %-16s %10s %10s %8s %8s %8s\n", "shape", "pass", "direct ms", "blis ms", "speedup", "GFLOPS",
-           "of peak");
+    printf("%-14s %-16s %10s %10s %8s %8s %8s\n", "shape", "pass", "direct ms", wino ? "wino ms" : "blis ms",
+           wino ? "wino x" : "speedup", "GFLOPS", "of peak");
     double total[2] = {0, 0};
-    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+    for (size_t t = 0; t < ncases; t++) {
         const conv_case *c = &cases[t];
-        const vapo_conv_shape s = {c->cin, c->cout, 3, batch, c->hw, c->hw, 0};
+        const vapo_conv_shape s = {c->cin, c->cout, 3, batch, c->hw, c->hw, 1};
         const size_t n = (size_t)batch * c->hw * c->hw, nw = (size_t)c->cin * c->cout * 9;
         float *x = malloc(sizeof(float) * n * c->cin), *y = malloc(sizeof(float) * n * c->cout);
         float *w = malloc(sizeof(float) * nw), *dw = calloc(nw, sizeof(float)), *b = calloc(c->cout, sizeof(float));
@@ -138,7 +159,7 @@ int main(int argc, char **argv)
         vapo_rng_normal(1, 2, 0, n * c->cout, y);
         vapo_rng_normal(1, 3, 0, nw, w);
         const double flops = 2.0 * n * nw;
-        for (int pass = 0; pass < PASSES; pass++) {
+        for (int pass = 0; pass < passes; pass++) {
             double best[2] = {1e30, 1e30};
             for (int r = 0; r < reps; r++)
                 for (int k = 0; k < sides; k++) {
@@ -151,20 +172,23 @@ int main(int argc, char **argv)
             char shape[32];
             snprintf(shape, sizeof shape, "%d>%d %dx%d", c->cin, c->cout, c->hw, c->hw);
             char blis[32] = "-", ratio[32] = "-";
-            if (sides == 2)
+            if (sides == 2 && wino) /* the winograd pass's speed-up, and GFLOPS of direct FLOPs */
+                snprintf(blis, sizeof blis, "%.3f", best[1] * 1e3), snprintf(ratio, sizeof ratio, "%.2fx", best[0] / best[1]);
+            else if (sides == 2)
                 snprintf(blis, sizeof blis, "%.3f", best[1] * 1e3), snprintf(ratio, sizeof ratio, "%.2fx", best[1] / best[0]);
+            const double tr = wino ? best[1] : best[0]; /* winograd: effective GFLOPS, direct FLOPs / time */
             printf("%-14s %-16s %10.3f %10s %8s %8.1f %7.0f%%\n", shape, pass_name[pass], best[0] * 1e3, blis, ratio,
-                   flops / best[0] * 1e-9, 100 * flops / best[0] * 1e-9 / peak);
+                   flops / tr * 1e-9, 100 * flops / tr * 1e-9 / peak);
         }
         free(x), free(y), free(w), free(dw), free(b);
     }
     if (sides == 2)
-        printf("all passes above: direct %.2f ms, blis %.2f ms (%.2fx)\n", total[0] * 1e3, total[1] * 1e3,
+        printf("all passes above: direct %.2f ms, %s %.2f ms (%.2fx)\n", total[0] * 1e3, other, total[1] * 1e3,
                total[1] / total[0]);
     else
         printf("all passes above: direct %.2f ms\n", total[0] * 1e3);
-    bench_result("vapo-conv", "batch=%d threads=%d peak_gflops=%.1f direct_ms=%.3f blis_ms=%.3f", batch, threads,
-                 peak, total[0] * 1e3, total[1] * 1e3);
+    bench_result("vapo-conv", "batch=%d threads=%d peak_gflops=%.1f direct_ms=%.3f %s_ms=%.3f", batch, threads,
+                 peak, total[0] * 1e3, other, total[1] * 1e3);
     for (int k = 0; k < sides; k++)
         be[k]->destroy(be[k]);
     return 0;

@@ -246,8 +246,7 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
     if (!wf)
         return;
     if (cb->conv3) {
-        const vapo_conv_shape t = {s->cout, s->cin, 3, s->batch, s->h, s->w, 0};
-        conv3_forward(cb->conv3, &t, dx, dy, wf, NULL, 1);
+        conv3_backward_data(cb->conv3, s, dx, dy, w, wf);
         return;
     }
     const size_t step = chunk_cols(s, s->cout);

@@ -23,6 +23,7 @@
  * order and added to dw chunk by chunk: the same order for any thread count. */
 #include <immintrin.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,19 @@ static conv3_geom geom_of(int cin, int h, int w)
     return g;
 }
 
+/* Winograd tiles of an h x w image: th x tw tiles of 2 x 2 outputs, each
+ * reading 4 x 4 of the zero-bordered (2 th + 2) x (2 tw + 2) padded plane P.
+ * P is kept as four planes by row and column parity, Q[pr][pc][a tl + b] =
+ * P[2a + pr][2b + pc] with tl = tw + 1, so that tile (ty, tx), lane
+ * l = ty tl + tx, reads its 4 x 4 inputs at Q[i&1][j&1][l + (i>>1) tl +
+ * (j>>1)]: one unaligned vector load per input across lanes, like the direct
+ * kernel's taps. Lane tx = tw of each row is computed and thrown away. */
+typedef struct {
+    int th, tw, tl; /* tl = tw + 1 lanes per tile row */
+    int nl;         /* th tl lanes per image */
+    size_t pq;      /* floats per parity plane, with room for the last vector's reads */
+} wino_geom;
+
 /* lanes summed pairwise, in a fixed order */
 static float hsum_lanes(float *t, int n)
 {
@@ -70,6 +84,8 @@ static float hsum_lanes(float *t, int n)
 #define VZERO _mm512_setzero_ps()
 #define VSET1 _mm512_set1_ps
 #define VFMA _mm512_fmadd_ps
+#define VADD _mm512_add_ps
+#define VSUB _mm512_sub_ps
 #define COB_F 4
 #define PV_F 6
 #define COB_W 3
@@ -84,6 +100,8 @@ static float hsum_lanes(float *t, int n)
 #define VZERO _mm256_setzero_ps()
 #define VSET1 _mm256_set1_ps
 #define VFMA _mm256_fmadd_ps
+#define VADD _mm256_add_ps
+#define VSUB _mm256_sub_ps
 #define COB_F 4
 #define PV_F 2
 #define COB_W 1
@@ -99,6 +117,8 @@ static float hsum_lanes(float *t, int n)
 #define VZERO _mm_setzero_ps()
 #define VSET1 _mm_set1_ps
 #define VFMA(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
+#define VADD _mm_add_ps
+#define VSUB _mm_sub_ps
 #define COB_F 4
 #define PV_F 2
 #define COB_W 1
@@ -110,16 +130,39 @@ typedef struct {
     void (*fwd_tile)(const conv3_geom *g, const float *xp, const float *w, int cob, int pv, float *tb);
     void (*wgrad_task)(const conv3_geom *g, const float *dyg, size_t dstride, const float *xg, int nimg, int cob,
                        float *out);
+    void (*wino_in)(const wino_geom *wg, const float *q, int l0, int nvec, float *v, size_t es);
+    void (*wino_out)(const float *m, size_t es, int nvec, float *o, int os);
+    void (*wino_put)(const wino_geom *wg, int h, int w, const float *o, int os, int l0, int nlanes, float *y, float b,
+                     int accumulate);
 } conv3_isa;
 
-static const conv3_isa isa_avx512 = {"avx512", 16, 4, 6, 3, fwd_tile_avx512, wgrad_task_avx512};
-static const conv3_isa isa_avx2 = {"avx2", 8, 4, 2, 1, fwd_tile_avx2, wgrad_task_avx2};
-static const conv3_isa isa_sse2 = {"sse2", 4, 4, 2, 1, fwd_tile_sse2, wgrad_task_sse2};
+static const conv3_isa isa_avx512 = {"avx512", 16, 4, 6, 3, fwd_tile_avx512, wgrad_task_avx512,
+                                   wino_in_avx512, wino_out_avx512, wino_put_avx512};
+static const conv3_isa isa_avx2 = {"avx2", 8, 4, 2, 1, fwd_tile_avx2, wgrad_task_avx2,
+                                   wino_in_avx2, wino_out_avx2, wino_put_avx2};
+static const conv3_isa isa_sse2 = {"sse2", 4, 4, 2, 1, fwd_tile_sse2, wgrad_task_sse2,
+                                   wino_in_sse2, wino_out_sse2, wino_put_sse2};
+
+/* Winograd-transformed weights U[e][co][ci] of a forward (adj 0) or data
+ * adjoint (adj 1) kernel, kept for weights with a version. */
+typedef struct {
+    const float *w; /* the caller's weights: the key, with adj, wver and the shape */
+    uint64_t wver;
+    int adj, cin, cout;
+    float *u;
+} wino_entry;
+
+#define WINO_CACHE 64 /* a network's convolutions, both directions, a few networks */
 
 struct conv3 {
     const conv3_isa *isa;
+    conv3_algo algo;
     float *buf; /* scratch: padded planes and tiles */
     size_t cap;
+    float *u;   /* transformed weights without a version */
+    size_t ucap;
+    wino_entry wcache[WINO_CACHE];
+    int wnext; /* the entry to reuse when none matches */
 };
 
 conv3 *conv3_open(int *bad)
@@ -146,6 +189,19 @@ conv3 *conv3_open(int *bad)
     }
     if (!isa)
         return NULL;
+    const char *wino = getenv("VAPO_CPU_WINOGRAD");
+    conv3_algo algo = CONV3_PICK;
+    if (wino && *wino && strcmp(wino, "auto")) {
+        if (!strcmp(wino, "on"))
+            algo = CONV3_WINOGRAD;
+        else if (!strcmp(wino, "off"))
+            algo = CONV3_DIRECT;
+        else {
+            vapo_fail("VAPO_CPU_WINOGRAD=%s: expected auto, on or off", wino);
+            *bad = 1;
+            return NULL;
+        }
+    }
     conv3 *cv = calloc(1, sizeof *cv);
     if (!cv) {
         vapo_fail("out of memory creating the CPU convolution");
@@ -153,15 +209,22 @@ conv3 *conv3_open(int *bad)
         return NULL;
     }
     cv->isa = isa;
+    cv->algo = algo;
     return cv;
 }
 
 const char *conv3_name(const conv3 *cv) { return cv ? cv->isa->name : "blis"; }
 
+void conv3_set_algo(conv3 *cv, conv3_algo algo) { cv->algo = algo; }
+
 void conv3_close(conv3 *cv)
 {
-    if (cv)
-        free(cv->buf);
+    if (!cv)
+        return;
+    free(cv->buf);
+    free(cv->u);
+    for (int i = 0; i < WINO_CACHE; i++)
+        free(cv->wcache[i].u);
     free(cv);
 }
 
@@ -220,8 +283,8 @@ static void write_tile(const conv3_geom *g, const vapo_conv_shape *s, float *y, 
     }
 }
 
-int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,
-                  const float *bias, int accumulate)
+static int direct_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,
+                          const float *bias, int accumulate)
 {
     const conv3_isa *isa = cv->isa;
     const conv3_geom g = geom_of(s->cin, s->h, s->w);
@@ -255,6 +318,199 @@ int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x,
         }
     }
     return 0;
+}
+
+/* ---- Winograd F(2x2, 3x3) ---------------------------------------------------
+ *
+ * y = A^T [ (G g G^T) . (B^T d B) ] A per 2 x 2 output tile: 16 products per
+ * tile and channel pair instead of 36. Per image the input planes are padded
+ * (to whole tiles) and transformed to V[e][ci][tile]; for each of the 16
+ * positions e, M[e] = U[e] V[e] is a 1x1 convolution over the tiles, the
+ * forward kernel with one tap (tiles in the vector lanes, one FMA chain per
+ * element over ci in order); then the output transform. A task is (image,
+ * run of at most PV_F tile vectors), so no tile's arithmetic depends on the
+ * batch, its position or the threads (batch invariance, as the direct
+ * kernel). U is kept per (weights, version) like the backend's flipped
+ * kernels. */
+
+/* vw: the vector width; a plane has room for whole vectors of lanes */
+static wino_geom wino_geom_of(int h, int w, int vw)
+{
+    wino_geom wg = {.th = (h + 1) / 2, .tw = (w + 1) / 2};
+    wg.tl = wg.tw + 1;
+    wg.nl = wg.th * wg.tl;
+    const size_t rows = (size_t)(wg.th + 1) * wg.tl, reads = (size_t)(wg.nl + vw - 1) / vw * vw + wg.tl + 1;
+    wg.pq = ((rows > reads ? rows : reads) + 15) / 16 * 16;
+    return wg;
+}
+
+/* U[e][co][ci] = (G g G^T)[e] of w[co][ci][9] */
+static void wino_weights(int cin, int cout, const float *w, float *u)
+{
+    const size_t es = (size_t)cout * cin;
+    for (int co = 0; co < cout; co++)
+        for (int ci = 0; ci < cin; ci++) {
+            const float *g = w + ((size_t)co * cin + ci) * 9;
+            float t[4][3];
+            for (int j = 0; j < 3; j++) {
+                t[0][j] = g[j];
+                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+                t[3][j] = g[6 + j];
+            }
+            float *o = u + (size_t)co * cin + ci;
+            for (int i = 0; i < 4; i++) {
+                o[(4 * i + 0) * es] = t[i][0];
+                o[(4 * i + 1) * es] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+                o[(4 * i + 2) * es] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+                o[(4 * i + 3) * es] = t[i][2];
+            }
+        }
+}
+
+static float *alloc_floats(size_t n, const char *what)
+{
+    float *p = NULL;
+    if (posix_memalign((void **)&p, 64, sizeof(float) * n)) {
+        vapo_fail("out of memory for %s (%zu MiB)", what, (sizeof(float) * n) >> 20);
+        return NULL;
+    }
+    return p;
+}
+
+/* The transformed weights of wk (the kernel that runs: w itself or its
+ * flipped adjoint kernel), keyed by the caller's w and adj; kept while s->wver
+ * stays, recomputed per call for weights without a version. */
+static const float *wino_u(conv3 *cv, const vapo_conv_shape *s, const float *w, int adj, const float *wk)
+{
+    const size_t nu = (size_t)16 * s->cin * s->cout;
+    if (!s->wver) {
+        if (nu > cv->ucap) {
+            free(cv->u);
+            cv->ucap = 0;
+            if (!(cv->u = alloc_floats(nu, "Winograd weights")))
+                return NULL;
+            cv->ucap = nu;
+        }
+        wino_weights(s->cin, s->cout, wk, cv->u);
+        return cv->u;
+    }
+    wino_entry *e = NULL;
+    for (int i = 0; i < WINO_CACHE && !e; i++) {
+        wino_entry *c = &cv->wcache[i];
+        if (c->u && c->w == w && c->adj == adj && c->cin == s->cin && c->cout == s->cout)
+            e = c;
+    }
+    if (!e) {
+        e = &cv->wcache[cv->wnext];
+        cv->wnext = (cv->wnext + 1) % WINO_CACHE;
+        free(e->u);
+        *e = (wino_entry){w, 0, adj, s->cin, s->cout, alloc_floats(nu, "Winograd weights")};
+        if (!e->u)
+            return NULL;
+    }
+    if (e->wver != s->wver) {
+        wino_weights(s->cin, s->cout, wk, e->u);
+        e->wver = s->wver;
+    }
+    return e->u;
+}
+
+/* one h x w plane into its four parity planes q (wino_geom), zero-bordered */
+static void wino_pad(const wino_geom *wg, int h, int w, const float *src, float *q)
+{
+    memset(q, 0, sizeof(float) * 4 * wg->pq);
+    for (int r = 0; r < h; r++) { /* padded row r + 1, column c + 1 */
+        float *q0 = q + (size_t)((r + 1) & 1) * 2 * wg->pq + (size_t)((r + 1) >> 1) * wg->tl, *q1 = q0 + wg->pq;
+        const float *s = src + (size_t)r * w;
+        for (int k = 0; 2 * k + 1 < w; k++)
+            q0[k + 1] = s[2 * k + 1];
+        for (int k = 0; 2 * k < w; k++)
+            q1[k] = s[2 * k];
+    }
+}
+
+static int wino_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *u,
+                        const float *bias, int accumulate)
+{
+    const conv3_isa *isa = cv->isa;
+    const wino_geom wg = wino_geom_of(s->h, s->w, isa->vw);
+    const size_t hw = (size_t)s->h * s->w, n = (size_t)s->batch * hw;
+    const int nv = (wg.nl + isa->vw - 1) / isa->vw, nrun = (nv + isa->pv_f - 1) / isa->pv_f;
+    const int tbs = isa->pv_f * isa->vw;
+    /* V[e] and M[e] apart by a cache line more than their size: a transform
+     * writes or reads 16 streams, which at a multiple of 4 KiB apart would
+     * share an L1 set */
+    const size_t vs = (size_t)s->cin * tbs + 16, ms = (size_t)s->cout * tbs + 16, qs = 4 * wg.pq;
+    const size_t per = (size_t)s->cin * qs + 16 * vs + 16 * ms + 4 * (size_t)tbs;
+    float *buf = conv3_scratch(cv, per * omp_get_max_threads());
+    if (!buf)
+        return -1;
+    const conv3_geom g1 = {.cin = s->cin, .ps = (size_t)tbs, .ntap = 1}; /* a 1x1 over tiles */
+    const long ntasks = (long)s->batch * nrun;
+    #pragma omp parallel
+    {
+        float *q = buf + per * omp_get_thread_num(), *v = q + (size_t)s->cin * qs, *m = v + 16 * vs, *o = m + 16 * ms;
+        long padded = -1;
+        #pragma omp for schedule(static)
+        for (long t = 0; t < ntasks; t++) {
+            const int img = (int)(t / nrun), run = (int)(t % nrun);
+            if (img != padded) {
+                for (int ci = 0; ci < s->cin; ci++)
+                    wino_pad(&wg, s->h, s->w, x + (size_t)ci * n + (size_t)img * hw, q + (size_t)ci * qs);
+                padded = img;
+            }
+            /* runs split the image's nv lane vectors evenly, at most pv_f each */
+            const int v0 = (int)((long)run * nv / nrun), v1 = (int)((long)(run + 1) * nv / nrun);
+            const int l0 = v0 * isa->vw, nvec = v1 - v0;
+            for (int ci = 0; ci < s->cin; ci++)
+                isa->wino_in(&wg, q + (size_t)ci * qs, l0, nvec, v + (size_t)ci * tbs, vs);
+            for (int e = 0; e < 16; e++)
+                for (int co0 = 0; co0 < s->cout; co0 += isa->cob_f) {
+                    const int cob = s->cout - co0 < isa->cob_f ? s->cout - co0 : isa->cob_f;
+                    isa->fwd_tile(&g1, v + e * vs, u + ((size_t)e * s->cout + co0) * s->cin, cob, nvec,
+                                  m + e * ms + (size_t)co0 * tbs);
+                }
+            for (int co = 0; co < s->cout; co++) {
+                isa->wino_out(m + (size_t)co * tbs, ms, nvec, o, tbs);
+                isa->wino_put(&wg, s->h, s->w, o, tbs, l0, nvec * isa->vw, y + (size_t)co * n + (size_t)img * hw,
+                              bias ? bias[co] : 0.0f, accumulate);
+            }
+        }
+    }
+    return 0;
+}
+
+/* Winograd or direct for this shape: a choice of channels and image size,
+ * never of the batch, from `bench_conv 8 3 1 winograd cpu grid` (bench/
+ * BENCHMARKS.md): Winograd is 1.1-1.9x faster from 16 channels at sides of
+ * 14 and more, and from 64 channels at 8 x 8; slower with fewer channels
+ * (the transforms are a larger share) and on 7 x 7 (half its lanes idle). */
+int conv3_uses_winograd(const conv3 *cv, const vapo_conv_shape *s)
+{
+    if (cv->algo != CONV3_PICK)
+        return cv->algo == CONV3_WINOGRAD;
+    const int ch = s->cin < s->cout ? s->cin : s->cout, side = s->h < s->w ? s->h : s->w;
+    return (ch >= 16 && side >= 14) || (ch >= 64 && side >= 8);
+}
+
+int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,
+                  const float *bias, int accumulate)
+{
+    if (!conv3_uses_winograd(cv, s))
+        return direct_forward(cv, s, y, x, w, bias, accumulate);
+    const float *u = wino_u(cv, s, w, 0, w);
+    return u ? wino_forward(cv, s, y, x, u, bias, accumulate) : -1;
+}
+
+int conv3_backward_data(conv3 *cv, const vapo_conv_shape *s, float *dx, const float *dy, const float *w,
+                        const float *wf)
+{
+    const vapo_conv_shape t = {s->cout, s->cin, 3, s->batch, s->h, s->w, s->wver};
+    if (!conv3_uses_winograd(cv, &t))
+        return direct_forward(cv, &t, dx, dy, wf, NULL, 1);
+    const float *u = wino_u(cv, &t, w, 1, wf);
+    return u ? wino_forward(cv, &t, dx, dy, u, NULL, 1) : -1;
 }
 
 /* A 1x1 convolution is a matrix product over the columns of the CNHW

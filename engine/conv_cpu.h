@@ -27,10 +27,24 @@ conv3 *conv3_open(int *bad);
 const char *conv3_name(const conv3 *cv);
 void conv3_close(conv3 *cv);
 
+/* How conv3_forward and conv3_backward_data compute: the measured choice per
+ * shape (default), or always the direct kernel, or always Winograd
+ * F(2x2, 3x3) (tests and benchmarks; VAPO_CPU_WINOGRAD=auto|off|on sets it at
+ * conv3_open). */
+typedef enum { CONV3_PICK, CONV3_DIRECT, CONV3_WINOGRAD } conv3_algo;
+void conv3_set_algo(conv3 *cv, conv3_algo algo);
+/* whether a 3x3 convolution of shape s (a forward one) runs Winograd */
+int conv3_uses_winograd(const conv3 *cv, const vapo_conv_shape *s);
+
 /* y = W*x + bias (bias may be NULL) when accumulate is 0; y += W*x when 1.
  * s->k must be 3. Returns 0, or -1 with the error set (out of memory). */
 int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,
                   const float *bias, int accumulate);
+/* dx += the data adjoint of the 3x3 convolution s with weights w, whose
+ * flipped, channel-transposed kernel wf[ci][co][8-k] the caller passes (it
+ * keeps it per version). */
+int conv3_backward_data(conv3 *cv, const vapo_conv_shape *s, float *dx, const float *dy, const float *w,
+                        const float *wf);
 /* The same for a 1x1 convolution (s->k == 1). */
 int conv1_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w, const float *bias,
                   int accumulate);

@@ -122,6 +122,96 @@ ISA_FN void ISA_NAME(wgrad_task)(const conv3_geom *g, const float *dyg, size_t d
     }
 }
 
+/* Winograd F(2x2, 3x3), the transforms (conv_cpu.c's comment); lanes are
+ * tiles, so a tile's numbers never depend on its neighbours. */
+
+/* v[e es + p VW + lane] = (B^T d B)[e] for the nvec lane vectors from lane l0
+ * of one input channel's parity planes q (wino_geom). */
+ISA_FN void ISA_NAME(wino_in)(const wino_geom *wg, const float *q, int l0, int nvec, float *v, size_t es)
+{
+    for (int p = 0; p < nvec; p++) {
+        const float *ql = q + l0 + p * VW;
+        V a[4][4]; /* B^T d */
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const float *c = ql + (size_t)(j & 1) * wg->pq + (j >> 1);
+            const V d0 = VLOAD(c), d1 = VLOAD(c + 2 * wg->pq), d2 = VLOAD(c + wg->tl),
+                    d3 = VLOAD(c + 2 * wg->pq + wg->tl);
+            a[0][j] = VSUB(d0, d2);
+            a[1][j] = VADD(d1, d2);
+            a[2][j] = VSUB(d2, d1);
+            a[3][j] = VSUB(d1, d3);
+        }
+        float *o = v + (size_t)p * VW;
+        #pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) { /* (B^T d) B */
+            VSTORE(o + (4 * k + 0) * es, VSUB(a[k][0], a[k][2]));
+            VSTORE(o + (4 * k + 1) * es, VADD(a[k][1], a[k][2]));
+            VSTORE(o + (4 * k + 2) * es, VSUB(a[k][2], a[k][1]));
+            VSTORE(o + (4 * k + 3) * es, VSUB(a[k][1], a[k][3]));
+        }
+    }
+}
+
+/* o[k os + lane] = (A^T m A)[k] (k = 2 row + column of the 2 x 2 outputs)
+ * for nvec lane vectors of m[e es + lane] */
+ISA_FN void ISA_NAME(wino_out)(const float *m, size_t es, int nvec, float *o, int os)
+{
+    for (int p = 0; p < nvec; p++) {
+        const float *q = m + (size_t)p * VW;
+        V s[2][4]; /* A^T m */
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const V m0 = VLOAD(q + j * es), m1 = VLOAD(q + (4 + j) * es), m2 = VLOAD(q + (8 + j) * es),
+                    m3 = VLOAD(q + (12 + j) * es);
+            s[0][j] = VADD(VADD(m0, m1), m2);
+            s[1][j] = VSUB(VSUB(m1, m2), m3);
+        }
+        #pragma GCC unroll 2
+        for (int r = 0; r < 2; r++) {
+            VSTORE(o + (2 * r) * os + p * VW, VADD(VADD(s[r][0], s[r][1]), s[r][2]));
+            VSTORE(o + (2 * r + 1) * os + p * VW, VSUB(VSUB(s[r][1], s[r][2]), s[r][3]));
+        }
+    }
+}
+
+/* The tiles of lanes [l0, l0 + nlanes) of o (wino_out's) into the image
+ * plane y (h x w): assigned + b, or added when accumulate; odd sides drop
+ * a tile's last row or column, and the lanes past a tile row are dropped. */
+ISA_FN void ISA_NAME(wino_put)(const wino_geom *wg, int h, int w, const float *o, int os, int l0, int nlanes,
+                               float *y, float b, int accumulate)
+{
+    const int l1 = l0 + nlanes < wg->nl ? l0 + nlanes : wg->nl;
+    for (int l = l0; l < l1;) {
+        const int ty = l / wg->tl, tx0 = l % wg->tl;
+        const int end = (ty + 1) * wg->tl < l1 ? (ty + 1) * wg->tl : l1; /* this tile row's lanes */
+        const int tx1 = end - ty * wg->tl < wg->tw ? end - ty * wg->tl : wg->tw;
+        /* tiles whose two columns are in the image; on odd w the last is cut */
+        const int full = tx1 == wg->tw && (w & 1) ? tx1 - 1 : tx1;
+        const float *oo = o + (l - l0) - tx0;
+        for (int r = 0; r < 2 && 2 * ty + r < h; r++) {
+            float *yr = y + (size_t)(2 * ty + r) * w;
+            const float *e0 = oo + (2 * r) * os, *e1 = oo + (2 * r + 1) * os;
+            if (accumulate) {
+                for (int x = tx0; x < full; x++) {
+                    yr[2 * x] += e0[x];
+                    yr[2 * x + 1] += e1[x];
+                }
+                if (full < tx1 && full >= tx0)
+                    yr[2 * full] += e0[full];
+            } else {
+                for (int x = tx0; x < full; x++) {
+                    yr[2 * x] = e0[x] + b;
+                    yr[2 * x + 1] = e1[x] + b;
+                }
+                if (full < tx1 && full >= tx0)
+                    yr[2 * full] = e0[full] + b;
+            }
+        }
+        l = end;
+    }
+}
+
 #undef ISA_FN
 #undef ISA_INLINE
 /* the parameters of this instance, so that the next one can set its own */
@@ -134,6 +224,8 @@ ISA_FN void ISA_NAME(wgrad_task)(const conv3_geom *g, const float *dyg, size_t d
 #undef VZERO
 #undef VSET1
 #undef VFMA
+#undef VADD
+#undef VSUB
 #undef COB_F
 #undef PV_F
 #undef COB_W

@@ -1744,7 +1744,8 @@ static void open_cuda(void)
         bogus->destroy(bogus);
 }
 
-/* VAPO_CPU_CONV picks the CPU convolution; a value it does not know is refused */
+/* VAPO_CPU_CONV picks the CPU convolution, VAPO_CPU_WINOGRAD allows Winograd;
+ * a value either does not know is refused */
 static void bad_conv_choice(void)
 {
     const char *saved = getenv("VAPO_CPU_CONV");
@@ -1760,12 +1761,28 @@ static void bad_conv_choice(void)
     } else {
         unsetenv("VAPO_CPU_CONV");
     }
+    /* and VAPO_CPU_WINOGRAD whether 3x3 convolutions may use Winograd */
+    saved = getenv("VAPO_CPU_WINOGRAD");
+    keep = saved ? strdup(saved) : NULL;
+    setenv("VAPO_CPU_WINOGRAD", "maybe", 1);
+    be = vapo_backend_cpu(0);
+    report("cpu", "open(VAPO_CPU_WINOGRAD=maybe)", vapo_last_error(), be ? 1.0 : 0.0, 0.0);
+    if (be)
+        be->destroy(be);
+    if (keep) {
+        setenv("VAPO_CPU_WINOGRAD", keep, 1);
+        free(keep);
+    } else {
+        unsetenv("VAPO_CPU_WINOGRAD");
+    }
 }
 
 int main(void)
 {
     const char *conv = getenv("VAPO_CPU_CONV");
-    printf("CPU convolutions: VAPO_CPU_CONV=%s\n", conv && *conv ? conv : "auto");
+    const char *wino = getenv("VAPO_CPU_WINOGRAD");
+    printf("CPU convolutions: VAPO_CPU_CONV=%s VAPO_CPU_WINOGRAD=%s\n", conv && *conv ? conv : "auto",
+           wino && *wino ? wino : "auto");
     cpu = vapo_backend_cpu(0);
     if (!cpu) {
         printf("FAIL: CPU backend: %s\n", vapo_last_error());

@@ -124,12 +124,68 @@ static float hsum_lanes(float *t, int n)
 #define COB_W 1
 #include "conv_cpu_isa.h"
 
+/* AVX-512 versions of wino_pad's de-interleave and wino_put's interleave:
+ * image rows are short (up to 16 tiles at 32 columns), too short for the
+ * compiler's vector loops; two permutes and masked loads and stores do 32
+ * columns. */
+#define PERM_FN static __attribute__((target("avx512f")))
+
+PERM_FN __mmask16 low_lanes(int k) { return k <= 0 ? 0 : k >= 16 ? 0xFFFF : (__mmask16)((1u << k) - 1); }
+
+PERM_FN void wino_pad_perm(const wino_geom *wg, int h, int w, const float *src, float *q)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    memset(q, 0, sizeof(float) * 4 * wg->pq);
+    for (int r = 0; r < h; r++) { /* padded row r + 1, column c + 1 */
+        float *q0 = q + (size_t)((r + 1) & 1) * 2 * wg->pq + (size_t)((r + 1) >> 1) * wg->tl, *q1 = q0 + wg->pq;
+        const float *s = src + (size_t)r * w;
+        for (int c = 0; c < w; c += 32) {
+            const int k = w - c < 32 ? w - c : 32;
+            const __m512 a = _mm512_maskz_loadu_ps(low_lanes(k), s + c);
+            const __m512 b = _mm512_maskz_loadu_ps(low_lanes(k - 16), s + c + 16);
+            _mm512_mask_storeu_ps(q1 + c / 2, low_lanes((k + 1) / 2), _mm512_permutex2var_ps(a, even, b));
+            _mm512_mask_storeu_ps(q0 + c / 2 + 1, low_lanes(k / 2), _mm512_permutex2var_ps(a, odd, b));
+        }
+    }
+}
+
+PERM_FN void wino_put_perm(const wino_geom *wg, int h, int w, const float *o, int os, int l0, int nlanes, float *y,
+                           float b, int accumulate)
+{
+    const __m512i zip = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512 bv = _mm512_set1_ps(b);
+    const int l1 = l0 + nlanes < wg->nl ? l0 + nlanes : wg->nl;
+    for (int l = l0; l < l1;) {
+        const int ty = l / wg->tl, tx0 = l % wg->tl;
+        const int end = (ty + 1) * wg->tl < l1 ? (ty + 1) * wg->tl : l1; /* this tile row's lanes */
+        const int tx1 = end - ty * wg->tl < wg->tw ? end - ty * wg->tl : wg->tw;
+        const float *oo = o + (l - l0) - tx0;
+        for (int r = 0; r < 2 && 2 * ty + r < h; r++) {
+            float *yr = y + (size_t)(2 * ty + r) * w;
+            const float *e0 = oo + (2 * r) * os, *e1 = oo + (2 * r + 1) * os;
+            for (int x = tx0; x < tx1; x += 8) {
+                const int nt = tx1 - x < 8 ? tx1 - x : 8, cols = 2 * (x + nt) < w ? 2 * nt : w - 2 * x;
+                const __mmask16 mt = low_lanes(nt), mc = low_lanes(cols);
+                __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(mt, e0 + x), zip,
+                                                  _mm512_maskz_loadu_ps(mt, e1 + x));
+                v = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mc, yr + 2 * x), v) : _mm512_add_ps(v, bv);
+                _mm512_mask_storeu_ps(yr + 2 * x, mc, v);
+            }
+        }
+        l = end;
+    }
+}
+
+#undef PERM_FN
+
 typedef struct {
     const char *name;
     int vw, cob_f, pv_f, cob_w;
     void (*fwd_tile)(const conv3_geom *g, const float *xp, const float *w, int cob, int pv, float *tb);
     void (*wgrad_task)(const conv3_geom *g, const float *dyg, size_t dstride, const float *xg, int nimg, int cob,
                        float *out);
+    void (*wino_pad)(const wino_geom *wg, int h, int w, const float *src, float *q);
     void (*wino_in)(const wino_geom *wg, const float *q, int l0, int nvec, float *v, size_t es);
     void (*wino_out)(const float *m, size_t es, int nvec, float *o, int os);
     void (*wino_put)(const wino_geom *wg, int h, int w, const float *o, int os, int l0, int nlanes, float *y, float b,
@@ -137,11 +193,14 @@ typedef struct {
 } conv3_isa;
 
 static const conv3_isa isa_avx512 = {"avx512", 16, 4, 6, 3, fwd_tile_avx512, wgrad_task_avx512,
-                                   wino_in_avx512, wino_out_avx512, wino_put_avx512};
+                                   wino_pad_perm, wino_in_avx512, wino_out_avx512,
+                                   wino_put_perm};
 static const conv3_isa isa_avx2 = {"avx2", 8, 4, 2, 1, fwd_tile_avx2, wgrad_task_avx2,
-                                   wino_in_avx2, wino_out_avx2, wino_put_avx2};
+                                   wino_pad_avx2, wino_in_avx2, wino_out_avx2,
+                                   wino_put_avx2};
 static const conv3_isa isa_sse2 = {"sse2", 4, 4, 2, 1, fwd_tile_sse2, wgrad_task_sse2,
-                                   wino_in_sse2, wino_out_sse2, wino_put_sse2};
+                                   wino_pad_sse2, wino_in_sse2, wino_out_sse2,
+                                   wino_put_sse2};
 
 /* Winograd-transformed weights U[e][co][ci] of a forward (adj 0) or data
  * adjoint (adj 1) kernel, kept for weights with a version. */
@@ -416,20 +475,6 @@ static const float *wino_u(conv3 *cv, const vapo_conv_shape *s, const float *w, 
     return e->u;
 }
 
-/* one h x w plane into its four parity planes q (wino_geom), zero-bordered */
-static void wino_pad(const wino_geom *wg, int h, int w, const float *src, float *q)
-{
-    memset(q, 0, sizeof(float) * 4 * wg->pq);
-    for (int r = 0; r < h; r++) { /* padded row r + 1, column c + 1 */
-        float *q0 = q + (size_t)((r + 1) & 1) * 2 * wg->pq + (size_t)((r + 1) >> 1) * wg->tl, *q1 = q0 + wg->pq;
-        const float *s = src + (size_t)r * w;
-        for (int k = 0; 2 * k + 1 < w; k++)
-            q0[k + 1] = s[2 * k + 1];
-        for (int k = 0; 2 * k < w; k++)
-            q1[k] = s[2 * k];
-    }
-}
-
 static int wino_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *u,
                         const float *bias, int accumulate)
 {
@@ -457,7 +502,7 @@ static int wino_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const flo
             const int img = (int)(t / nrun), run = (int)(t % nrun);
             if (img != padded) {
                 for (int ci = 0; ci < s->cin; ci++)
-                    wino_pad(&wg, s->h, s->w, x + (size_t)ci * n + (size_t)img * hw, q + (size_t)ci * qs);
+                    isa->wino_pad(&wg, s->h, s->w, x + (size_t)ci * n + (size_t)img * hw, q + (size_t)ci * qs);
                 padded = img;
             }
             /* runs split the image's nv lane vectors evenly, at most pv_f each */

@@ -125,6 +125,21 @@ ISA_FN void ISA_NAME(wgrad_task)(const conv3_geom *g, const float *dyg, size_t d
 /* Winograd F(2x2, 3x3), the transforms (conv_cpu.c's comment); lanes are
  * tiles, so a tile's numbers never depend on its neighbours. */
 
+/* one h x w plane into its four parity planes q (wino_geom), zero-bordered */
+__attribute__((unused)) /* AVX-512 has wino_pad_perm */
+ISA_FN void ISA_NAME(wino_pad)(const wino_geom *wg, int h, int w, const float *src, float *q)
+{
+    memset(q, 0, sizeof(float) * 4 * wg->pq);
+    for (int r = 0; r < h; r++) { /* padded row r + 1, column c + 1 */
+        float *q0 = q + (size_t)((r + 1) & 1) * 2 * wg->pq + (size_t)((r + 1) >> 1) * wg->tl, *q1 = q0 + wg->pq;
+        const float *s = src + (size_t)r * w;
+        for (int k = 0; 2 * k + 1 < w; k++)
+            q0[k + 1] = s[2 * k + 1];
+        for (int k = 0; 2 * k < w; k++)
+            q1[k] = s[2 * k];
+    }
+}
+
 /* v[e es + p VW + lane] = (B^T d B)[e] for the nvec lane vectors from lane l0
  * of one input channel's parity planes q (wino_geom). */
 ISA_FN void ISA_NAME(wino_in)(const wino_geom *wg, const float *q, int l0, int nvec, float *v, size_t es)
@@ -178,6 +193,7 @@ ISA_FN void ISA_NAME(wino_out)(const float *m, size_t es, int nvec, float *o, in
 /* The tiles of lanes [l0, l0 + nlanes) of o (wino_out's) into the image
  * plane y (h x w): assigned + b, or added when accumulate; odd sides drop
  * a tile's last row or column, and the lanes past a tile row are dropped. */
+__attribute__((unused)) /* AVX-512 has wino_put_perm */
 ISA_FN void ISA_NAME(wino_put)(const wino_geom *wg, int h, int w, const float *o, int os, int l0, int nlanes,
                                float *y, float b, int accumulate)
 {

@@ -53,15 +53,16 @@ static conv3_geom geom_of(int cin, int h, int w)
 
 /* Winograd tiles of an h x w image: th x tw tiles of 2 x 2 outputs, each
  * reading 4 x 4 of the zero-bordered (2 th + 2) x (2 tw + 2) padded plane P.
- * P is kept as four planes by row and column parity, Q[pr][pc][a tl + b] =
- * P[2a + pr][2b + pc] with tl = tw + 1, so that tile (ty, tx), lane
- * l = ty tl + tx, reads its 4 x 4 inputs at Q[i&1][j&1][l + (i>>1) tl +
- * (j>>1)]: one unaligned vector load per input across lanes, like the direct
- * kernel's taps. Lane tx = tw of each row is computed and thrown away. */
+ * Tile (ty, tx) is lane l = ty tw + tx. P is kept as eight planes, by row
+ * parity pr, column parity pc and a shift of one tile column,
+ * Q[sh][pr][pc][a tw + b] = P[2a + pr][2(b + sh) + pc], so that a tile
+ * reads its input (i, j) at Q[j>>1][i&1][j&1][l + (i>>1) tw]: one unaligned
+ * vector load per input across lanes, as the direct kernel's taps, with no
+ * lane wasted at the end of a tile row. */
 typedef struct {
-    int th, tw, tl; /* tl = tw + 1 lanes per tile row */
-    int nl;         /* th tl lanes per image */
-    size_t pq;      /* floats per parity plane, with room for the last vector's reads */
+    int th, tw;
+    int nl;    /* th tw lanes per image */
+    size_t pq; /* floats per plane, with room for the last vector's reads */
 } wino_geom;
 
 /* lanes summed pairwise, in a fixed order */
@@ -136,16 +137,21 @@ PERM_FN void wino_pad_perm(const wino_geom *wg, int h, int w, const float *src, 
 {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    memset(q, 0, sizeof(float) * 4 * wg->pq);
+    const size_t pq = wg->pq;
+    memset(q, 0, sizeof(float) * 8 * pq);
     for (int r = 0; r < h; r++) { /* padded row r + 1, column c + 1 */
-        float *q0 = q + (size_t)((r + 1) & 1) * 2 * wg->pq + (size_t)((r + 1) >> 1) * wg->tl, *q1 = q0 + wg->pq;
+        float *q0 = q + (size_t)((r + 1) & 1) * 2 * pq + (size_t)((r + 1) >> 1) * wg->tw, *q1 = q0 + pq;
         const float *s = src + (size_t)r * w;
         for (int c = 0; c < w; c += 32) {
-            const int k = w - c < 32 ? w - c : 32;
+            const int k = w - c < 32 ? w - c : 32, h0 = c / 2;
             const __m512 a = _mm512_maskz_loadu_ps(low_lanes(k), s + c);
             const __m512 b = _mm512_maskz_loadu_ps(low_lanes(k - 16), s + c + 16);
-            _mm512_mask_storeu_ps(q1 + c / 2, low_lanes((k + 1) / 2), _mm512_permutex2var_ps(a, even, b));
-            _mm512_mask_storeu_ps(q0 + c / 2 + 1, low_lanes(k / 2), _mm512_permutex2var_ps(a, odd, b));
+            const __m512 ev = _mm512_permutex2var_ps(a, even, b), od = _mm512_permutex2var_ps(a, odd, b);
+            /* even column c + 2i: padded column 2 (h0 + i) + 1; odd: 2 (h0 + i + 1) */
+            _mm512_mask_storeu_ps(q1 + h0, low_lanes((k + 1) / 2), ev);
+            _mm512_mask_storeu_ps(q1 + 4 * pq + h0 - 1, low_lanes((k + 1) / 2) & (c ? 0xFFFF : 0xFFFE), ev);
+            _mm512_mask_storeu_ps(q0 + h0 + 1, low_lanes(k / 2 < wg->tw - 1 - h0 ? k / 2 : wg->tw - 1 - h0), od);
+            _mm512_mask_storeu_ps(q0 + 4 * pq + h0, low_lanes(k / 2), od);
         }
     }
 }
@@ -157,9 +163,9 @@ PERM_FN void wino_put_perm(const wino_geom *wg, int h, int w, const float *o, in
     const __m512 bv = _mm512_set1_ps(b);
     const int l1 = l0 + nlanes < wg->nl ? l0 + nlanes : wg->nl;
     for (int l = l0; l < l1;) {
-        const int ty = l / wg->tl, tx0 = l % wg->tl;
-        const int end = (ty + 1) * wg->tl < l1 ? (ty + 1) * wg->tl : l1; /* this tile row's lanes */
-        const int tx1 = end - ty * wg->tl < wg->tw ? end - ty * wg->tl : wg->tw;
+        const int ty = l / wg->tw, tx0 = l % wg->tw;
+        const int end = (ty + 1) * wg->tw < l1 ? (ty + 1) * wg->tw : l1; /* this tile row's lanes */
+        const int tx1 = end - ty * wg->tw;
         const float *oo = o + (l - l0) - tx0;
         for (int r = 0; r < 2 && 2 * ty + r < h; r++) {
             float *yr = y + (size_t)(2 * ty + r) * w;
@@ -396,9 +402,8 @@ static int direct_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const f
 static wino_geom wino_geom_of(int h, int w, int vw)
 {
     wino_geom wg = {.th = (h + 1) / 2, .tw = (w + 1) / 2};
-    wg.tl = wg.tw + 1;
-    wg.nl = wg.th * wg.tl;
-    const size_t rows = (size_t)(wg.th + 1) * wg.tl, reads = (size_t)(wg.nl + vw - 1) / vw * vw + wg.tl + 1;
+    wg.nl = wg.th * wg.tw;
+    const size_t rows = (size_t)(wg.th + 1) * wg.tw, reads = (size_t)(wg.nl + vw - 1) / vw * vw + wg.tw;
     wg.pq = ((rows > reads ? rows : reads) + 15) / 16 * 16;
     return wg;
 }
@@ -486,7 +491,7 @@ static int wino_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const flo
     /* V[e] and M[e] apart by a cache line more than their size: a transform
      * writes or reads 16 streams, which at a multiple of 4 KiB apart would
      * share an L1 set */
-    const size_t vs = (size_t)s->cin * tbs + 16, ms = (size_t)s->cout * tbs + 16, qs = 4 * wg.pq;
+    const size_t vs = (size_t)s->cin * tbs + 16, ms = (size_t)s->cout * tbs + 16, qs = 8 * wg.pq;
     const size_t per = (size_t)s->cin * qs + 16 * vs + 16 * ms + 4 * (size_t)tbs;
     float *buf = conv3_scratch(cv, per * omp_get_max_threads());
     if (!buf)
@@ -528,15 +533,16 @@ static int wino_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const flo
 
 /* Winograd or direct for this shape: a choice of channels and image size,
  * never of the batch, from `bench_conv 8 3 1 winograd cpu grid` (bench/
- * BENCHMARKS.md): Winograd is 1.1-1.9x faster from 16 channels at sides of
- * 14 and more, and from 64 channels at 8 x 8; slower with fewer channels
- * (the transforms are a larger share) and on 7 x 7 (half its lanes idle). */
+ * BENCHMARKS.md): Winograd is 1.15-2.2x faster from 16 channels at sides of 8
+ * and more, and from 32 channels at 7 x 7; slower with fewer channels (the
+ * transforms, which do not shrink with them, are a larger share) and on
+ * 4 x 4 images. */
 int conv3_uses_winograd(const conv3 *cv, const vapo_conv_shape *s)
 {
     if (cv->algo != CONV3_PICK)
         return cv->algo == CONV3_WINOGRAD;
     const int ch = s->cin < s->cout ? s->cin : s->cout, side = s->h < s->w ? s->h : s->w;
-    return (ch >= 16 && side >= 14) || (ch >= 64 && side >= 8);
+    return ch >= 16 && side >= (ch >= 32 ? 7 : 8);
 }
 
 int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,

@@ -125,18 +125,22 @@ ISA_FN void ISA_NAME(wgrad_task)(const conv3_geom *g, const float *dyg, size_t d
 /* Winograd F(2x2, 3x3), the transforms (conv_cpu.c's comment); lanes are
  * tiles, so a tile's numbers never depend on its neighbours. */
 
-/* one h x w plane into its four parity planes q (wino_geom), zero-bordered */
+/* one h x w plane into its eight planes q (wino_geom), zero-bordered */
 __attribute__((unused)) /* AVX-512 has wino_pad_perm */
 ISA_FN void ISA_NAME(wino_pad)(const wino_geom *wg, int h, int w, const float *src, float *q)
 {
-    memset(q, 0, sizeof(float) * 4 * wg->pq);
+    memset(q, 0, sizeof(float) * 8 * wg->pq);
     for (int r = 0; r < h; r++) { /* padded row r + 1, column c + 1 */
-        float *q0 = q + (size_t)((r + 1) & 1) * 2 * wg->pq + (size_t)((r + 1) >> 1) * wg->tl, *q1 = q0 + wg->pq;
+        float *qr = q + (size_t)((r + 1) & 1) * 2 * wg->pq + (size_t)((r + 1) >> 1) * wg->tw;
         const float *s = src + (size_t)r * w;
-        for (int k = 0; 2 * k + 1 < w; k++)
-            q0[k + 1] = s[2 * k + 1];
-        for (int k = 0; 2 * k < w; k++)
-            q1[k] = s[2 * k];
+        for (int c = 0; c < w; c++) {
+            float *p = qr + (size_t)((c + 1) & 1) * wg->pq;
+            const int b = (c + 1) >> 1;
+            if (b < wg->tw)
+                p[b] = s[c];
+            if (b >= 1)
+                p[4 * wg->pq + b - 1] = s[c];
+        }
     }
 }
 
@@ -149,9 +153,9 @@ ISA_FN void ISA_NAME(wino_in)(const wino_geom *wg, const float *q, int l0, int n
         V a[4][4]; /* B^T d */
         #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
-            const float *c = ql + (size_t)(j & 1) * wg->pq + (j >> 1);
-            const V d0 = VLOAD(c), d1 = VLOAD(c + 2 * wg->pq), d2 = VLOAD(c + wg->tl),
-                    d3 = VLOAD(c + 2 * wg->pq + wg->tl);
+            const float *c = ql + (size_t)(4 * (j >> 1) + (j & 1)) * wg->pq;
+            const V d0 = VLOAD(c), d1 = VLOAD(c + 2 * wg->pq), d2 = VLOAD(c + wg->tw),
+                    d3 = VLOAD(c + 2 * wg->pq + wg->tw);
             a[0][j] = VSUB(d0, d2);
             a[1][j] = VADD(d1, d2);
             a[2][j] = VSUB(d2, d1);
@@ -192,16 +196,16 @@ ISA_FN void ISA_NAME(wino_out)(const float *m, size_t es, int nvec, float *o, in
 
 /* The tiles of lanes [l0, l0 + nlanes) of o (wino_out's) into the image
  * plane y (h x w): assigned + b, or added when accumulate; odd sides drop
- * a tile's last row or column, and the lanes past a tile row are dropped. */
+ * a tile's last row or column. */
 __attribute__((unused)) /* AVX-512 has wino_put_perm */
 ISA_FN void ISA_NAME(wino_put)(const wino_geom *wg, int h, int w, const float *o, int os, int l0, int nlanes,
                                float *y, float b, int accumulate)
 {
     const int l1 = l0 + nlanes < wg->nl ? l0 + nlanes : wg->nl;
     for (int l = l0; l < l1;) {
-        const int ty = l / wg->tl, tx0 = l % wg->tl;
-        const int end = (ty + 1) * wg->tl < l1 ? (ty + 1) * wg->tl : l1; /* this tile row's lanes */
-        const int tx1 = end - ty * wg->tl < wg->tw ? end - ty * wg->tl : wg->tw;
+        const int ty = l / wg->tw, tx0 = l % wg->tw;
+        const int end = (ty + 1) * wg->tw < l1 ? (ty + 1) * wg->tw : l1; /* this tile row's lanes */
+        const int tx1 = end - ty * wg->tw;
         /* tiles whose two columns are in the image; on odd w the last is cut */
         const int full = tx1 == wg->tw && (w & 1) ? tx1 - 1 : tx1;
         const float *oo = o + (l - l0) - tx0;

@@ -1744,37 +1744,31 @@ static void open_cuda(void)
         bogus->destroy(bogus);
 }
 
+/* opening the CPU backend with var=value is refused with a message */
+static void refused_env(const char *var, const char *value)
+{
+    const char *saved = getenv(var);
+    char *keep = saved ? strdup(saved) : NULL, op[64];
+    setenv(var, value, 1);
+    vapo_backend *be = vapo_backend_cpu(0);
+    snprintf(op, sizeof op, "open(%s=%s)", var, value);
+    report("cpu", op, vapo_last_error(), be ? 1.0 : 0.0, 0.0);
+    if (be)
+        be->destroy(be);
+    if (keep) {
+        setenv(var, keep, 1);
+        free(keep);
+    } else {
+        unsetenv(var);
+    }
+}
+
 /* VAPO_CPU_CONV picks the CPU convolution, VAPO_CPU_WINOGRAD allows Winograd;
  * a value either does not know is refused */
 static void bad_conv_choice(void)
 {
-    const char *saved = getenv("VAPO_CPU_CONV");
-    char *keep = saved ? strdup(saved) : NULL;
-    setenv("VAPO_CPU_CONV", "avx1024", 1);
-    vapo_backend *be = vapo_backend_cpu(0);
-    report("cpu", "open(VAPO_CPU_CONV=avx1024)", vapo_last_error(), be ? 1.0 : 0.0, 0.0);
-    if (be)
-        be->destroy(be);
-    if (keep) {
-        setenv("VAPO_CPU_CONV", keep, 1);
-        free(keep);
-    } else {
-        unsetenv("VAPO_CPU_CONV");
-    }
-    /* and VAPO_CPU_WINOGRAD whether 3x3 convolutions may use Winograd */
-    saved = getenv("VAPO_CPU_WINOGRAD");
-    keep = saved ? strdup(saved) : NULL;
-    setenv("VAPO_CPU_WINOGRAD", "maybe", 1);
-    be = vapo_backend_cpu(0);
-    report("cpu", "open(VAPO_CPU_WINOGRAD=maybe)", vapo_last_error(), be ? 1.0 : 0.0, 0.0);
-    if (be)
-        be->destroy(be);
-    if (keep) {
-        setenv("VAPO_CPU_WINOGRAD", keep, 1);
-        free(keep);
-    } else {
-        unsetenv("VAPO_CPU_WINOGRAD");
-    }
+    refused_env("VAPO_CPU_CONV", "avx1024");
+    refused_env("VAPO_CPU_WINOGRAD", "maybe");
 }
 
 int main(void)

@@ -55,6 +55,7 @@ struct vapo_net {
     conv_mod global_hidden, global_out; /* arch.global_head: dense layers on the flat last level */
     conv_mod conv_out;               /* arch.unet: last decoder output -> f(x) */
     size_t out_scale;                /* parameter offset of f's per-channel gain (starts at 0: f = 0) */
+    size_t out_offset;               /* parameter offset of Phi's constant (vapo-train sets it: E[Phi] = 0) */
     block_mod *blocks;
     int nblocks;
 
@@ -152,10 +153,11 @@ static int build_decoder(vapo_net *n)
                 return -1;
             cin = a->widths[l];
         }
-    const int cshape[1] = {a->in_c};
-    if (add_conv(n, "out.conv", cin, a->in_c, a->kernel, &n->conv_out))
+    const int cshape[1] = {a->in_c}, one[1] = {1};
+    if (add_conv(n, "out.conv", cin, a->in_c, a->kernel, &n->conv_out) ||
+        add_param(n, "out.scale", 1, cshape, &n->out_scale))
         return -1;
-    return add_param(n, "out.scale", 1, cshape, &n->out_scale);
+    return add_param(n, "out.offset", 1, one, &n->out_offset);
 }
 
 static int build_structure(vapo_net *n)
@@ -636,8 +638,10 @@ static void concat_up(vapo_net *n, act_set *s, int i)
 }
 
 /* The U-Net's f = scale * conv(act(last output)), res = x - f and
- * Phi = -kappa/2 |res|^2; on the tangent pass resdot = u - fdot and
- * Phidot = -kappa <res, resdot> (add_sample_dots: one row per channel and image). */
+ * Phi = c - kappa/2 |res|^2; on the tangent pass resdot = u - fdot and
+ * Phidot = -kappa <res, resdot> (add_sample_dots: one row per channel and image).
+ * The constant c gives the spectral-gap term lambda Phi^2 the free level that
+ * the WRN's head bias gives it: without it, that term pulls f towards x. */
 static void add_sample_dots(vapo_net *n, float a, const float *x, const float *y, float *out);
 
 static void unet_output(vapo_net *n, act_set *s, int tangent)
@@ -653,6 +657,11 @@ static void unet_output(vapo_net *n, act_set *s, int tangent)
     be->axpy(be, count, -1.0f, s->f, s->res);
     be->zero(be, s->phi, sizeof(float) * n->batch);
     add_sample_dots(n, tangent ? -n->arch.quadratic : -0.5f * n->arch.quadratic, p->res, s->res, s->phi);
+    if (!tangent) {
+        float *c = n->scratch[0];
+        be->scale_forward(be, 1, n->batch, c, n->ones, n->theta + n->out_offset);
+        be->axpy(be, n->batch, 1.0f, c, s->phi);
+    }
 }
 
 /* One walk for both passes: the tangent pass is the forward pass with each
@@ -904,7 +913,7 @@ static void scale_samples(vapo_net *n, float a, const float *coef, const float *
 }
 
 /* Reverse of unet_output down to the adjoint of the last block's output, in
- * r->g (r->gd). With Phi = -kappa/2 |r|^2, Phidot = -kappa <r, rdot> and
+ * r->g (r->gd). With Phi = c - kappa/2 |r|^2, Phidot = -kappa <r, rdot> and
  * r = x - f: fbar = kappa (phi_bar r + phidot_bar rdot), fdotbar = kappa phidot_bar r.
  * r->x is scratch, r->t, r->u (and tangents) carry the adjoints. */
 static void unet_output_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
@@ -914,6 +923,8 @@ static void unet_output_reverse(vapo_net *n, rev *r, const float *phi_bar, const
     const float kappa = n->arch.quadratic;
     const int dual = r->grad != NULL, last = n->nblocks - 1;
     const size_t cols = level_cols(n, 0, n->batch);
+    if (dual) /* dPhi/dc = 1 */
+        be->scale_backward_param(be, 1, n->batch, r->grad + n->out_offset, phi_bar, n->ones);
     scale_samples(n, kappa, phi_bar, p->res, r->t, r->x);
     if (dual) {
         scale_samples(n, kappa, phidot_bar, t->res, r->u, r->x);

@@ -579,6 +579,35 @@ static int init_anchor(run *r)
     return 0;
 }
 
+/* The U-Net's constant c (Phi = c - kappa/2 |x - f(x)|^2) starts where
+ * E[Phi] = 0 over the training law, as the spectral-gap term wants: f = 0 at
+ * the start, so c = kappa/2 E|x_t|^2 = kappa/2 E_t[m^2 E|xbar|^2 + sigma^2 d]
+ * (midpoint rule over the uniform draw that the time law maps to t). Learnt
+ * from 0 it would take thousands of steps, and meanwhile lambda Phi^2 pulls f
+ * towards x. */
+static int init_offset(run *r, float kappa)
+{
+    const vapo_dataset *ds = r->data;
+    const size_t d = vapo_net_input_size(r->net), count = (size_t)ds->n * d;
+    double xbar2 = 0, x2 = 0;
+    for (size_t i = 0; i < count; i++) {
+        const double v = ds->pixels[i] / 127.5 - 1.0;
+        xbar2 += v * v;
+    }
+    xbar2 /= ds->n;
+    const int steps = 4096;
+    for (int k = 0; k < steps; k++) {
+        const vapo_schedule s = vapo_schedule_at(&r->o.loss, vapo_loss_time(&r->o.loss, (k + 0.5) / steps));
+        x2 += (s.m * s.m * xbar2 + s.sigma * s.sigma * (double)d) / steps;
+    }
+    const float c = (float)(0.5 * kappa * x2);
+    const vapo_param *p = vapo_net_param_find(r->net, "out.offset");
+    r->be->upload(r->be, vapo_net_params(r->net) + p->offset, &c, sizeof c);
+    if (r->world.rank == 0)
+        fprintf(stderr, "vapo-train: E|x_t|^2 %.4g over the training law; Phi's constant set to %.4g\n", x2, c);
+    return 0;
+}
+
 /* A resumed run continues the metrics log from its step: lines of steps the
  * interrupted run logged after its last checkpoint are dropped. */
 static void truncate_log(const char *path, long step)
@@ -666,6 +695,8 @@ static int build_model(run *r, const vapo_arch *arch)
     if (!resume && arch->quadratic == 0.0f && init_scale(r))
         return -1;
     if (!resume && arch->anchor && init_anchor(r))
+        return -1;
+    if (!resume && arch->unet && init_offset(r, arch->quadratic))
         return -1;
     if (optim_init(&r->opt, &r->o.opt, r->net, vapo_net_params(r->net)))
         return -1;

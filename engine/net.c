@@ -637,6 +637,11 @@ static void concat_up(vapo_net *n, act_set *s, int i)
                       level_w(n, m->level + 1), s->in[i] + skip, s->y[i - 1]);
 }
 
+/* Phi's constant in units of kappa d / 2: its parameter is a mean squared
+ * residual per pixel, O(1), so that the optimisers' steps (about lr) move it
+ * as fast as f changes |x - f|^2. */
+static float offset_unit(const vapo_net *n) { return 0.5f * n->arch.quadratic * (float)vapo_net_input_size(n); }
+
 /* The U-Net's f = scale * conv(act(last output)), res = x - f and
  * Phi = c - kappa/2 |res|^2; on the tangent pass resdot = u - fdot and
  * Phidot = -kappa <res, resdot> (add_sample_dots: one row per channel and image).
@@ -660,7 +665,7 @@ static void unet_output(vapo_net *n, act_set *s, int tangent)
     if (!tangent) {
         float *c = n->scratch[0];
         be->scale_forward(be, 1, n->batch, c, n->ones, n->theta + n->out_offset);
-        be->axpy(be, n->batch, 1.0f, c, s->phi);
+        be->axpy(be, n->batch, offset_unit(n), c, s->phi);
     }
 }
 
@@ -923,8 +928,11 @@ static void unet_output_reverse(vapo_net *n, rev *r, const float *phi_bar, const
     const float kappa = n->arch.quadratic;
     const int dual = r->grad != NULL, last = n->nblocks - 1;
     const size_t cols = level_cols(n, 0, n->batch);
-    if (dual) /* dPhi/dc = 1 */
-        be->scale_backward_param(be, 1, n->batch, r->grad + n->out_offset, phi_bar, n->ones);
+    if (dual) { /* dPhi/dc = the offset's unit */
+        be->zero(be, r->x, sizeof(float));
+        be->scale_backward_param(be, 1, n->batch, r->x, phi_bar, n->ones);
+        be->axpy(be, 1, offset_unit(n), r->x, r->grad + n->out_offset);
+    }
     scale_samples(n, kappa, phi_bar, p->res, r->t, r->x);
     if (dual) {
         scale_samples(n, kappa, phidot_bar, t->res, r->u, r->x);

@@ -85,13 +85,14 @@ def energy(p, arch, x):
         skips.append(h)
         if l < last and arch.get("multiscale_head"):
             phi = phi + head(f"levels.{l}.head", h)
-    if arch.get("unet"):  # Phi = c - kappa/2 |x - f(x)|^2, f the decoder with skip concatenations
+    if arch.get("unet"):  # Phi = kappa/2 (d c - |x - f(x)|^2), f the decoder with skip concatenations
         for l in range(last - 1, -1, -1):
             h = torch.cat([skips[l], F.interpolate(h, scale_factor=2, mode="nearest")], dim=1)
             for j in range(arch["blocks"]):
                 h = block(f"up.{l}.blocks.{j}", h)
         f = conv("out.conv", act(h)) * p["out.scale"].view(1, -1, 1, 1)
-        return p["out.offset"] - 0.5 * arch["quadratic"] * (x - f).flatten(1).pow(2).sum(1, keepdim=True)
+        d = x[0].numel()  # the constant's parameter is a mean squared residual per pixel
+        return 0.5 * arch["quadratic"] * (d * p["out.offset"] - (x - f).flatten(1).pow(2).sum(1, keepdim=True))
     phi = phi + head("head", h)
     if arch.get("global_head"):  # dense -> act -> dense on the flattened gated last level
         def dense(name, f):

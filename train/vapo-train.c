@@ -579,13 +579,12 @@ static int init_anchor(run *r)
     return 0;
 }
 
-/* The U-Net's constant c (Phi = c - kappa/2 |x - f(x)|^2) starts where
+/* The U-Net's constant c (Phi = kappa/2 (d c - |x - f(x)|^2)) starts where
  * E[Phi] = 0 over the training law, as the spectral-gap term wants: f = 0 at
- * the start, so c = kappa/2 E|x_t|^2 = kappa/2 E_t[m^2 E|xbar|^2 + sigma^2 d]
- * (midpoint rule over the uniform draw that the time law maps to t). Learnt
- * from 0 it would take thousands of steps, and meanwhile lambda Phi^2 pulls f
- * towards x. */
-static int init_offset(run *r, float kappa)
+ * the start, so c = E|x_t|^2 / d = E_t[m^2 E|xbar|^2 + sigma^2 d] / d
+ * (midpoint rule over the uniform draw that the time law maps to t). From 0,
+ * lambda Phi^2 would pull f towards x until c had grown. */
+static int init_offset(run *r)
 {
     const vapo_dataset *ds = r->data;
     const size_t d = vapo_net_input_size(r->net), count = (size_t)ds->n * d;
@@ -600,11 +599,11 @@ static int init_offset(run *r, float kappa)
         const vapo_schedule s = vapo_schedule_at(&r->o.loss, vapo_loss_time(&r->o.loss, (k + 0.5) / steps));
         x2 += (s.m * s.m * xbar2 + s.sigma * s.sigma * (double)d) / steps;
     }
-    const float c = (float)(0.5 * kappa * x2);
+    const float c = (float)(x2 / (double)d);
     const vapo_param *p = vapo_net_param_find(r->net, "out.offset");
     r->be->upload(r->be, vapo_net_params(r->net) + p->offset, &c, sizeof c);
     if (r->world.rank == 0)
-        fprintf(stderr, "vapo-train: E|x_t|^2 %.4g over the training law; Phi's constant set to %.4g\n", x2, c);
+        fprintf(stderr, "vapo-train: E|x_t|^2 / d = %.4g over the training law: Phi's constant\n", c);
     return 0;
 }
 
@@ -696,7 +695,7 @@ static int build_model(run *r, const vapo_arch *arch)
         return -1;
     if (!resume && arch->anchor && init_anchor(r))
         return -1;
-    if (!resume && arch->unet && init_offset(r, arch->quadratic))
+    if (!resume && arch->unet && init_offset(r))
         return -1;
     if (optim_init(&r->opt, &r->o.opt, r->net, vapo_net_params(r->net)))
         return -1;

@@ -20,7 +20,7 @@
  * gives the field the position-dependent pull -kappa (x - mu) that a
  * translation-equivariant network with a spatial sum cannot express.
  *
- * With arch.unet the network is instead Phi(x) = c - kappa/2 |x - f(x)|^2, f a
+ * With arch.unet the network is instead Phi(x) = kappa/2 (d c - |x - f(x)|^2), f a
  * U-Net: the encoder's levels, a decoder that upsamples (nearest 2x) and
  * concatenates each encoder level's output before its blocks, and
  * f = s * conv(act(decoder output)) with the gain s ("out.scale") starting at

@@ -27,7 +27,7 @@ budget_run() {
 }
 
 budget_run nice -n 10 build/vapo-train --preset fmnist-unet --device cpu --threads 1 --steps 1000000 --batch 64 \
-  --time-tilt -2 --lr 2e-3 --warmup 200 --ema 0.995 --sample-every 0 --save-every 1000000 --log-every 25 \
+  --time-tilt -2 --warmup 200 --ema 0.995 --sample-every 0 --save-every 1000000 --log-every 25 \
   --out "$out/unet" "$@" > "$out/unet.log" 2>&1 &
 nice -n 10 /usr/bin/python3 bench/flow_matching_peer.py --cpu-seconds "$budget" --threads 1 --ema 0.995 \
   -n "$n" --seed 1000 --rk4-steps 20 --out "$out/peer" > "$out/peer.log" 2>&1 &

@@ -45,6 +45,8 @@ with tempfile.TemporaryDirectory() as d:
     model = f"{d}/run/model.safetensors"
     h, data, meta = header(model)
     arch = meta["arch"]
+    optimizer = meta["train"]["options"]["optimizer"]
+    check(optimizer == "adam", f"--optimizer auto picked {optimizer!r} for a U-Net, want adam")
     check(arch.get("unet") is True and arch["quadratic"] > 0 and arch["preset"] == "tiny-unet",
           f"the checkpoint's architecture: {arch}")
     check("up.0.blocks.0.conv1.v" in h and h["up.0.blocks.0.conv1.v"]["shape"] == [8, 24, 3, 3],

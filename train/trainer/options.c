@@ -23,7 +23,8 @@ static const opt_def table[] = {
     OPT(OPT_LONG, "--steps", "N", F(steps), 1, 1e15, "5000", "total training steps"),
     OPT(OPT_INT, "--batch", "N", F(batch), 1, 65536, "64", "batch size (under mpirun: the global batch)"),
     OPT(OPT_LONG, "--seed", "S", F(seed), 0, 1e15, "0", "seed of initialisation, data order, times and noises"),
-    OPT(OPT_STRING, "--optimizer", "NAME", F(optimizer), 0, 0, "lamb", "lamb or adam"),
+    OPT(OPT_STRING, "--optimizer", "NAME", F(optimizer), 0, 0, "auto",
+        "lamb, adam, or auto: Adam for the U-Net presets, Lamb otherwise (docs/DESIGN.md)"),
     OPT(OPT_DOUBLE, "--lr", "LR", F(opt.lr), 1e-30, 1e6, "1e-3", "learning rate"),
     OPT(OPT_DOUBLE, "--beta1", "B", F(opt.beta1), 0, 0.999999999, "0.9", "first-moment decay"),
     OPT(OPT_DOUBLE, "--beta2", "B", F(opt.beta2), 0, 0.999999999, "0.999", "second-moment decay"),
@@ -148,6 +149,9 @@ static int finish(train_options *o)
     if (strcmp(o->lr_schedule, "constant") && strcmp(o->lr_schedule, "cosine"))
         return opt_fail("--lr-schedule: unknown schedule '%s' (expected constant or cosine)", o->lr_schedule);
     o->opt.decay_steps = strcmp(o->lr_schedule, "cosine") ? 0 : o->steps;
+    vapo_arch preset;
+    if (!strcmp(o->optimizer, "auto")) /* an unknown preset is reported with the architecture */
+        o->optimizer = !vapo_arch_preset(o->preset, &preset) && preset.unet ? "adam" : "lamb";
     if (named("--optimizer", optim_kind_parse(o->optimizer, &o->opt.kind)) ||
         named("--innovation-weight", vapo_innovation_weight_parse(o->weighting, &o->loss.weighting)) ||
         named("--estimator", vapo_estimator_parse(o->estimator, &o->loss.estimator)) ||

@@ -637,10 +637,11 @@ static void concat_up(vapo_net *n, act_set *s, int i)
                       level_w(n, m->level + 1), s->in[i] + skip, s->y[i - 1]);
 }
 
-/* Phi's constant in units of kappa d / 2: its parameter is a mean squared
- * residual per pixel, O(1), so that the optimisers' steps (about lr) move it
- * as fast as f changes |x - f|^2. */
-static float offset_unit(const vapo_net *n) { return 0.5f * n->arch.quadratic * (float)vapo_net_input_size(n); }
+/* Phi's constant per unit of its parameter (net.h) */
+static float offset_unit(const vapo_net *n)
+{
+    return 0.5f * VAPO_UNET_OFFSET_UNIT * n->arch.quadratic * (float)vapo_net_input_size(n);
+}
 
 /* The U-Net's f = scale * conv(act(last output)), res = x - f and
  * Phi = c - kappa/2 |res|^2; on the tangent pass resdot = u - fdot and

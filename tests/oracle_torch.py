@@ -91,7 +91,7 @@ def energy(p, arch, x):
             for j in range(arch["blocks"]):
                 h = block(f"up.{l}.blocks.{j}", h)
         f = conv("out.conv", act(h)) * p["out.scale"].view(1, -1, 1, 1)
-        d = x[0].numel()  # the constant's parameter is a mean squared residual per pixel
+        d = 10.0 * x[0].numel()  # c is |x - f|^2 / d in units of VAPO_UNET_OFFSET_UNIT (net.h)
         return 0.5 * arch["quadratic"] * (d * p["out.offset"] - (x - f).flatten(1).pow(2).sum(1, keepdim=True))
     phi = phi + head("head", h)
     if arch.get("global_head"):  # dense -> act -> dense on the flattened gated last level

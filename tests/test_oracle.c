@@ -148,8 +148,8 @@ static void perturb_params(vapo_net *net)
             fill_normal(theta + list[i].offset, list[i].count, 40 + i, 0.3f);
             for (size_t j = 0; j < list[i].count; j++)
                 theta[list[i].offset + j] += strstr(list[i].name, ".g") ? 1.0f : 0.0f;
-            if (!strcmp(list[i].name, "out.offset")) /* in units of kappa d / 2: a constant of O(1), as the rest */
-                theta[list[i].offset] /= (float)vapo_net_input_size(net);
+            if (!strcmp(list[i].name, "out.offset")) /* in units of kappa d U / 2: a constant of O(1), as the rest */
+                theta[list[i].offset] /= VAPO_UNET_OFFSET_UNIT * (float)vapo_net_input_size(net);
         }
 }
 

@@ -54,7 +54,7 @@ with tempfile.TemporaryDirectory() as d:
     gain = tensor(h, data, "out.scale")
     check(any(g != 0.0 for g in gain), f"training left f's output gain at its zero start: {gain}")
     offset = tensor(h, data, "out.offset")
-    check(len(offset) == 1 and 0.1 < offset[0] < 10, f"Phi's constant was not set to E|x_t|^2 / d at the start: {offset}")
+    check(len(offset) == 1 and 0.01 < offset[0] < 1, f"Phi's constant was not set to E|x_t|^2 / (10 d) at the start: {offset}")
 
     p = subprocess.run([sample, model, "-n", "4", "--seed", "3", "--out-dir", f"{d}/s", "--device", "cpu",
                         "--threads", "1", "--quiet"], capture_output=True, text=True)

@@ -579,9 +579,9 @@ static int init_anchor(run *r)
     return 0;
 }
 
-/* The U-Net's constant c (Phi = kappa/2 (d c - |x - f(x)|^2)) starts where
- * E[Phi] = 0 over the training law, as the spectral-gap term wants: f = 0 at
- * the start, so c = E|x_t|^2 / d = E_t[m^2 E|xbar|^2 + sigma^2 d] / d
+/* The U-Net's constant c (Phi = kappa/2 (d U c - |x - f(x)|^2), net.h) starts
+ * where E[Phi] = 0 over the training law, as the spectral-gap term wants: f = 0
+ * at the start, so c = E|x_t|^2 / (d U) = E_t[m^2 E|xbar|^2 + sigma^2 d] / (d U)
  * (midpoint rule over the uniform draw that the time law maps to t). From 0,
  * lambda Phi^2 would pull f towards x until c had grown. */
 static int init_offset(run *r)
@@ -599,11 +599,11 @@ static int init_offset(run *r)
         const vapo_schedule s = vapo_schedule_at(&r->o.loss, vapo_loss_time(&r->o.loss, (k + 0.5) / steps));
         x2 += (s.m * s.m * xbar2 + s.sigma * s.sigma * (double)d) / steps;
     }
-    const float c = (float)(x2 / (double)d);
+    const float c = (float)(x2 / (double)d / VAPO_UNET_OFFSET_UNIT);
     const vapo_param *p = vapo_net_param_find(r->net, "out.offset");
     r->be->upload(r->be, vapo_net_params(r->net) + p->offset, &c, sizeof c);
     if (r->world.rank == 0)
-        fprintf(stderr, "vapo-train: E|x_t|^2 / d = %.4g over the training law: Phi's constant\n", c);
+        fprintf(stderr, "vapo-train: E|x_t|^2 / d = %.4g over the training law: Phi's constant\n", c * VAPO_UNET_OFFSET_UNIT);
     return 0;
 }
 

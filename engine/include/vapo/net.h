@@ -20,7 +20,7 @@
  * gives the field the position-dependent pull -kappa (x - mu) that a
  * translation-equivariant network with a spatial sum cannot express.
  *
- * With arch.unet the network is instead Phi(x) = kappa/2 (d c - |x - f(x)|^2), f a
+ * With arch.unet the network is instead Phi(x) = kappa/2 (d U c - |x - f(x)|^2), f a
  * U-Net: the encoder's levels, a decoder that upsamples (nearest 2x) and
  * concatenates each encoder level's output before its blocks, and
  * f = s * conv(act(decoder output)) with the gain s ("out.scale") starting at
@@ -32,6 +32,12 @@
  * the last level's grid (docs/DESIGN.md). */
 #ifndef VAPO_NET_H
 #define VAPO_NET_H
+
+/* U: the U-Net constant's parameter c is |x - f|^2 / d in units of U, so that
+ * Adam's steps (about lr = 1e-3) move Phi's level faster than f changes the
+ * residual while it learns (0.5 per pixel in its first 300 steps; with U = 1
+ * the level lagged and lambda Phi^2 grew from 0.006 to 0.1 of the loss). */
+#define VAPO_UNET_OFFSET_UNIT 10.0f
 
 #include <stddef.h>
 #include <stdint.h>

@@ -86,6 +86,7 @@ static float hsum_lanes(float *t, int n)
 #define VSET1 _mm512_set1_ps
 #define VFMA _mm512_fmadd_ps
 #define VADD _mm512_add_ps
+#define VHSUM _mm512_reduce_add_ps /* lanes summed in halves: a fixed order */
 #define VSUB _mm512_sub_ps
 #define COB_F 4
 #define PV_F 6

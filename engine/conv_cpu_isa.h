@@ -106,9 +106,13 @@ ISA_INLINE void ISA_NAME(wgrad_body)(const conv3_geom *g, const float *dyg, size
         #pragma GCC unroll 9
         for (int k = 0; k < 9; k++)
             if (c < cob) {
+#ifdef VHSUM
+                out[c * 9 + k] = VHSUM(acc[c][k]);
+#else
                 float lanes[VW];
                 VSTORE(lanes, acc[c][k]);
                 out[c * 9 + k] = hsum_lanes(lanes, VW);
+#endif
             }
 }
 
@@ -245,6 +249,7 @@ ISA_FN void ISA_NAME(wino_put)(const wino_geom *wg, int h, int w, const float *o
 #undef VSET1
 #undef VFMA
 #undef VADD
+#undef VHSUM
 #undef VSUB
 #undef COB_F
 #undef PV_F

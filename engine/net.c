@@ -644,9 +644,9 @@ static float offset_unit(const vapo_net *n)
 }
 
 /* The U-Net's f = scale * conv(act(last output)), res = x - f and
- * Phi = c - kappa/2 |res|^2; on the tangent pass resdot = u - fdot and
- * Phidot = -kappa <res, resdot> (add_sample_dots: one row per channel and image).
- * The constant c gives the spectral-gap term lambda Phi^2 the free level that
+ * Phi = C - kappa/2 |res|^2 with C = offset_unit * c; on the tangent pass
+ * resdot = u - fdot and Phidot = -kappa <res, resdot> (add_sample_dots: one row
+ * per channel and image). The constant gives the spectral-gap term lambda Phi^2 the free level that
  * the WRN's head bias gives it: without it, that term pulls f towards x. */
 static void add_sample_dots(vapo_net *n, float a, const float *x, const float *y, float *out);
 
@@ -919,7 +919,7 @@ static void scale_samples(vapo_net *n, float a, const float *coef, const float *
 }
 
 /* Reverse of unet_output down to the adjoint of the last block's output, in
- * r->g (r->gd). With Phi = c - kappa/2 |r|^2, Phidot = -kappa <r, rdot> and
+ * r->g (r->gd). With Phi = C - kappa/2 |r|^2, Phidot = -kappa <r, rdot> and
  * r = x - f: fbar = kappa (phi_bar r + phidot_bar rdot), fdotbar = kappa phidot_bar r.
  * r->x is scratch, r->t, r->u (and tangents) carry the adjoints. */
 static void unet_output_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)

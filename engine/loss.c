@@ -188,7 +188,7 @@ int vapo_loss_step_rows(vapo_net *net, vapo_loss_work *wk, const vapo_loss_confi
     if (global < B || row0 < 0 || row0 > global - B)
         return vapo_fail("rows %d..%d are not in a batch of %d", row0, row0 + B - 1, global);
     perturb(cfg, wk, xbar, seed, step, global, row0);
-    if (vapo_net_forward(net, B, wk->x, wk->phi) || vapo_net_backward(net, wk->grad))
+    if (vapo_net_forward(net, B, wk->x, wk->phi) || vapo_net_backward_keep(net, wk->grad))
         return -1;
     be->loss_seeds(be, B, d, 1.0 / ((double)global * d), cfg->lambda, wk->dev_coef, wk->zx, wk->phi, wk->grad,
                    velocity(cfg, wk), wk->u, wk->phi_bar, wk->dev_rows);

@@ -67,6 +67,12 @@ struct vapo_net {
     float *skip_adj[VAPO_MAX_LEVELS], *skip_adjd[VAPO_MAX_LEVELS]; /* encoder's reverse pass reaches them */
     float *ones;         /* `capacity` ones: the seed of grad_x Phi */
     int have_forward, have_tangent;
+    /* The adjoints of vapo_net_backward_keep, which the next dual backward with
+     * phidot_bar = 1 reads as its tangent adjoints instead of recomputing them
+     * (tape_step). */
+    float *tape;
+    size_t tape_cap;
+    int tape_ok; /* the tape holds the last forward's adjoints */
 };
 
 /* ---- structure ------------------------------------------------------------- */
@@ -245,7 +251,11 @@ static void free_acts(vapo_net *n)
         n->be->free(n->be, n->ones);
     if (n->skip_arena)
         n->be->free(n->be, n->skip_arena);
-    n->ones = n->skip_arena = NULL;
+    if (n->tape)
+        n->be->free(n->be, n->tape);
+    n->ones = n->skip_arena = n->tape = NULL;
+    n->tape_cap = 0;
+    n->tape_ok = 0;
     act_set *sets[2] = {&n->fwd, &n->tan};
     for (int s = 0; s < 2; s++) {
         free(sets[s]->in);
@@ -779,6 +789,7 @@ int vapo_net_forward(vapo_net *n, int batch, const float *x, float *phi)
     n->be->copy(n->be, phi, n->fwd.phi, sizeof(float) * batch);
     n->have_forward = 1;
     n->have_tangent = 0;
+    n->tape_ok = 0;
     return 0;
 }
 
@@ -803,13 +814,46 @@ int vapo_net_tangent(vapo_net *n, const float *u, float *phi_dot)
 /* ---- reverse passes ------------------------------------------------------------ */
 
 /* Adjoint state of the reverse walk. `dual` carries tangent adjoints (gd) and
- * parameter gradients; the plain backward pass carries only g. */
+ * parameter gradients; the plain backward pass carries only g.
+ *
+ * The tape. With phidot_bar = 1 the dual pass's tangent adjoints are the
+ * adjoints of Phi itself (Phidot = grad_x Phi . u is linear in the tangents,
+ * with the primal adjoints as coefficients), which vapo_net_backward has
+ * just computed with the same operations: the training step ran every data
+ * adjoint twice. vapo_net_backward_keep records them (TAPE_RECORD: a copy at
+ * each tape_step), and the dual pass then skips every op that only feeds the
+ * tangent adjoints (gd_ops) and points them at the records (TAPE_REPLAY):
+ * the same numbers, bit for bit. Both walks run the same code, so the
+ * tape_steps come in the same order. */
+enum { TAPE_OFF, TAPE_RECORD, TAPE_REPLAY };
+
 typedef struct {
     float *g, *gd;  /* adjoint of the current tensor and of its tangent */
     float *x, *xd;  /* adjoint being produced for the layer input */
     float *t, *td, *u, *ud;
     float *grad;    /* parameter gradients (NULL: plain backward) */
+    int tape;       /* TAPE_* */
+    size_t pos;     /* floats of the tape so far */
+    float *junk;    /* replay: where the tangent outputs no one reads go */
 } rev;
+
+/* whether the walk computes the tangent adjoints itself */
+static int gd_ops(const rev *r) { return r->grad && r->tape != TAPE_REPLAY; }
+/* a tangent output: NULL (not computed) or junk (computed, unread) on replay */
+static float *gd_opt(const rev *r, float *gd) { return r->tape == TAPE_REPLAY ? NULL : gd; }
+static float *gd_out(const rev *r, float *gd) { return r->tape == TAPE_REPLAY ? r->junk : gd; }
+
+/* The adjoint g just computed (count floats) is the tangent adjoint *gd of
+ * the dual pass: recorded, or on replay, read back. */
+static void tape_step(vapo_net *n, rev *r, float **gd, const float *g, size_t count)
+{
+    if (r->tape == TAPE_RECORD && r->pos + count <= n->tape_cap)
+        n->be->copy(n->be, n->tape + r->pos, g, sizeof(float) * count);
+    else if (r->tape == TAPE_REPLAY)
+        *gd = n->tape + r->pos;
+    if (r->tape != TAPE_OFF)
+        r->pos += (count + 15) & ~(size_t)15;
+}
 
 static void swap_io(rev *r)
 {
@@ -823,7 +867,7 @@ static void conv_reverse_as(vapo_net *n, rev *r, const conv_mod *c, const vapo_c
 {
     const float *w = n->weights + c->w;
     if (r->grad)
-        vapo_conv_dual(n->be, s, dx, dxdot, n->wgrad + c->w, r->grad + c->b, x, xdot, dy, dydot, w);
+        vapo_conv_dual(n->be, s, dx, gd_opt(r, dxdot), n->wgrad + c->w, r->grad + c->b, x, xdot, dy, dydot, w);
     else
         vapo_conv_bwd(n->be, s, dx, dy, w);
 }
@@ -839,7 +883,7 @@ static void act_reverse(vapo_net *n, rev *r, vapo_act a, size_t count, float *dx
                         const float *x, const float *xdot, const float *dy, const float *dydot)
 {
     if (r->grad)
-        n->be->act_dual_backward(n->be, a, count, dx, dxdot, x, xdot, dy, dydot);
+        n->be->act_dual_backward(n->be, a, count, dx, gd_out(r, dxdot), x, xdot, dy, dydot);
     else
         n->be->act_backward(n->be, a, count, dx, x, dy);
 }
@@ -849,24 +893,29 @@ static void block_reverse(vapo_net *n, rev *r, int i)
     const block_mod *m = &n->blocks[i];
     const act_set *p = &n->fwd, *t = &n->tan;
     const size_t cols = level_cols(n, m->level, n->batch);
+    const size_t in_count = (size_t)m->cin * cols, out_count = (size_t)m->cout * cols;
     const int dual = r->grad != NULL;
-    vapo_scale_dual(n->be, m->cout, cols, r->t, dual ? r->td : NULL, dual ? r->grad + m->scale : NULL, p->c2[i],
-                    t->c2[i], r->g, r->gd, n->theta + m->scale);
+    vapo_scale_dual(n->be, m->cout, cols, r->t, dual ? gd_opt(r, r->td) : NULL, dual ? r->grad + m->scale : NULL,
+                    p->c2[i], t->c2[i], r->g, r->gd, n->theta + m->scale);
+    tape_step(n, r, &r->td, r->t, out_count);
     conv_reverse(n, r, &m->c2, m->level, r->u, r->ud, p->h2[i], t->h2[i], r->t, r->td);
-    act_reverse(n, r, n->arch.act, m->cout * cols, r->t, r->td, p->c1[i], t->c1[i], r->u, r->ud);
+    tape_step(n, r, &r->ud, r->u, out_count);
+    act_reverse(n, r, n->arch.act, out_count, r->t, r->td, p->c1[i], t->c1[i], r->u, r->ud);
+    tape_step(n, r, &r->td, r->t, out_count);
     conv_reverse(n, r, &m->c1, m->level, r->u, r->ud, p->h1[i], t->h1[i], r->t, r->td);
-    act_reverse(n, r, n->arch.act, m->cin * cols, r->x, r->xd, p->in[i], t->in[i], r->u, r->ud);
-    const size_t in_count = (size_t)m->cin * cols;
+    tape_step(n, r, &r->ud, r->u, in_count);
+    act_reverse(n, r, n->arch.act, in_count, r->x, r->xd, p->in[i], t->in[i], r->u, r->ud);
     if (m->sc.cout) {
         conv_reverse(n, r, &m->sc, m->level, r->t, r->td, p->in[i], t->in[i], r->g, r->gd);
         n->be->axpy(n->be, in_count, 1.0f, r->t, r->x);
-        if (dual)
+        if (gd_ops(r))
             n->be->axpy(n->be, in_count, 1.0f, r->td, r->xd);
     } else {
         n->be->axpy(n->be, in_count, 1.0f, r->g, r->x);
-        if (dual)
+        if (gd_ops(r))
             n->be->axpy(n->be, in_count, 1.0f, r->gd, r->xd);
     }
+    tape_step(n, r, &r->xd, r->x, in_count);
     swap_io(r);
 }
 
@@ -877,19 +926,20 @@ static void head_reverse(vapo_net *n, rev *r, int l, float *dy, float *dyd, cons
 {
     vapo_backend *be = n->be;
     const act_set *p = &n->fwd, *t = &n->tan;
-    const int c = n->arch.widths[l], out = level_output(n, l), dual = r->grad != NULL;
-    const size_t hw = (size_t)level_h(n, l) * level_w(n, l);
+    const int c = n->arch.widths[l], out = level_output(n, l);
+    const size_t hw = (size_t)level_h(n, l) * level_w(n, l), count = c * hw * n->batch;
     const vapo_conv_shape hs = dense_shape(n, &n->heads[l]);
     conv_reverse_as(n, r, &n->heads[l], &hs, r->t, r->td, p->sum[l], t->sum[l], phi_bar, phidot_bar);
     vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->u, r->t);
-    if (dual)
+    if (gd_ops(r))
         vapo_sum_bwd(be, (size_t)c * n->batch, hw, r->ud, r->td);
     if (add_global) { /* the global head reads the same gated features: its adjoint is in r->x */
-        be->axpy(be, c * hw * n->batch, 1.0f, r->x, r->u);
-        if (dual)
-            be->axpy(be, c * hw * n->batch, 1.0f, r->xd, r->ud);
+        be->axpy(be, count, 1.0f, r->x, r->u);
+        if (gd_ops(r))
+            be->axpy(be, count, 1.0f, r->xd, r->ud);
     }
-    act_reverse(n, r, n->arch.head_act, c * hw * n->batch, dy, dyd, p->y[out], t->y[out], r->u, r->ud);
+    tape_step(n, r, &r->ud, r->u, count);
+    act_reverse(n, r, n->arch.head_act, count, dy, dyd, p->y[out], t->y[out], r->u, r->ud);
 }
 
 /* Adjoint of the last level's gated features from the global head, into r->x
@@ -898,12 +948,14 @@ static void global_reverse(vapo_net *n, rev *r, const float *phi_bar, const floa
 {
     const act_set *p = &n->fwd, *t = &n->tan;
     const vapo_conv_shape hs = dense_shape(n, &n->global_hidden), os = dense_shape(n, &n->global_out);
-    const int dual = r->grad != NULL;
+    const size_t hidden = (size_t)hs.cout * n->batch;
     conv_reverse_as(n, r, &n->global_out, &os, r->t, r->td, p->hidden_act, t->hidden_act, phi_bar, phidot_bar);
-    act_reverse(n, r, n->arch.act, (size_t)hs.cout * n->batch, r->u, r->ud, p->hidden, t->hidden, r->t, r->td);
+    tape_step(n, r, &r->td, r->t, hidden);
+    act_reverse(n, r, n->arch.act, hidden, r->u, r->ud, p->hidden, t->hidden, r->t, r->td);
+    tape_step(n, r, &r->ud, r->u, hidden);
     conv_reverse_as(n, r, &n->global_hidden, &hs, r->g, r->gd, p->flat, t->flat, r->u, r->ud);
     flatten_last(n, r->g, r->x, 1);
-    if (dual)
+    if (gd_ops(r))
         flatten_last(n, r->gd, r->xd, 1);
 }
 
@@ -928,21 +980,26 @@ static void unet_output_reverse(vapo_net *n, rev *r, const float *phi_bar, const
     const act_set *p = &n->fwd, *t = &n->tan;
     const float kappa = n->arch.quadratic;
     const int dual = r->grad != NULL, last = n->nblocks - 1;
-    const size_t cols = level_cols(n, 0, n->batch);
+    const size_t cols = level_cols(n, 0, n->batch), image = (size_t)n->arch.in_c * cols;
     if (dual) { /* dPhi/dc = the offset's unit */
         be->zero(be, r->x, sizeof(float));
         be->scale_backward_param(be, 1, n->batch, r->x, phi_bar, n->ones);
         be->axpy(be, 1, offset_unit(n), r->x, r->grad + n->out_offset);
     }
     scale_samples(n, kappa, phi_bar, p->res, r->t, r->x);
+    tape_step(n, r, &r->td, r->t, image); /* fdotbar = kappa r: the plain pass's fbar */
     if (dual) {
         scale_samples(n, kappa, phidot_bar, t->res, r->u, r->x);
-        be->axpy(be, (size_t)n->arch.in_c * cols, 1.0f, r->u, r->t);
-        scale_samples(n, kappa, phidot_bar, p->res, r->td, r->x);
+        be->axpy(be, image, 1.0f, r->u, r->t);
+        if (gd_ops(r))
+            scale_samples(n, kappa, phidot_bar, p->res, r->td, r->x);
     }
-    vapo_scale_dual(be, n->arch.in_c, cols, r->u, dual ? r->ud : NULL, dual ? r->grad + n->out_scale : NULL,
-                    p->out_conv, t->out_conv, r->t, r->td, n->theta + n->out_scale);
+    vapo_scale_dual(be, n->arch.in_c, cols, r->u, dual ? gd_opt(r, r->ud) : NULL,
+                    dual ? r->grad + n->out_scale : NULL, p->out_conv, t->out_conv, r->t, r->td,
+                    n->theta + n->out_scale);
+    tape_step(n, r, &r->ud, r->u, image);
     conv_reverse(n, r, &n->conv_out, 0, r->t, r->td, p->out_act, t->out_act, r->u, r->ud);
+    tape_step(n, r, &r->td, r->t, n->arch.widths[0] * cols);
     act_reverse(n, r, n->arch.act, n->arch.widths[0] * cols, r->g, r->gd, p->y[last], t->y[last], r->t, r->td);
 }
 
@@ -951,15 +1008,16 @@ static void unet_output_reverse(vapo_net *n, rev *r, const float *phi_bar, const
 static void concat_up_reverse(vapo_net *n, rev *r, int i)
 {
     const block_mod *m = &n->blocks[i];
-    const int l = m->level, dual = r->grad != NULL;
+    const int l = m->level;
     const size_t skip = (size_t)n->blocks[m->skip].cout * level_cols(n, l, n->batch);
     const size_t planes = (size_t)n->blocks[i - 1].cout * n->batch;
     n->be->copy(n->be, n->skip_adj[l], r->g, sizeof(float) * skip);
     vapo_upsample_bwd(n->be, planes, level_h(n, l + 1), level_w(n, l + 1), r->x, r->g + skip);
-    if (dual) {
+    if (gd_ops(r)) {
         n->be->copy(n->be, n->skip_adjd[l], r->gd, sizeof(float) * skip);
         vapo_upsample_bwd(n->be, planes, level_h(n, l + 1), level_w(n, l + 1), r->xd, r->gd + skip);
     }
+    tape_step(n, r, &r->xd, r->x, planes * level_h(n, l + 1) * level_w(n, l + 1));
     swap_io(r);
 }
 
@@ -967,13 +1025,15 @@ static void concat_up_reverse(vapo_net *n, rev *r, int i)
 static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float *phidot_bar)
 {
     vapo_backend *be = n->be;
-    const int dual = r->grad != NULL;
+    const int last = n->arch.levels - 1;
     if (n->arch.global_head)
         global_reverse(n, r, phi_bar, phidot_bar);
     if (n->arch.unet)
         unet_output_reverse(n, r, phi_bar, phidot_bar);
     else
-        head_reverse(n, r, n->arch.levels - 1, r->g, r->gd, phi_bar, phidot_bar, n->arch.global_head);
+        head_reverse(n, r, last, r->g, r->gd, phi_bar, phidot_bar, n->arch.global_head);
+    const int top = n->arch.unet ? 0 : last; /* the level of the walk's first adjoint */
+    tape_step(n, r, &r->gd, r->g, (size_t)n->arch.widths[top] * level_cols(n, top, n->batch));
     for (int i = n->nblocks - 1; i >= 0; i--) {
         const int l = n->blocks[i].level;
         const size_t count = (size_t)n->arch.widths[l] * level_cols(n, l, n->batch);
@@ -981,13 +1041,15 @@ static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float 
             /* r->x is free until block_reverse writes it */
             head_reverse(n, r, l, r->x, r->xd, phi_bar, phidot_bar, 0);
             be->axpy(be, count, 1.0f, r->x, r->g);
-            if (dual)
+            if (gd_ops(r))
                 be->axpy(be, count, 1.0f, r->xd, r->gd);
+            tape_step(n, r, &r->gd, r->g, count);
         }
         if (n->arch.unet && i == level_output(n, l) && l < n->arch.levels - 1) { /* the skip's adjoint */
             be->axpy(be, count, 1.0f, n->skip_adj[l], r->g);
-            if (dual)
+            if (gd_ops(r))
                 be->axpy(be, count, 1.0f, n->skip_adjd[l], r->gd);
+            tape_step(n, r, &r->gd, r->g, count);
         }
         block_reverse(n, r, i);
         const block_mod *m = &n->blocks[i];
@@ -997,8 +1059,9 @@ static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float 
             const size_t planes = (size_t)m->cin * n->batch;
             const int h = level_h(n, m->level - 1), w = level_w(n, m->level - 1);
             vapo_pool_bwd(be, planes, h, w, r->x, r->g);
-            if (dual)
+            if (gd_ops(r))
                 vapo_pool_bwd(be, planes, h, w, r->xd, r->gd);
+            tape_step(n, r, &r->xd, r->x, planes * h * w);
             swap_io(r);
         }
     }
@@ -1007,16 +1070,26 @@ static void walk_reverse(vapo_net *n, rev *r, const float *phi_bar, const float 
 static rev rev_buffers(vapo_net *n, float *grad)
 {
     float **s = n->scratch;
-    return (rev){s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], grad};
+    return (rev){s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], grad, TAPE_OFF, 0, s[1]};
 }
 
-int vapo_net_backward(vapo_net *n, float *grad_x)
+/* Records the walk's adjoints when keep (a tape that is too small is grown
+ * for the next call, and this one is not kept). */
+static int backward(vapo_net *n, float *grad_x, int keep)
 {
     if (!n->have_forward)
         return vapo_fail("vapo_net_backward needs a forward pass first");
     rev r = rev_buffers(n, NULL);
     r.gd = r.xd = r.td = r.ud = NULL;
+    r.tape = keep ? TAPE_RECORD : TAPE_OFF;
     walk_reverse(n, &r, n->ones, NULL);
+    n->tape_ok = keep && r.pos <= n->tape_cap;
+    if (keep && r.pos > n->tape_cap) {
+        if (n->tape)
+            n->be->free(n->be, n->tape);
+        n->tape = n->be->alloc(n->be, sizeof(float) * r.pos);
+        n->tape_cap = n->tape ? r.pos : 0;
+    }
     vapo_conv_shape s = conv_shape(n, &n->conv_in, 0);
     vapo_conv_bwd(n->be, &s, r.x, r.g, n->weights + n->conv_in.w);
     const vapo_arch *a = &n->arch;
@@ -1034,6 +1107,10 @@ int vapo_net_backward(vapo_net *n, float *grad_x)
     n->be->cnhw_to_nchw(n->be, n->batch, a->in_c, a->in_h * a->in_w, grad_x, r.x);
     return 0;
 }
+
+int vapo_net_backward(vapo_net *n, float *grad_x) { return backward(n, grad_x, 0); }
+
+int vapo_net_backward_keep(vapo_net *n, float *grad_x) { return backward(n, grad_x, 1); }
 
 static void weightnorm_grad(vapo_net *n, const conv_mod *c, float *grad)
 {
@@ -1065,6 +1142,8 @@ int vapo_net_dual_backward(vapo_net *n, const float *phi_bar, const float *phido
         return vapo_fail("vapo_net_dual_backward needs forward and tangent passes first");
     n->be->zero(n->be, n->wgrad, sizeof(float) * n->nweights);
     rev r = rev_buffers(n, param_grad);
+    if (!phidot_bar && n->tape_ok)
+        r.tape = TAPE_REPLAY;
     walk_reverse(n, &r, phi_bar, phidot_bar ? phidot_bar : n->ones);
     /* conv_in: only its parameters; the input adjoints are not needed */
     vapo_conv_shape s = conv_shape(n, &n->conv_in, 0);

@@ -82,6 +82,11 @@ int vapo_net_set_scales(vapo_net *net, float value);
 
 int vapo_net_forward(vapo_net *net, int batch, const float *x, float *phi);
 int vapo_net_backward(vapo_net *net, float *grad_x);
+/* vapo_net_backward, keeping its adjoints (memory about one activation set)
+ * for the next vapo_net_dual_backward of this forward batch with phidot_bar
+ * NULL (= 1), whose tangent adjoints they are: that pass then skips their
+ * data adjoints (the training step's: the same numbers, bit for bit). */
+int vapo_net_backward_keep(vapo_net *net, float *grad_x);
 int vapo_net_tangent(vapo_net *net, const float *u, float *phi_dot);
 int vapo_net_dual_backward(vapo_net *net, const float *phi_bar, const float *phidot_bar, float *param_grad);
 

@@ -259,16 +259,35 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
     }
 }
 
+/* sum_j a[j] b[j] (b NULL: sum_j a[j]) in double, in eight interleaved
+ * partial sums (element j into sum j mod 8) added pairwise at the end: a
+ * fixed order, the same at any vector width, and the sums run in parallel
+ * where one chain of dependent double adds would wait on each. */
+#ifdef __x86_64__
+#define SUM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SUM_CLONES
+#endif
+SUM_CLONES static double sum8(const float *a, const float *b, size_t n)
+{
+    double acc[8] = {0};
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += (double)a[j + k] * (b ? (double)b[j + k] : 1.0);
+    for (; j < n; j++)
+        acc[j % 8] += (double)a[j] * (b ? (double)b[j] : 1.0);
+    for (int w = 4; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++)
+            acc[k] += acc[k + w];
+    return acc[0];
+}
+
 static void rowsum_add(int rows, size_t n, float *out, const float *m)
 {
     #pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) {
-        const float *p = m + (size_t)r * n;
-        double acc = 0.0;
-        for (size_t j = 0; j < n; j++)
-            acc += p[j];
-        out[r] += (float)acc;
-    }
+    for (int r = 0; r < rows; r++)
+        out[r] += (float)sum8(m + (size_t)r * n, NULL, n);
 }
 
 static void cpu_conv_backward_filter(vapo_backend *be, const vapo_conv_shape *s, float *dw, float *db,
@@ -479,12 +498,8 @@ static void cpu_scale_backward_param(vapo_backend *be, int c, size_t n, float *d
 {
     (void)be;
     #pragma omp parallel for schedule(static)
-    for (int i = 0; i < c; i++) {
-        double acc = 0.0;
-        for (size_t j = 0; j < n; j++)
-            acc += (double)dy[(size_t)i * n + j] * x[(size_t)i * n + j];
-        ds[i] += (float)acc;
-    }
+    for (int i = 0; i < c; i++)
+        ds[i] += (float)sum8(dy + (size_t)i * n, x + (size_t)i * n, n);
 }
 
 static void cpu_axpy(vapo_backend *be, size_t n, float a, const float *x, float *y)

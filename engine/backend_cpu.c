@@ -221,8 +221,9 @@ static float *flipped_weights(cpu_backend *cb, const vapo_conv_shape *s, const f
     return e ? e->flip : NULL;
 }
 
-static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
-                                   const float *w)
+/* dx += W^T dy, or dx = W^T dy (accumulate 0: dx is written, not read) */
+static void conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
+                               const float *w, int accumulate)
 {
     cpu_backend *cb = (cpu_backend *)be;
     const size_t n = (size_t)s->batch * s->h * s->w;
@@ -230,12 +231,12 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
         float *wt = flipped_weights(cb, s, w);
         const vapo_conv_shape t = {s->cout, s->cin, 1, s->batch, s->h, s->w, 0};
         if (wt)
-            conv1_forward(cb->conv3, &t, dx, dy, wt, NULL, 1);
+            conv1_forward(cb->conv3, &t, dx, dy, wt, NULL, accumulate);
         return;
     }
     if (s->k == 1) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->cin, n, s->cout, 1.0f, w, s->cin, dy, n,
-                    1.0f, dx, n);
+                    accumulate ? 1.0f : 0.0f, dx, n);
         return;
     }
     /* The adjoint of a "same" 3x3 convolution is the convolution of dy with the
@@ -246,9 +247,11 @@ static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, f
     if (!wf)
         return;
     if (cb->conv3) {
-        conv3_backward_data(cb->conv3, s, dx, dy, w, wf);
+        conv3_backward_data(cb->conv3, s, dx, dy, w, wf, accumulate);
         return;
     }
+    if (!accumulate)
+        memset(dx, 0, sizeof(float) * s->cin * n);
     const size_t step = chunk_cols(s, s->cout);
     float *col = scratch(&cb->col, &cb->col_cap, step * K, "im2col scratch");
     for (size_t j0 = 0; col && j0 < n; j0 += step) {
@@ -281,6 +284,18 @@ SUM_CLONES static double sum8(const float *a, const float *b, size_t n)
         for (int k = 0; k < w; k++)
             acc[k] += acc[k + w];
     return acc[0];
+}
+
+static void cpu_conv_backward_data(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
+                                   const float *w)
+{
+    conv_backward_data(be, s, dx, dy, w, 1);
+}
+
+static void cpu_conv_backward_data_set(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
+                                       const float *w)
+{
+    conv_backward_data(be, s, dx, dy, w, 0);
 }
 
 static void rowsum_add(int rows, size_t n, float *out, const float *m)
@@ -632,6 +647,7 @@ vapo_backend *vapo_backend_cpu(int threads)
         .sync = cpu_sync,
         .conv_forward = cpu_conv_forward,
         .conv_backward_data = cpu_conv_backward_data,
+        .conv_backward_data_set = cpu_conv_backward_data_set,
         .conv_backward_filter = cpu_conv_backward_filter,
         .act_forward = cpu_act_forward,
         .act_tangent = cpu_act_tangent,

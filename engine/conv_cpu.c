@@ -556,13 +556,13 @@ int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x,
 }
 
 int conv3_backward_data(conv3 *cv, const vapo_conv_shape *s, float *dx, const float *dy, const float *w,
-                        const float *wf)
+                        const float *wf, int accumulate)
 {
     const vapo_conv_shape t = {s->cout, s->cin, 3, s->batch, s->h, s->w, s->wver};
     if (!conv3_uses_winograd(cv, &t))
-        return direct_forward(cv, &t, dx, dy, wf, NULL, 1);
+        return direct_forward(cv, &t, dx, dy, wf, NULL, accumulate);
     const float *u = wino_u(cv, &t, w, 1, wf);
-    return u ? wino_forward(cv, &t, dx, dy, u, NULL, 1) : -1;
+    return u ? wino_forward(cv, &t, dx, dy, u, NULL, accumulate) : -1;
 }
 
 /* A 1x1 convolution is a matrix product over the columns of the CNHW

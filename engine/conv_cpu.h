@@ -40,11 +40,11 @@ int conv3_uses_winograd(const conv3 *cv, const vapo_conv_shape *s);
  * s->k must be 3. Returns 0, or -1 with the error set (out of memory). */
 int conv3_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w,
                   const float *bias, int accumulate);
-/* dx += the data adjoint of the 3x3 convolution s with weights w, whose
- * flipped, channel-transposed kernel wf[ci][co][8-k] the caller passes (it
- * keeps it per version). */
+/* dx += (accumulate) or = the data adjoint of the 3x3 convolution s with
+ * weights w, whose flipped, channel-transposed kernel wf[ci][co][8-k] the
+ * caller passes (it keeps it per version). */
 int conv3_backward_data(conv3 *cv, const vapo_conv_shape *s, float *dx, const float *dy, const float *w,
-                        const float *wf);
+                        const float *wf, int accumulate);
 /* The same for a 1x1 convolution (s->k == 1). */
 int conv1_forward(conv3 *cv, const vapo_conv_shape *s, float *y, const float *x, const float *w, const float *bias,
                   int accumulate);

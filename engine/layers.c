@@ -16,6 +16,10 @@ void vapo_conv_tangent(vapo_backend *be, const vapo_conv_shape *s, float *ydot, 
 
 void vapo_conv_bwd(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy, const float *w)
 {
+    if (be->conv_backward_data_set) {
+        be->conv_backward_data_set(be, s, dx, dy, w);
+        return;
+    }
     be->zero(be, dx, sizeof(float) * conv_in_size(s));
     be->conv_backward_data(be, s, dx, dy, w);
 }

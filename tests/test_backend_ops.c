@@ -28,6 +28,7 @@
 #include "vapo/backend.h"
 #include "vapo/elementwise.h"
 #include "vapo/error.h"
+#include "vapo/layers.h"
 #include "vapo/rng.h"
 
 /* Tolerances on nmse, by what an op computes (float32 unit roundoff
@@ -506,6 +507,21 @@ static double run_conv_backward_data(vapo_backend *be, const op_case *c, float *
     return 0.0;
 }
 
+/* dx = W^T dy through vapo_conv_bwd (conv_backward_data_set where the backend
+ * has it): dx's old contents (random) must not show */
+static double run_conv_backward_data_set(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
+{
+    vapo_conv_bwd(be, &c->cs, out[0], in[0], in[1]);
+    return 0.0;
+}
+
+static double naive_conv_backward_data_set(const op_case *c, float *const *ref)
+{
+    const vapo_conv_shape *s = &c->cs;
+    memset(ref[0], 0, sizeof(float) * s->cin * s->batch * s->h * s->w);
+    return naive_conv_backward_data(c, ref);
+}
+
 static double run_conv_backward_filter(vapo_backend *be, const op_case *c, float *const *in, float *const *out)
 {
     be->conv_backward_filter(be, &c->cs, out[0], out[1], in[0], in[1]);
@@ -542,6 +558,15 @@ static void conv_cases(void)
         run_case(&c);
 
         c = new_case("conv_backward_data", TOL_GEMM, run_conv_backward_data, naive_conv_backward_data);
+        c.cs = s;
+        c.conv = 1;
+        snprintf(c.shape, sizeof c.shape, "%s", shape);
+        add_in(&c, randn(ny, 1.0f), ny);
+        add_in(&c, randn(nw, 0.5f), nw);
+        add_out(&c, "dx", randn(nx, 1.0f), nx);
+        run_case(&c);
+
+        c = new_case("conv_backward_data_set", TOL_GEMM, run_conv_backward_data_set, naive_conv_backward_data_set);
         c.cs = s;
         c.conv = 1;
         snprintf(c.shape, sizeof c.shape, "%s", shape);

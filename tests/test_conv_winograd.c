@@ -61,7 +61,7 @@ static void run(conv3 *cv, conv3_algo algo, int pass, const vapo_conv_shape *s, 
                 const float *w, const float *wf, const float *bias)
 {
     conv3_set_algo(cv, algo);
-    int rc = pass == 2 ? conv3_backward_data(cv, s, y, x, w, wf) : conv3_forward(cv, s, y, x, w, pass ? NULL : bias, pass);
+    int rc = pass == 2 ? conv3_backward_data(cv, s, y, x, w, wf, 1) : conv3_forward(cv, s, y, x, w, pass ? NULL : bias, pass);
     CHECK(rc == 0, "pass %d failed", pass);
 }
 

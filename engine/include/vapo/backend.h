@@ -82,6 +82,10 @@ struct vapo_backend {
     /* dx += W^T * dy */
     void (*conv_backward_data)(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
                                const float *w);
+    /* dx = W^T * dy, where the backend writes it without reading dx (no
+     * zeroing pass); NULL: callers zero dx and use conv_backward_data */
+    void (*conv_backward_data_set)(vapo_backend *be, const vapo_conv_shape *s, float *dx, const float *dy,
+                                   const float *w);
     /* dw += dy * im2col(x)^T; db += row sums of dy (db may be NULL) */
     void (*conv_backward_filter)(vapo_backend *be, const vapo_conv_shape *s, float *dw, float *db,
                                  const float *dy, const float *x);

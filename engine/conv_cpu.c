@@ -17,8 +17,9 @@
  *
  * Weight gradient. dw[co][ci][tap] is a dot product over the batch and the
  * grid of dy (placed on the grid, zero in the thrown-away columns) and the
- * shifted padded input. Images are padded a chunk at a time (about 1 MiB, so
- * the chunk stays in L2); a task is (block of COB_W output channels, input
+ * shifted padded input. Images are padded a chunk at a time (about 4 MiB: a
+ * task's own rows still fit L2, and 2-4% faster than 1 MiB chunks on Zen 4,
+ * with fewer lane sums per image); a task is (block of COB_W output channels, input
  * channel) with 9 COB_W vector accumulators, summed over the chunk's images in
  * order and added to dw chunk by chunk: the same order for any thread count. */
 #include <immintrin.h>
@@ -31,7 +32,7 @@
 #include "conv_cpu.h"
 #include "vapo/error.h"
 
-#define CONV3_CHUNK_FLOATS ((size_t)1 << 18) /* padded images per weight-gradient chunk: 1 MiB */
+#define CONV3_CHUNK_FLOATS ((size_t)1 << 20) /* padded images per weight-gradient chunk: 4 MiB */
 
 typedef struct {
     int cin, h, w, gw; /* gw = w + 2, the grid's row length */

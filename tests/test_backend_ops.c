@@ -557,23 +557,18 @@ static void conv_cases(void)
         add_out(&c, "y", NULL, ny);
         run_case(&c);
 
-        c = new_case("conv_backward_data", TOL_GEMM, run_conv_backward_data, naive_conv_backward_data);
-        c.cs = s;
-        c.conv = 1;
-        snprintf(c.shape, sizeof c.shape, "%s", shape);
-        add_in(&c, randn(ny, 1.0f), ny);
-        add_in(&c, randn(nw, 0.5f), nw);
-        add_out(&c, "dx", randn(nx, 1.0f), nx);
-        run_case(&c);
-
-        c = new_case("conv_backward_data_set", TOL_GEMM, run_conv_backward_data_set, naive_conv_backward_data_set);
-        c.cs = s;
-        c.conv = 1;
-        snprintf(c.shape, sizeof c.shape, "%s", shape);
-        add_in(&c, randn(ny, 1.0f), ny);
-        add_in(&c, randn(nw, 0.5f), nw);
-        add_out(&c, "dx", randn(nx, 1.0f), nx);
-        run_case(&c);
+        for (int set = 0; set < 2; set++) { /* dx += W^T dy, and dx = W^T dy */
+            c = set ? new_case("conv_backward_data_set", TOL_GEMM, run_conv_backward_data_set,
+                               naive_conv_backward_data_set)
+                    : new_case("conv_backward_data", TOL_GEMM, run_conv_backward_data, naive_conv_backward_data);
+            c.cs = s;
+            c.conv = 1;
+            snprintf(c.shape, sizeof c.shape, "%s", shape);
+            add_in(&c, randn(ny, 1.0f), ny);
+            add_in(&c, randn(nw, 0.5f), nw);
+            add_out(&c, "dx", randn(nx, 1.0f), nx);
+            run_case(&c);
+        }
 
         c = new_case("conv_backward_filter", TOL_GEMM, run_conv_backward_filter, naive_conv_backward_filter);
         c.cs = s;
